@@ -1,0 +1,44 @@
+"""The application factory: everything is built from Settings, nothing at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from dispatch_engine import __version__
+from dispatch_engine.api.problems import install_problem_handlers
+from dispatch_engine.api.routes import accounts, api_keys, audit, dispatches, health, policies
+from dispatch_engine.clock import Clock
+from dispatch_engine.context import AppContext, build_context
+from dispatch_engine.settings import Settings
+
+
+def create_app(
+    settings: Settings, *, clock: Clock | None = None, context: AppContext | None = None
+) -> FastAPI:
+    """Build the API. Tests pass their own context (clock, engine) in."""
+    owned = context is None
+    ctx = context or build_context(settings, clock)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            if owned:
+                await ctx.aclose()
+
+    app = FastAPI(
+        title="dispatch-engine",
+        version=__version__,
+        description="Decides whether and when each survey invitation may go out under a "
+        "Delivery Policy, and pushes the ones that may onto the account's queue.",
+        lifespan=lifespan,
+    )
+    app.state.context = ctx
+    install_problem_handlers(app)
+    for module in (health, api_keys, accounts, policies, dispatches, audit):
+        app.include_router(module.router)
+    return app

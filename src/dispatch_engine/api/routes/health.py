@@ -1,0 +1,38 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from dispatch_engine.api.deps import ContextDep
+from dispatch_engine.db.migrate import current_revision, head_revision
+
+router = APIRouter(tags=["service"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(context: ContextDep) -> JSONResponse:
+    """Ready when the database answers and its schema is at the migrations' head."""
+    checks: dict[str, str] = {}
+    try:
+        async with context.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+        current = await current_revision(context.engine)
+        head = head_revision(context.settings.effective_database_url)
+        checks["migrations"] = "ok" if current == head else f"at {current}, head is {head}"
+    except Exception as exc:  # readiness reports, it does not raise
+        checks.setdefault("database", f"unreachable ({type(exc).__name__})")
+    ready = all(value == "ok" for value in checks.values()) and len(checks) == 2
+    return JSONResponse(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status_code=200 if ready else 503,
+    )

@@ -1,0 +1,251 @@
+"""`/v1/accounts/{account}/policies`: Delivery Policies and their lineup."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Header, Response, status
+
+from dispatch_engine.api.deps import (
+    CONFIG_ROLES,
+    CONTROL_ROLES,
+    READ_ROLES,
+    Actor,
+    ActorDep,
+    SessionDep,
+    require_account,
+)
+from dispatch_engine.models import Policy
+from dispatch_engine.schemas.durations import parse_duration
+from dispatch_engine.schemas.policies import (
+    LineupInsert,
+    LineupPatch,
+    PolicyCreate,
+    PolicyOut,
+    PolicyPatch,
+)
+from dispatch_engine.services import policies as service
+from dispatch_engine.services.etags import check_if_match, etag
+
+router = APIRouter(prefix="/v1/accounts/{account_id}/policies", tags=["policies"])
+IfMatch = Header(default=None, description='The policy\'s current ETag, e.g. "3".')
+
+
+async def _out(
+    session: SessionDep, policy: Policy, response: Response, paused: list[str] | None = None
+) -> PolicyOut:
+    out = service.policy_out(policy, await service.live_lineup(session, policy.id), paused)
+    response.headers["ETag"] = etag(policy.version)
+    return out
+
+
+async def _audit(
+    actor: Actor, session: SessionDep, action: str, policy: Policy, before: dict[str, object] | None
+) -> None:
+    after = service.policy_snapshot(policy, await service.live_lineup(session, policy.id))
+    actor.audit(session, action, "policy", policy.id, account_id=policy.account_id,
+                before=before, after=after)  # fmt: skip
+
+
+async def _snapshot(session: SessionDep, policy: Policy) -> dict[str, object]:
+    return service.policy_snapshot(policy, await service.live_lineup(session, policy.id))
+
+
+@router.get("", response_model=list[PolicyOut], response_model_exclude_none=True)
+async def list_policies(account_id: str, actor: ActorDep, session: SessionDep) -> list[PolicyOut]:
+    """Live policies; the sandbox policy comes first."""
+    require_account(actor.principal, account_id, *READ_ROLES)
+    async with session.begin():
+        await service.get_account(session, account_id)
+        policies = await service.list_policies(session, account_id)
+        lineups = await service.live_lineups(session, [p.id for p in policies])
+        return [service.policy_out(p, lineups[p.id]) for p in policies]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=PolicyOut,
+             response_model_exclude_none=True)  # fmt: skip
+async def create_policy(
+    account_id: str, body: PolicyCreate, actor: ActorDep, session: SessionDep, response: Response
+) -> PolicyOut:
+    """Create a policy. The account needs a queue integration first (409 otherwise)."""
+    require_account(actor.principal, account_id, *CONFIG_ROLES)
+    async with session.begin():
+        policy, _ = await service.create_policy(
+            session, account_id, body, actor.context.url_policy, actor.now()
+        )
+        await _audit(actor, session, "policy.create", policy, None)
+        return await _out(session, policy, response)
+
+
+@router.get("/{policy_id}", response_model=PolicyOut, response_model_exclude_none=True)
+async def get_policy(
+    account_id: str, policy_id: str, actor: ActorDep, session: SessionDep, response: Response
+) -> PolicyOut:
+    require_account(actor.principal, account_id, *READ_ROLES)
+    async with session.begin():
+        return await _out(session, await service.get_policy(session, account_id, policy_id), response)
+
+
+@router.patch("/{policy_id}", response_model=PolicyOut, response_model_exclude_none=True)
+async def patch_policy(
+    account_id: str,
+    policy_id: str,
+    body: PolicyPatch,
+    actor: ActorDep,
+    session: SessionDep,
+    response: Response,
+    if_match: str | None = IfMatch,
+) -> PolicyOut:
+    """Rename; edit fatigue, business rules or DND webhooks (merge). Needs If-Match."""
+    require_account(actor.principal, account_id, *CONFIG_ROLES)
+    async with session.begin():
+        policy = await service.get_policy(session, account_id, policy_id)
+        check_if_match(if_match, policy.version, required=True)
+        before = await _snapshot(session, policy)
+        await service.patch_policy(
+            session, policy, body.model_dump(exclude_unset=True), actor.context.url_policy,
+            actor.now(),
+        )  # fmt: skip
+        await _audit(actor, session, "policy.update", policy, before)
+        return await _out(session, policy, response)
+
+
+@router.delete("/{policy_id}", response_model=PolicyOut, response_model_exclude_none=True)
+async def delete_policy(
+    account_id: str,
+    policy_id: str,
+    actor: ActorDep,
+    session: SessionDep,
+    response: Response,
+    if_match: str | None = IfMatch,
+) -> PolicyOut:
+    """Delete (cannot be undone). Its dispatches pause (`policy_deleted`) until moved."""
+    require_account(actor.principal, account_id, *CONFIG_ROLES)
+    async with session.begin():
+        policy = await service.get_policy(session, account_id, policy_id)
+        check_if_match(if_match, policy.version, required=True)
+        before = await _snapshot(session, policy)
+        paused = await service.delete_policy(session, policy, actor.now())
+        actor.audit(session, "policy.delete", "policy", policy.id, account_id=account_id,
+                    before=before, after={"deleted": True, "paused_dispatches": paused})  # fmt: skip
+        return await _out(session, policy, response, paused)
+
+
+async def _set_status(
+    account_id: str, policy_id: str, new_status: str, actor: Actor, session: SessionDep,
+    response: Response,
+) -> PolicyOut:  # fmt: skip
+    require_account(actor.principal, account_id, *CONTROL_ROLES)
+    async with session.begin():
+        policy = await service.get_policy(session, account_id, policy_id)
+        before = {"status": policy.status}
+        service.set_policy_status(policy, new_status, actor.now())
+        actor.audit(session, f"policy.{'pause' if new_status == 'paused' else 'resume'}",
+                    "policy", policy.id, account_id=account_id, before=before,
+                    after={"status": policy.status})  # fmt: skip
+        return await _out(session, policy, response)
+
+
+@router.post("/{policy_id}/pause", response_model=PolicyOut, response_model_exclude_none=True)
+async def pause_policy(
+    account_id: str, policy_id: str, actor: ActorDep, session: SessionDep, response: Response
+) -> PolicyOut:
+    """No message of any dispatch using the policy goes out until it is resumed."""
+    return await _set_status(account_id, policy_id, "paused", actor, session, response)
+
+
+@router.post("/{policy_id}/resume", response_model=PolicyOut, response_model_exclude_none=True)
+async def resume_policy(
+    account_id: str, policy_id: str, actor: ActorDep, session: SessionDep, response: Response
+) -> PolicyOut:
+    return await _set_status(account_id, policy_id, "active", actor, session, response)
+
+
+@router.post("/{policy_id}/copy-to-sandbox", response_model=PolicyOut,
+             response_model_exclude_none=True)  # fmt: skip
+async def copy_to_sandbox(
+    account_id: str, policy_id: str, actor: ActorDep, session: SessionDep, response: Response
+) -> PolicyOut:
+    """Copy lineup, fatigue, business and DND settings onto the sandbox; returns the sandbox."""
+    require_account(actor.principal, account_id, *CONFIG_ROLES)
+    async with session.begin():
+        source = await service.get_policy(session, account_id, policy_id)
+        sandbox, paused = await service.copy_to_sandbox(session, source, actor.now())
+        await _audit(actor, session, "policy.copy_to_sandbox", sandbox, {"source": source.id})
+        return await _out(session, sandbox, response, paused)
+
+
+@router.post("/{policy_id}/lineup", status_code=status.HTTP_201_CREATED, response_model=PolicyOut,
+             response_model_exclude_none=True)  # fmt: skip
+async def insert_lineup_message(
+    account_id: str,
+    policy_id: str,
+    body: LineupInsert,
+    actor: ActorDep,
+    session: SessionDep,
+    response: Response,
+    if_match: str | None = IfMatch,
+) -> PolicyOut:
+    """Insert a message (default: at the end). Every dispatch of the policy is paused
+    (`lineup_changed`) until it has a template for it; `paused_dispatches` lists them."""
+    require_account(actor.principal, account_id, *CONFIG_ROLES)
+    async with session.begin():
+        policy = await service.get_policy(session, account_id, policy_id)
+        check_if_match(if_match, policy.version, required=False)
+        before = await _snapshot(session, policy)
+        message, paused = await service.insert_lineup_message(
+            session, policy, body.channel, parse_duration(body.delay), body.position, actor.now()
+        )
+        await _audit(actor, session, "policy.lineup.insert", policy, before)
+        response.headers["Location"] = (
+            f"/v1/accounts/{account_id}/policies/{policy_id}/lineup/{message.id}"
+        )
+        return await _out(session, policy, response, paused)
+
+
+@router.patch("/{policy_id}/lineup/{message_id}", response_model=PolicyOut,
+              response_model_exclude_none=True)  # fmt: skip
+async def edit_lineup_message(
+    account_id: str,
+    policy_id: str,
+    message_id: str,
+    body: LineupPatch,
+    actor: ActorDep,
+    session: SessionDep,
+    response: Response,
+    if_match: str | None = IfMatch,
+) -> PolicyOut:
+    """Edit channel or delay; takes effect at once for messages not yet sent. Needs If-Match."""
+    require_account(actor.principal, account_id, *CONFIG_ROLES)
+    async with session.begin():
+        policy = await service.get_policy(session, account_id, policy_id)
+        message = await service.get_lineup_message(session, policy, message_id)
+        check_if_match(if_match, policy.version, required=True)
+        before = await _snapshot(session, policy)
+        delay = parse_duration(body.delay) if body.delay is not None else None
+        paused = await service.edit_lineup_message(
+            session, policy, message, body.channel, delay, actor.now()
+        )
+        await _audit(actor, session, "policy.lineup.update", policy, before)
+        return await _out(session, policy, response, paused)
+
+
+@router.delete("/{policy_id}/lineup/{message_id}", response_model=PolicyOut,
+               response_model_exclude_none=True)  # fmt: skip
+async def delete_lineup_message(
+    account_id: str,
+    policy_id: str,
+    message_id: str,
+    actor: ActorDep,
+    session: SessionDep,
+    response: Response,
+    if_match: str | None = IfMatch,
+) -> PolicyOut:
+    """Delete a step (cannot be undone): invites skip it and move on. Needs If-Match."""
+    require_account(actor.principal, account_id, *CONFIG_ROLES)
+    async with session.begin():
+        policy = await service.get_policy(session, account_id, policy_id)
+        message = await service.get_lineup_message(session, policy, message_id)
+        check_if_match(if_match, policy.version, required=True)
+        before = await _snapshot(session, policy)
+        await service.delete_lineup_message(session, policy, message, actor.now())
+        await _audit(actor, session, "policy.lineup.delete", policy, before)
+        return await _out(session, policy, response, [])

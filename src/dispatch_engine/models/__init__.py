@@ -1,0 +1,20 @@
+"""All tables; importing this module registers them on Base.metadata (Alembic needs that)."""
+
+from dispatch_engine.models.account import Account, QueueIntegration
+from dispatch_engine.models.api_key import ApiKey
+from dispatch_engine.models.audit import AuditRecord
+from dispatch_engine.models.base import Base, new_id
+from dispatch_engine.models.dispatch import Dispatch
+from dispatch_engine.models.policy import LineupMessage, Policy
+
+__all__ = [
+    "Account",
+    "ApiKey",
+    "AuditRecord",
+    "Base",
+    "Dispatch",
+    "LineupMessage",
+    "Policy",
+    "QueueIntegration",
+    "new_id",
+]

@@ -1,0 +1,142 @@
+"""Delivery Policy requests and responses (R-POL-1..8)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from dispatch_engine.schemas.common import Duration, StrictModel
+
+Channel = Literal["email", "sms"]
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
+
+
+class TimeRange(StrictModel):
+    start: str = Field(examples=["08:00"], description="HH:MM, local time")
+    end: str = Field(examples=["17:00"], description="HH:MM, exclusive; 24:00 = end of day")
+
+
+def _all_day() -> list[TimeRange]:
+    return [TimeRange(start="00:00", end="24:00")]
+
+
+def default_days() -> dict[str, list[TimeRange]]:
+    return {day: _all_day() for day in WEEKDAYS[:5]}
+
+
+class BusinessRules(StrictModel):
+    """When messages may go out. Default: Monday to Friday, all day, UTC."""
+
+    time_zone: str = Field(default="UTC", description="IANA time zone, e.g. Europe/Berlin")
+    days: dict[str, list[TimeRange]] = Field(
+        default_factory=default_days,
+        description="Open hours per weekday (mon..sun); a missing day is closed.",
+    )
+    use_contact_time_zone: bool = Field(
+        default=False,
+        description="Evaluate the window in the contact's own time zone when the contact "
+        "file gives one (falls back to time_zone).",
+    )
+
+
+class PendingTokenRule(StrictModel):
+    """Fatigue rule 1: no new invite while a valid, unanswered token of this policy exists."""
+
+    enabled: bool = True
+
+
+class MaxInvitesRule(StrictModel):
+    """Fatigue rule 2: no new invite after `count` invites in `days` days, across policies."""
+
+    enabled: bool = False
+    count: int = Field(default=3, ge=1, le=1000)
+    days: int = Field(default=30, ge=1, le=3650)
+    scope: Literal["questionnaire", "all"] = "questionnaire"
+
+
+class FatigueRules(StrictModel):
+    uuid_field: str = Field(
+        default="email",
+        description="Contact field that identifies a person: email, mobile or any attribute.",
+    )
+    pending_token: PendingTokenRule = Field(default_factory=PendingTokenRule)
+    max_invites: MaxInvitesRule = Field(default_factory=MaxInvitesRule)
+
+    @field_validator("uuid_field")
+    @classmethod
+    def _field_name(cls, value: str) -> str:
+        if not _FIELD_NAME.match(value):
+            raise ValueError("must be a field name: letters, digits, '_', '.', '-'")
+        return value
+
+
+class DndWebhooks(StrictModel):
+    """Do-Not-Disturb webhook URL per channel; unset means no DND check on that channel."""
+
+    email: str | None = None
+    sms: str | None = None
+
+
+class LineupMessageIn(StrictModel):
+    channel: Channel
+    delay: Duration
+
+
+class LineupInsert(LineupMessageIn):
+    position: int | None = Field(
+        default=None, ge=1, description="1-based position; default: append at the end"
+    )
+
+
+class LineupPatch(StrictModel):
+    channel: Channel | None = None
+    delay: Duration | None = None
+
+
+class PolicyCreate(StrictModel):
+    name: str = Field(min_length=1, max_length=200)
+    lineup: list[LineupMessageIn] = Field(default_factory=list, max_length=100)
+    fatigue: FatigueRules = Field(default_factory=FatigueRules)
+    business_rules: BusinessRules = Field(default_factory=BusinessRules)
+    dnd_webhooks: DndWebhooks = Field(default_factory=DndWebhooks)
+
+
+class PolicyPatch(StrictModel):
+    """Fields given are changed; nested objects merge with what is stored."""
+
+    name: str | None = Field(default=None, min_length=1, max_length=200)
+    fatigue: dict[str, object] | None = None
+    business_rules: dict[str, object] | None = None
+    dnd_webhooks: dict[str, object] | None = None
+
+
+class LineupMessageOut(BaseModel):
+    id: str
+    position: int
+    channel: Channel
+    delay: str
+    delay_seconds: int
+    checks: list[str] = Field(description="The rules checked before this message goes out.")
+
+
+class PolicyOut(BaseModel):
+    id: str
+    account: str
+    name: str
+    sandbox: bool
+    status: Literal["active", "paused"]
+    version: int
+    lineup: list[LineupMessageOut]
+    total_delay: str
+    fatigue: FatigueRules
+    business_rules: BusinessRules
+    dnd_webhooks: DndWebhooks
+    created_at: datetime
+    updated_at: datetime
+    paused_dispatches: list[str] | None = Field(
+        default=None, description="Dispatches this change paused (mutations only)."
+    )

@@ -1,0 +1,1 @@
+"""Security helpers: field encryption, keyed hashing, normalisation and SSRF rules."""

@@ -1,0 +1,73 @@
+"""Accounts (R-ACC-1): created with their sandbox policy."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dispatch_engine.errors import Conflict
+from dispatch_engine.models import Account
+from dispatch_engine.schemas.accounts import AccountCreate, AccountOut
+from dispatch_engine.services.policies import get_account, new_sandbox_policy
+
+
+def account_out(account: Account) -> AccountOut:
+    return AccountOut.model_validate(
+        {
+            "id": account.id,
+            "name": account.name,
+            "owner": account.owner,
+            "admins": account.admins,
+            "decision_maker": account.decision_maker,
+            "version": account.version,
+            "created_at": account.created_at,
+            "updated_at": account.updated_at,
+        }
+    )
+
+
+def account_snapshot(account: Account) -> dict[str, Any]:
+    return account_out(account).model_dump(mode="json")
+
+
+async def create_account(session: AsyncSession, body: AccountCreate, now: datetime) -> Account:
+    if await session.get(Account, body.id) is not None:
+        raise Conflict(f"account '{body.id}' already exists", slug="account-exists", field_name="id")
+    account = Account(
+        id=body.id,
+        name=body.name,
+        owner=body.owner.model_dump() if body.owner else None,
+        admins=[admin.model_dump() for admin in body.admins],
+        decision_maker=body.decision_maker.model_dump() if body.decision_maker else None,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(account)
+    await session.flush()
+    session.add(new_sandbox_policy(account.id, now))
+    await session.flush()
+    return account
+
+
+async def patch_account(
+    session: AsyncSession, account_id: str, patch: dict[str, Any], now: datetime
+) -> Account:
+    account = await get_account(session, account_id)
+    for field in ("name", "owner", "admins", "decision_maker"):
+        if field in patch:
+            if field == "name" and patch[field] is None:
+                continue
+            setattr(account, field, patch[field] if field != "admins" else patch[field] or [])
+    account.version += 1
+    account.updated_at = now
+    return account
+
+
+async def list_accounts(session: AsyncSession, only: str | None) -> list[Account]:
+    query = select(Account).order_by(Account.id)
+    if only is not None:
+        query = query.where(Account.id == only)
+    return list((await session.execute(query)).scalars())

@@ -1,0 +1,510 @@
+"""Delivery Policies: configuration, lineup edits and their effect on dispatches (R-POL-*)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dispatch_engine.errors import Conflict, DomainError, FieldError, NotFound, ValidationFailed
+from dispatch_engine.models import Account, LineupMessage, Policy, QueueIntegration, new_id
+from dispatch_engine.rules.business_hours import BusinessHours, BusinessHoursError
+from dispatch_engine.rules.lineup import delay_problems, total_delay, validity_problem
+from dispatch_engine.schemas.durations import format_duration, parse_duration
+from dispatch_engine.schemas.policies import (
+    BusinessRules,
+    DndWebhooks,
+    FatigueRules,
+    LineupMessageIn,
+    LineupMessageOut,
+    PolicyCreate,
+    PolicyOut,
+)
+from dispatch_engine.security.ssrf import UnsafeUrlError, UrlPolicy, validate_url
+from dispatch_engine.services.dispatch_pauses import dispatches_of_policy, pause_active_dispatches
+
+SANDBOX_NAME = "Sandbox"
+SectionT = TypeVar("SectionT", FatigueRules, BusinessRules, DndWebhooks)
+
+
+# --- validation (pure) -------------------------------------------------------------------
+
+
+def business_hours_of(rules: BusinessRules) -> BusinessHours:
+    """The pure window model for stored rules; raises ValidationFailed on bad rules."""
+    try:
+        return BusinessHours.from_spec(
+            rules.time_zone,
+            {day: [(r.start, r.end) for r in ranges] for day, ranges in rules.days.items()},
+        )
+    except BusinessHoursError as exc:
+        raise ValidationFailed(f"business_rules.{exc.field}", exc.reason) from None
+
+
+def validated_dnd(webhooks: DndWebhooks, url_policy: UrlPolicy) -> DndWebhooks:
+    cleaned: dict[str, str | None] = {}
+    for channel in ("email", "sms"):
+        url = getattr(webhooks, channel)
+        if url is None:
+            cleaned[channel] = None
+            continue
+        try:
+            cleaned[channel] = validate_url(url, url_policy)
+        except UnsafeUrlError as exc:
+            raise ValidationFailed(f"dnd_webhooks.{channel}", exc.reason) from None
+    return DndWebhooks(**cleaned)
+
+
+def check_delays(delays: Sequence[int], field_prefix: str = "lineup") -> None:
+    problems = delay_problems(delays)
+    if problems:
+        raise DomainError(
+            detail="; ".join(p.reason for p in problems),
+            errors=[FieldError(f"{field_prefix}[{p.position}].delay", p.reason) for p in problems],
+            status=422,
+            slug="validation-error",
+            title="Request validation failed",
+        )
+
+
+def _merge(stored: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """JSON merge patch: nested objects merge, other values replace."""
+    merged = dict(stored)
+    for key, value in patch.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _parse_section(model: type[SectionT], name: str, data: Mapping[str, Any]) -> SectionT:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [
+            FieldError(".".join([name, *[str(p) for p in e["loc"]]]), e["msg"]) for e in exc.errors()
+        ]
+        raise DomainError(
+            detail="; ".join(f"{e.field}: {e.reason}" for e in errors),
+            errors=errors,
+            status=422,
+            slug="validation-error",
+            title="Request validation failed",
+        ) from None
+
+
+# --- reads ----------------------------------------------------------------------------------
+
+
+async def get_account(session: AsyncSession, account_id: str) -> Account:
+    account = await session.get(Account, account_id)
+    if account is None:
+        raise NotFound(f"account '{account_id}'")
+    return account
+
+
+async def get_policy(session: AsyncSession, account_id: str, policy_id: str) -> Policy:
+    """A live (not deleted) policy of the account; 404 otherwise."""
+    policy = await session.get(Policy, policy_id)
+    if policy is None or policy.account_id != account_id or policy.deleted_at is not None:
+        raise NotFound(f"policy '{policy_id}'")
+    return policy
+
+
+async def live_lineup(session: AsyncSession, policy_id: str) -> list[LineupMessage]:
+    rows = await session.execute(
+        select(LineupMessage)
+        .where(LineupMessage.policy_id == policy_id, LineupMessage.deleted_at.is_(None))
+        .order_by(LineupMessage.position)
+    )
+    return list(rows.scalars())
+
+
+async def live_lineups(
+    session: AsyncSession, policy_ids: Sequence[str]
+) -> dict[str, list[LineupMessage]]:
+    """Lineups of several policies in one query (listing pages)."""
+    result: dict[str, list[LineupMessage]] = {pid: [] for pid in policy_ids}
+    if not policy_ids:
+        return result
+    rows = await session.execute(
+        select(LineupMessage)
+        .where(LineupMessage.policy_id.in_(policy_ids), LineupMessage.deleted_at.is_(None))
+        .order_by(LineupMessage.policy_id, LineupMessage.position)
+    )
+    for message in rows.scalars():
+        result[message.policy_id].append(message)
+    return result
+
+
+async def list_policies(session: AsyncSession, account_id: str) -> list[Policy]:
+    """Live policies, the sandbox first, then by creation."""
+    rows = await session.execute(
+        select(Policy)
+        .where(Policy.account_id == account_id, Policy.deleted_at.is_(None))
+        .order_by(Policy.is_sandbox.desc(), Policy.created_at, Policy.id)
+    )
+    return list(rows.scalars())
+
+
+def checks_for(policy: Policy, message: LineupMessage) -> list[str]:
+    """The rules that run before this lineup message goes out, in pipeline order."""
+    checks = ["unsubscribe"]
+    if message.position == 1:
+        fatigue = FatigueRules.model_validate(policy.fatigue)
+        if fatigue.pending_token.enabled:
+            checks.append("fatigue_pending_token")
+        if fatigue.max_invites.enabled:
+            checks.append("fatigue_max_invites")
+    checks.append("business_window")
+    if policy.dnd_webhooks.get(message.channel):
+        checks.append("dnd")
+    return checks
+
+
+def policy_out(
+    policy: Policy, lineup: Sequence[LineupMessage], paused: list[str] | None = None
+) -> PolicyOut:
+    return PolicyOut(
+        id=policy.id,
+        account=policy.account_id,
+        name=policy.name,
+        sandbox=policy.is_sandbox,
+        status=policy.status,  # type: ignore[arg-type]
+        version=policy.version,
+        lineup=[
+            LineupMessageOut(
+                id=m.id,
+                position=m.position or 0,
+                channel=m.channel,  # type: ignore[arg-type]
+                delay=format_duration(m.delay_seconds),
+                delay_seconds=m.delay_seconds,
+                checks=checks_for(policy, m),
+            )
+            for m in lineup
+        ],
+        total_delay=format_duration(total_delay([m.delay_seconds for m in lineup])),
+        fatigue=FatigueRules.model_validate(policy.fatigue),
+        business_rules=BusinessRules.model_validate(policy.business_rules),
+        dnd_webhooks=DndWebhooks.model_validate(policy.dnd_webhooks),
+        created_at=policy.created_at,
+        updated_at=policy.updated_at,
+        paused_dispatches=paused,
+    )
+
+
+def policy_snapshot(policy: Policy, lineup: Sequence[LineupMessage]) -> dict[str, Any]:
+    """What the audit log keeps of a policy (JSON-safe)."""
+    return policy_out(policy, lineup).model_dump(mode="json", exclude={"paused_dispatches"})
+
+
+# --- writes ---------------------------------------------------------------------------------
+
+
+def _fatigue_dict(fatigue: FatigueRules) -> dict[str, Any]:
+    return fatigue.model_dump(mode="json", exclude={"uuid_field"})
+
+
+async def _require_unique_name(
+    session: AsyncSession, account_id: str, name: str, except_id: str | None = None
+) -> None:
+    query = select(func.count()).where(
+        Policy.account_id == account_id,
+        Policy.name_key == name.casefold(),
+        Policy.deleted_at.is_(None),
+    )
+    if except_id:
+        query = query.where(Policy.id != except_id)
+    if (await session.execute(query)).scalar_one():
+        raise Conflict(
+            f"a policy named '{name}' already exists in this account (names are "
+            "case-insensitive)",
+            slug="policy-name-taken",
+            field_name="name",
+        )
+
+
+def new_sandbox_policy(account_id: str, now: datetime) -> Policy:
+    """Every account's sandbox: created with the account, listed first, never deleted."""
+    return Policy(
+        id=new_id("pol"),
+        account_id=account_id,
+        name=SANDBOX_NAME,
+        name_key=SANDBOX_NAME.casefold(),
+        is_sandbox=True,
+        status="active",
+        uuid_field="email",
+        fatigue=_fatigue_dict(FatigueRules()),
+        business_rules=BusinessRules().model_dump(mode="json"),
+        dnd_webhooks=DndWebhooks().model_dump(mode="json"),
+        created_at=now,
+        updated_at=now,
+    )
+
+
+async def create_policy(
+    session: AsyncSession,
+    account_id: str,
+    body: PolicyCreate,
+    url_policy: UrlPolicy,
+    now: datetime,
+) -> tuple[Policy, list[LineupMessage]]:
+    await get_account(session, account_id)
+    if await session.get(QueueIntegration, account_id) is None:
+        raise Conflict(
+            "this account has no queue integration yet; set one with "
+            f"PUT /v1/accounts/{account_id}/queue-integration before creating policies",
+            slug="queue-integration-required",
+        )
+    delays = [parse_duration(m.delay) for m in body.lineup]
+    check_delays(delays)
+    business_hours_of(body.business_rules)
+    dnd = validated_dnd(body.dnd_webhooks, url_policy)
+    await _require_unique_name(session, account_id, body.name)
+    policy = Policy(
+        id=new_id("pol"),
+        account_id=account_id,
+        name=body.name,
+        name_key=body.name.casefold(),
+        is_sandbox=False,
+        status="active",
+        uuid_field=body.fatigue.uuid_field,
+        fatigue=_fatigue_dict(body.fatigue),
+        business_rules=body.business_rules.model_dump(mode="json"),
+        dnd_webhooks=dnd.model_dump(mode="json"),
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(policy)
+    await session.flush()  # the lineup rows reference it
+    lineup = _new_lineup(policy.id, body.lineup, delays, now)
+    session.add_all(lineup)
+    await session.flush()
+    return policy, lineup
+
+
+def _new_lineup(
+    policy_id: str, messages: Sequence[LineupMessageIn], delays: Sequence[int], now: datetime
+) -> list[LineupMessage]:
+    return [
+        LineupMessage(
+            id=new_id("msg"),
+            policy_id=policy_id,
+            position=index,
+            channel=message.channel,
+            delay_seconds=delay,
+            created_at=now,
+        )
+        for index, (message, delay) in enumerate(zip(messages, delays, strict=True), start=1)
+    ]
+
+
+def _touch(policy: Policy, now: datetime) -> None:
+    policy.version += 1
+    policy.updated_at = now
+
+
+async def patch_policy(
+    session: AsyncSession,
+    policy: Policy,
+    patch: Mapping[str, Any],
+    url_policy: UrlPolicy,
+    now: datetime,
+) -> None:
+    """Rename, and merge-edit fatigue, business rules and DND webhooks (all take effect at once).
+
+    A new UUID field starts a new fatigue epoch: earlier sends stop counting for this policy.
+    """
+    if patch.get("name") is not None and patch["name"] != policy.name:
+        await _require_unique_name(session, policy.account_id, patch["name"], policy.id)
+        policy.name = patch["name"]
+        policy.name_key = patch["name"].casefold()
+    if patch.get("fatigue") is not None:
+        current = {**policy.fatigue, "uuid_field": policy.uuid_field}
+        fatigue = _parse_section(FatigueRules, "fatigue", _merge(current, patch["fatigue"]))
+        if fatigue.uuid_field != policy.uuid_field:
+            policy.uuid_field = fatigue.uuid_field
+            policy.fatigue_epoch += 1
+        policy.fatigue = _fatigue_dict(fatigue)
+    if patch.get("business_rules") is not None:
+        merged = dict(policy.business_rules)
+        for key, value in patch["business_rules"].items():
+            merged[key] = value  # `days` replaces whole: a missing day means closed
+        rules = _parse_section(BusinessRules, "business_rules", merged)
+        business_hours_of(rules)
+        policy.business_rules = rules.model_dump(mode="json")
+    if patch.get("dnd_webhooks") is not None:
+        dnd = _parse_section(
+            DndWebhooks, "dnd_webhooks", _merge(policy.dnd_webhooks, patch["dnd_webhooks"])
+        )
+        policy.dnd_webhooks = validated_dnd(dnd, url_policy).model_dump(mode="json")
+    _touch(policy, now)
+
+
+async def delete_policy(session: AsyncSession, policy: Policy, now: datetime) -> list[str]:
+    """Soft delete (kept for history); its dispatches pause until moved to another policy."""
+    if policy.is_sandbox:
+        raise Conflict("the sandbox policy cannot be deleted", slug="sandbox-not-deletable")
+    policy.deleted_at = now
+    _touch(policy, now)
+    return await pause_active_dispatches(session, policy.id, "policy_deleted", now)
+
+
+def set_policy_status(policy: Policy, status: str, now: datetime) -> None:
+    if policy.status != status:
+        policy.status = status
+        _touch(policy, now)
+
+
+async def _shift_positions(
+    session: AsyncSession, policy_id: str, from_position: int, by: int
+) -> None:
+    await session.execute(
+        update(LineupMessage)
+        .where(
+            LineupMessage.policy_id == policy_id,
+            LineupMessage.deleted_at.is_(None),
+            LineupMessage.position >= from_position,
+        )
+        .values(position=LineupMessage.position + by)
+        .execution_options(synchronize_session="fetch")
+    )
+
+
+async def _pause_for_short_validity(
+    session: AsyncSession, policy_id: str, delays: Sequence[int], now: datetime
+) -> list[str]:
+    """Dispatches whose token validity no longer outlasts the lineup are paused (R-DSP-2)."""
+    too_short = [
+        d.id
+        for d in await dispatches_of_policy(session, policy_id)
+        if d.status == "active" and validity_problem(d.token_validity_seconds, delays)
+    ]
+    if not too_short:
+        return []
+    return await pause_active_dispatches(
+        session, policy_id, "validity_too_short", now, only_ids=too_short
+    )
+
+
+async def insert_lineup_message(
+    session: AsyncSession,
+    policy: Policy,
+    channel: str,
+    delay: int,
+    position: int | None,
+    now: datetime,
+) -> tuple[LineupMessage, list[str]]:
+    """Insert a step; every active dispatch of the policy pauses (`lineup_changed`) until it
+    has a message template for the new step."""
+    lineup = await live_lineup(session, policy.id)
+    if position is None or position > len(lineup) + 1:
+        position = len(lineup) + 1
+    delays = [m.delay_seconds for m in lineup]
+    delays.insert(position - 1, delay)
+    check_delays(delays)
+    await _shift_positions(session, policy.id, position, 1)
+    message = LineupMessage(
+        id=new_id("msg"),
+        policy_id=policy.id,
+        position=position,
+        channel=channel,
+        delay_seconds=delay,
+        created_at=now,
+    )
+    session.add(message)
+    _touch(policy, now)
+    paused = await pause_active_dispatches(session, policy.id, "lineup_changed", now)
+    await session.flush()
+    return message, paused
+
+
+async def get_lineup_message(
+    session: AsyncSession, policy: Policy, message_id: str
+) -> LineupMessage:
+    message = await session.get(LineupMessage, message_id)
+    if message is None or message.policy_id != policy.id or message.deleted_at is not None:
+        raise NotFound(f"lineup message '{message_id}'")
+    return message
+
+
+async def edit_lineup_message(
+    session: AsyncSession,
+    policy: Policy,
+    message: LineupMessage,
+    channel: str | None,
+    delay: int | None,
+    now: datetime,
+) -> list[str]:
+    """Edit channel or delay; delays take effect at once for messages not yet sent."""
+    lineup = await live_lineup(session, policy.id)
+    delays = [delay if m.id == message.id and delay is not None else m.delay_seconds for m in lineup]
+    check_delays(delays)
+    if channel is not None:
+        message.channel = channel
+    if delay is not None:
+        message.delay_seconds = delay
+    _touch(policy, now)
+    return await _pause_for_short_validity(session, policy.id, delays, now)
+
+
+async def delete_lineup_message(
+    session: AsyncSession, policy: Policy, message: LineupMessage, now: datetime
+) -> None:
+    """Destructive: invites skip this step from now on and move on to the next one."""
+    lineup = await live_lineup(session, policy.id)
+    delays = [m.delay_seconds for m in lineup if m.id != message.id]
+    check_delays(delays)
+    position = message.position or 0
+    message.deleted_at = now
+    message.position = None
+    await session.flush()
+    await _shift_positions(session, policy.id, position + 1, -1)
+    _touch(policy, now)
+
+
+async def copy_to_sandbox(
+    session: AsyncSession, source: Policy, now: datetime
+) -> tuple[Policy, list[str]]:
+    """Copy lineup, fatigue, business and DND settings onto the account's sandbox policy."""
+    if source.is_sandbox:
+        raise Conflict("this policy is the sandbox already", slug="already-sandbox")
+    sandbox = (
+        await session.execute(
+            select(Policy).where(Policy.account_id == source.account_id, Policy.is_sandbox)
+        )
+    ).scalar_one()
+    for old in await live_lineup(session, sandbox.id):
+        old.deleted_at = now
+        old.position = None
+    source_lineup = await live_lineup(session, source.id)
+    session.add_all(
+        LineupMessage(
+            id=new_id("msg"),
+            policy_id=sandbox.id,
+            position=m.position,
+            channel=m.channel,
+            delay_seconds=m.delay_seconds,
+            created_at=now,
+        )
+        for m in source_lineup
+    )
+    if sandbox.uuid_field != source.uuid_field:
+        sandbox.uuid_field = source.uuid_field
+        sandbox.fatigue_epoch += 1
+    sandbox.fatigue = dict(source.fatigue)
+    sandbox.business_rules = dict(source.business_rules)
+    sandbox.dnd_webhooks = dict(source.dnd_webhooks)
+    _touch(sandbox, now)
+    paused = (
+        await pause_active_dispatches(session, sandbox.id, "lineup_changed", now)
+        if source_lineup
+        else []
+    )
+    await session.flush()
+    return sandbox, paused

@@ -1,0 +1,82 @@
+"""Settings from the environment (prefix DISPATCH_) or a .env file: one object, built once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything configurable. See the configuration table in README.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DISPATCH_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    env: Literal["dev", "prod"] = "dev"
+    data_dir: Path = Path(".dispatch-engine")
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    # Key rings: "id:base64key,id2:base64key" — the first entry is used for new writes.
+    encryption_keys: SecretStr | None = None
+    hmac_keys: SecretStr | None = None
+
+    # Outgoing webhooks (DND, incident notifications): https only unless allowed.
+    webhook_allow_http: bool = False
+    webhook_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_connect_timeout: float = 2.0
+    webhook_read_timeout: float = 3.0
+
+    # Incident resend rule (R-INC-5).
+    resend_threshold_minutes: int = Field(default=60, ge=0)
+
+    # Worker.
+    run_scheduler: bool = True
+    claim_batch_size: int = Field(default=500, ge=1, le=10_000)
+    claim_lease_seconds: int = Field(default=60, ge=5)
+    claim_interval_seconds: float = Field(default=1.0, gt=0)
+
+    @field_validator("webhook_allowlist", mode="before")
+    @classmethod
+    def _allowlist_csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @model_validator(mode="after")
+    def _refuse_unsafe_production(self) -> Settings:
+        if self.env == "prod":
+            missing = [
+                name
+                for name, value in (
+                    ("DISPATCH_ENCRYPTION_KEYS", self.encryption_keys),
+                    ("DISPATCH_HMAC_KEYS", self.hmac_keys),
+                    ("DISPATCH_DATABASE_URL", self.database_url),
+                )
+                if not value
+            ]
+            if missing:
+                raise ValueError(
+                    "DISPATCH_ENV=prod refuses to start without " + ", ".join(missing)
+                )
+            if self.webhook_allow_http:
+                raise ValueError("DISPATCH_WEBHOOK_ALLOW_HTTP must be false in production")
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured URL, or a SQLite file inside the data directory."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'dispatch-engine.db').resolve()}"
