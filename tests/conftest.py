@@ -180,7 +180,11 @@ async def setup_account(
         json={
             "id": account,
             "name": account.title(),
-            "owner": {"name": "Olivia Owner", "email": "owner@example.com", "phone": "+14155550100"},
+            "owner": {
+                "name": "Olivia Owner",
+                "email": "owner@example.com",
+                "phone": "+14155550100",
+            },
             "admins": [{"name": "Adam Admin", "email": "admin@example.com"}],
         },
     )

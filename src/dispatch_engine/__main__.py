@@ -100,9 +100,16 @@ def apikey_create(
                 key, full = await create_api_key(
                     session, role=role, account_id=account, name=name, now=now
                 )
-                record_audit(session, at=now, key_id=None, role="cli", action="api_key.create",
-                             target_type="api_key", target_id=key.id,
-                             after=key_snapshot(key))  # fmt: skip
+                record_audit(
+                    session,
+                    at=now,
+                    key_id=None,
+                    role="cli",
+                    action="api_key.create",
+                    target_type="api_key",
+                    target_id=key.id,
+                    after=key_snapshot(key),
+                )
                 return full
         finally:
             await context.aclose()

@@ -41,7 +41,9 @@ class ValidationFailed(DomainError):
 
 class NotFound(DomainError):
     def __init__(self, what: str) -> None:
-        super().__init__(detail=f"{what} not found", status=404, slug="not-found", title="Not found")
+        super().__init__(
+            detail=f"{what} not found", status=404, slug="not-found", title="Not found"
+        )
 
 
 class Conflict(DomainError):
@@ -68,7 +70,7 @@ class PreconditionRequired(DomainError):
 class PreconditionFailed(DomainError):
     def __init__(self, current_version: int) -> None:
         super().__init__(
-            detail=f"the resource changed; its current ETag is \"{current_version}\"",
+            detail=f'the resource changed; its current ETag is "{current_version}"',
             errors=[FieldError("If-Match", "does not match the current ETag")],
             extra={"current_version": current_version},
             status=412,
@@ -95,6 +97,4 @@ class Forbidden(DomainError):
 
 class NotImplementedYet(DomainError):
     def __init__(self, detail: str) -> None:
-        super().__init__(
-            detail=detail, status=501, slug="not-implemented", title="Not implemented"
-        )
+        super().__init__(detail=detail, status=501, slug="not-implemented", title="Not implemented")

@@ -67,9 +67,7 @@ class Settings(BaseSettings):
                 if not value
             ]
             if missing:
-                raise ValueError(
-                    "DISPATCH_ENV=prod refuses to start without " + ", ".join(missing)
-                )
+                raise ValueError("DISPATCH_ENV=prod refuses to start without " + ", ".join(missing))
             if self.webhook_allow_http:
                 raise ValueError("DISPATCH_WEBHOOK_ALLOW_HTTP must be false in production")
         return self

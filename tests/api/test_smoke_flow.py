@@ -18,7 +18,11 @@ async def test_key_account_integration_policy_dispatch(
     policy = await create_policy(client, admin)
     assert [m["position"] for m in policy["lineup"]] == [1, 2, 3]
     assert policy["total_delay"] == "P5D"
-    assert policy["lineup"][0]["checks"] == ["unsubscribe", "fatigue_pending_token", "business_window"]
+    assert policy["lineup"][0]["checks"] == [
+        "unsubscribe",
+        "fatigue_pending_token",
+        "business_window",
+    ]
 
     response = await client.post(
         "/v1/accounts/acme/dispatches",

@@ -228,9 +228,7 @@ def test_parse_ip_literal() -> None:
     assert parse_ip_literal("[::1]") == ipaddress.ip_address("::1")
 
 
-def _fake_getaddrinfo(
-    answers: dict[str, list[str]], calls: list[str]
-) -> Any:
+def _fake_getaddrinfo(answers: dict[str, list[str]], calls: list[str]) -> Any:
     async def fake(host: str, port: int, **_: Any) -> list[Any]:
         calls.append(host)
         if host not in answers:

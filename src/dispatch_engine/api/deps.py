@@ -60,7 +60,9 @@ async def current_principal(
         raise Unauthenticated("the API key is malformed")
     prefix, secret = parsed
     async with context.sessions() as session:
-        key = (await session.execute(select(ApiKey).where(ApiKey.prefix == prefix))).scalar_one_or_none()
+        key = (
+            await session.execute(select(ApiKey).where(ApiKey.prefix == prefix))
+        ).scalar_one_or_none()
     if key is None or key.revoked_at is not None or not secret_matches(secret, key.secret_hash):
         raise Unauthenticated("the API key is unknown or revoked")
     return Principal(key_id=key.id, role=key.role, account_id=key.account_id)
@@ -71,7 +73,9 @@ PrincipalDep = Annotated[Principal, Depends(current_principal)]
 
 def require_roles(principal: Principal, *roles: str) -> None:
     if principal.role not in roles:
-        raise Forbidden(f"role '{principal.role}' may not do this; needs one of: {', '.join(roles)}")
+        raise Forbidden(
+            f"role '{principal.role}' may not do this; needs one of: {', '.join(roles)}"
+        )
 
 
 def require_account(principal: Principal, account_id: str, *roles: str) -> None:
@@ -130,3 +134,25 @@ def _actor(principal: PrincipalDep, context: ContextDep) -> Actor:
 
 
 ActorDep = Annotated[Actor, Depends(_actor)]
+
+
+def _allow(*roles: str) -> Any:
+    """A dependency that authorises before the body is even validated: wrong role → 403,
+    another account's path → 404 (so ids do not leak)."""
+
+    async def dependency(request: Request, actor: ActorDep) -> Actor:
+        account_id = request.path_params.get("account_id")
+        if account_id is not None:
+            require_account(actor.principal, account_id, *roles)
+        else:
+            require_roles(actor.principal, *roles)
+        return actor
+
+    return Depends(dependency)
+
+
+ReadActor = Annotated[Actor, _allow(*READ_ROLES)]
+ConfigActor = Annotated[Actor, _allow(*CONFIG_ROLES)]
+ControlActor = Annotated[Actor, _allow(*CONTROL_ROLES)]
+OperatorActor = Annotated[Actor, _allow(*OPERATOR_ROLES)]
+AdminActor = Annotated[Actor, _allow("admin")]

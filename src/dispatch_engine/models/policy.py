@@ -57,7 +57,9 @@ class LineupMessage(Base):
     __table_args__ = (Index("ix_lineup_messages_policy_position", "policy_id", "position"),)
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    policy_id: Mapped[str] = mapped_column(String(32), ForeignKey("policies.id", ondelete="CASCADE"))
+    policy_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("policies.id", ondelete="CASCADE")
+    )
     position: Mapped[int | None] = mapped_column(default=None)
     channel: Mapped[str] = mapped_column(String(8))
     delay_seconds: Mapped[int]

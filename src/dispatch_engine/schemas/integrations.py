@@ -63,7 +63,9 @@ class SqsIntegrationIn(StrictModel):
         parsed = urlparse(self.queue_url)
         parts = [p for p in parsed.path.split("/") if p]
         if len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) != 12:
-            raise ValueError("queue_url must look like https://sqs.REGION.amazonaws.com/ACCOUNT/NAME")
+            raise ValueError(
+                "queue_url must look like https://sqs.REGION.amazonaws.com/ACCOUNT/NAME"
+            )
         name = parts[1].removesuffix(".fifo")
         if not _QUEUE_NAME.match(name):
             raise ValueError("queue name: 1-80 letters, digits, '-' or '_' (plus .fifo)")
@@ -107,7 +109,9 @@ class AzureServiceBusIntegrationIn(StrictModel):
     @classmethod
     def _namespace(cls, value: str | None) -> str | None:
         if value is not None and not _SB_NAMESPACE.match(value):
-            raise ValueError("must be a fully qualified namespace such as NS.servicebus.windows.net")
+            raise ValueError(
+                "must be a fully qualified namespace such as NS.servicebus.windows.net"
+            )
         return value
 
     @field_validator("connection_string")

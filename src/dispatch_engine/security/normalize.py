@@ -66,7 +66,9 @@ def normalize_uuid_value(field: str, raw: str) -> str:
         return normalize_email(raw)
     if kind == "mobile":
         return normalize_phone(raw)
-    text = unicodedata.normalize("NFKC", raw.strip()).casefold().strip()
+    folded = unicodedata.normalize("NFKC", raw.strip()).casefold()
+    # Case folding can leave decomposed sequences; re-compose so the result is stable.
+    text = unicodedata.normalize("NFKC", folded).strip()
     if not text:
         raise InvalidAddress("empty value")
     return text

@@ -35,7 +35,9 @@ def account_snapshot(account: Account) -> dict[str, Any]:
 
 async def create_account(session: AsyncSession, body: AccountCreate, now: datetime) -> Account:
     if await session.get(Account, body.id) is not None:
-        raise Conflict(f"account '{body.id}' already exists", slug="account-exists", field_name="id")
+        raise Conflict(
+            f"account '{body.id}' already exists", slug="account-exists", field_name="id"
+        )
     account = Account(
         id=body.id,
         name=body.name,

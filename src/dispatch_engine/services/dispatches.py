@@ -33,7 +33,7 @@ def dispatch_out(dispatch: Dispatch, lineup: Sequence[LineupMessage]) -> Dispatc
         token_validity_seconds=dispatch.token_validity_seconds,
         message_templates=dict(dispatch.message_templates),
         missing_templates=missing_templates(dispatch, lineup),
-        status=dispatch.status,  # type: ignore[arg-type]
+        status=dispatch.status,
         pause_reason=dispatch.pause_reason,
         paused_at=dispatch.paused_at,
         version=dispatch.version,
@@ -174,15 +174,18 @@ async def patch_dispatch(
                 templates[key] = value
         dispatch.message_templates = templates
     lineup = await live_lineup(session, dispatch.policy_id)
-    unknown = [e for e in _template_errors(dispatch.message_templates, lineup) if "not a" in e.reason]
+    live_ids = {m.id for m in lineup}
     if patch.get("message_templates") is not None:
         _raise_template_errors(
-            [e for e in unknown if e.field.split(".", 1)[1] in patch["message_templates"]]
+            [
+                FieldError(f"message_templates.{key}", "not a message of this policy's lineup")
+                for key, value in patch["message_templates"].items()
+                if value is not None and key not in live_ids
+            ]
         )
     if dispatch.status == "active":
-        _raise_template_errors(
-            [e for e in _template_errors(dispatch.message_templates, lineup) if e not in unknown]
-        )
+        required = _template_errors(dispatch.message_templates, lineup)
+        _raise_template_errors([e for e in required if "required" in e.reason])
         error = _validity_error(dispatch.token_validity_seconds, lineup)
         if error:
             raise error

@@ -56,9 +56,13 @@ async def put_integration(
     secret = cipher.encrypt_json(secrets, aad=_aad(account_id)) if secrets else None
     if existing is None:
         existing = QueueIntegration(
-            account_id=account_id, kind=body.kind, config=config, secret=secret,
-            created_at=now, updated_at=now,
-        )  # fmt: skip
+            account_id=account_id,
+            kind=body.kind,
+            config=config,
+            secret=secret,
+            created_at=now,
+            updated_at=now,
+        )
         session.add(existing)
     else:
         existing.kind = body.kind
@@ -91,7 +95,7 @@ def integration_secrets(integration: QueueIntegration, cipher: FieldCipher) -> d
 def integration_out(integration: QueueIntegration) -> IntegrationOut:
     return IntegrationOut(
         account=integration.account_id,
-        kind=integration.kind,  # type: ignore[arg-type]
+        kind=integration.kind,
         config=dict(integration.config),
         secret_set=integration.secret is not None,
         fifo=bool(integration.config.get("fifo", False)),

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -86,9 +87,12 @@ def _parse_section(model: type[SectionT], name: str, data: Mapping[str, Any]) ->
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        errors = [
-            FieldError(".".join([name, *[str(p) for p in e["loc"]]]), e["msg"]) for e in exc.errors()
-        ]
+        errors: list[FieldError] = []
+        details: list[ErrorDetails] = exc.errors()
+        for detail in details:
+            location: tuple[int | str, ...] = detail["loc"]
+            path = ".".join([name] + [str(part) for part in location])
+            errors.append(FieldError(path, str(detail["msg"])))
         raise DomainError(
             detail="; ".join(f"{e.field}: {e.reason}" for e in errors),
             errors=errors,
@@ -175,13 +179,13 @@ def policy_out(
         account=policy.account_id,
         name=policy.name,
         sandbox=policy.is_sandbox,
-        status=policy.status,  # type: ignore[arg-type]
+        status=policy.status,
         version=policy.version,
         lineup=[
             LineupMessageOut(
                 id=m.id,
                 position=m.position or 0,
-                channel=m.channel,  # type: ignore[arg-type]
+                channel=m.channel,
                 delay=format_duration(m.delay_seconds),
                 delay_seconds=m.delay_seconds,
                 checks=checks_for(policy, m),
@@ -222,8 +226,7 @@ async def _require_unique_name(
         query = query.where(Policy.id != except_id)
     if (await session.execute(query)).scalar_one():
         raise Conflict(
-            f"a policy named '{name}' already exists in this account (names are "
-            "case-insensitive)",
+            f"a policy named '{name}' already exists in this account (names are case-insensitive)",
             slug="policy-name-taken",
             field_name="name",
         )
@@ -443,7 +446,9 @@ async def edit_lineup_message(
 ) -> list[str]:
     """Edit channel or delay; delays take effect at once for messages not yet sent."""
     lineup = await live_lineup(session, policy.id)
-    delays = [delay if m.id == message.id and delay is not None else m.delay_seconds for m in lineup]
+    delays = [
+        delay if m.id == message.id and delay is not None else m.delay_seconds for m in lineup
+    ]
     check_delays(delays)
     if channel is not None:
         message.channel = channel

@@ -6,11 +6,10 @@ from fastapi import APIRouter, Header, Response, status
 
 from dispatch_engine.api.deps import (
     CONFIG_ROLES,
-    READ_ROLES,
-    ActorDep,
+    ConfigActor,
+    ReadActor,
     SessionDep,
     require_account,
-    require_roles,
 )
 from dispatch_engine.errors import NotImplementedYet
 from dispatch_engine.schemas.accounts import AccountCreate, AccountOut, AccountPatch
@@ -18,29 +17,35 @@ from dispatch_engine.schemas.integrations import IntegrationIn, IntegrationOut
 from dispatch_engine.services import accounts as service
 from dispatch_engine.services import integrations
 from dispatch_engine.services.etags import check_if_match, etag
+from dispatch_engine.services.policies import get_account as load_account
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=AccountOut)
 async def create_account(
-    body: AccountCreate, actor: ActorDep, session: SessionDep, response: Response
+    body: AccountCreate, actor: ConfigActor, session: SessionDep, response: Response
 ) -> AccountOut:
     """Create an account; its sandbox policy is created with it."""
     require_account(actor.principal, body.id, *CONFIG_ROLES)
     async with session.begin():
         account = await service.create_account(session, body, actor.now())
         out = service.account_out(account)
-        actor.audit(session, "account.create", "account", account.id, account_id=account.id,
-                    after=out.model_dump(mode="json"))  # fmt: skip
+        actor.audit(
+            session,
+            "account.create",
+            "account",
+            account.id,
+            account_id=account.id,
+            after=out.model_dump(mode="json"),
+        )
     response.headers["ETag"] = etag(out.version)
     return out
 
 
 @router.get("", response_model=list[AccountOut])
-async def list_accounts(actor: ActorDep, session: SessionDep) -> list[AccountOut]:
+async def list_accounts(actor: ReadActor, session: SessionDep) -> list[AccountOut]:
     """Accounts this key can see (a backend key limited to one account sees that one)."""
-    require_roles(actor.principal, *READ_ROLES)
     only = actor.principal.account_id if actor.principal.role == "backend" else None
     async with session.begin():
         return [service.account_out(a) for a in await service.list_accounts(session, only)]
@@ -48,11 +53,10 @@ async def list_accounts(actor: ActorDep, session: SessionDep) -> list[AccountOut
 
 @router.get("/{account_id}", response_model=AccountOut)
 async def get_account(
-    account_id: str, actor: ActorDep, session: SessionDep, response: Response
+    account_id: str, actor: ReadActor, session: SessionDep, response: Response
 ) -> AccountOut:
-    require_account(actor.principal, account_id, *READ_ROLES)
     async with session.begin():
-        out = service.account_out(await service.get_account(session, account_id))
+        out = service.account_out(await load_account(session, account_id))
     response.headers["ETag"] = etag(out.version)
     return out
 
@@ -61,53 +65,63 @@ async def get_account(
 async def patch_account(
     account_id: str,
     body: AccountPatch,
-    actor: ActorDep,
+    actor: ConfigActor,
     session: SessionDep,
     response: Response,
     if_match: str | None = Header(default=None),
 ) -> AccountOut:
     """Edit name and contacts. If-Match is checked when sent."""
-    require_account(actor.principal, account_id, *CONFIG_ROLES)
     async with session.begin():
-        account = await service.get_account(session, account_id)
+        account = await load_account(session, account_id)
         check_if_match(if_match, account.version, required=False)
         before = service.account_snapshot(account)
         patch = body.model_dump(exclude_unset=True)
         account = await service.patch_account(session, account_id, patch, actor.now())
         out = service.account_out(account)
-        actor.audit(session, "account.update", "account", account_id, account_id=account_id,
-                    before=before, after=out.model_dump(mode="json"))  # fmt: skip
+        actor.audit(
+            session,
+            "account.update",
+            "account",
+            account_id,
+            account_id=account_id,
+            before=before,
+            after=out.model_dump(mode="json"),
+        )
     response.headers["ETag"] = etag(out.version)
     return out
 
 
 @router.put("/{account_id}/queue-integration", response_model=IntegrationOut)
 async def put_integration(
-    account_id: str, body: IntegrationIn, actor: ActorDep, session: SessionDep
+    account_id: str, body: IntegrationIn, actor: ConfigActor, session: SessionDep
 ) -> IntegrationOut:
     """Set where the account's messages go. Secrets are write-only and stored encrypted."""
-    require_account(actor.principal, account_id, *CONFIG_ROLES)
     async with session.begin():
         integration, before = await integrations.put_integration(
             session, account_id, body, actor.context.cipher, actor.now()
         )
         out = integrations.integration_out(integration)
-        actor.audit(session, "queue_integration.put", "queue_integration", account_id,
-                    account_id=account_id, before=before, after=out.model_dump(mode="json"))  # fmt: skip
+        actor.audit(
+            session,
+            "queue_integration.put",
+            "queue_integration",
+            account_id,
+            account_id=account_id,
+            before=before,
+            after=out.model_dump(mode="json"),
+        )
     return out
 
 
 @router.get("/{account_id}/queue-integration", response_model=IntegrationOut)
-async def get_integration(account_id: str, actor: ActorDep, session: SessionDep) -> IntegrationOut:
-    require_account(actor.principal, account_id, *READ_ROLES)
+async def get_integration(account_id: str, actor: ReadActor, session: SessionDep) -> IntegrationOut:
     async with session.begin():
         return integrations.integration_out(await integrations.get_integration(session, account_id))
 
 
 @router.post("/{account_id}/queue-integration/verify", response_model=None)
-async def verify_integration(account_id: str, actor: ActorDep, session: SessionDep) -> None:
+async def verify_integration(account_id: str, actor: ReadActor, session: SessionDep) -> None:
     """Send a probe message through the integration (arrives with queue delivery)."""
-    require_account(actor.principal, account_id, *READ_ROLES)
     async with session.begin():
         await integrations.get_integration(session, account_id)
     raise NotImplementedYet("verifying a queue integration arrives with queue delivery")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
 
-from dispatch_engine.api.deps import ActorDep, SessionDep, require_roles
+from dispatch_engine.api.deps import AdminActor, SessionDep
 from dispatch_engine.models import ApiKey
 from dispatch_engine.schemas.accounts import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
 from dispatch_engine.services import api_keys as service
@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 def _out(key: ApiKey) -> ApiKeyOut:
     return ApiKeyOut(
         id=key.id,
-        role=key.role,  # type: ignore[arg-type]
+        role=key.role,
         account=key.account_id,
         name=key.name,
         prefix=key.prefix,
@@ -25,9 +25,8 @@ def _out(key: ApiKey) -> ApiKeyOut:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
-async def create_key(body: ApiKeyCreate, actor: ActorDep, session: SessionDep) -> ApiKeyCreated:
+async def create_key(body: ApiKeyCreate, actor: AdminActor, session: SessionDep) -> ApiKeyCreated:
     """Create a key. The `key` field is shown in this response only."""
-    require_roles(actor.principal, "admin")
     async with session.begin():
         key, full = await service.create_api_key(
             session, role=body.role, account_id=body.account, name=body.name, now=actor.now()
@@ -37,16 +36,14 @@ async def create_key(body: ApiKeyCreate, actor: ActorDep, session: SessionDep) -
 
 
 @router.get("", response_model=list[ApiKeyOut])
-async def list_keys(actor: ActorDep, session: SessionDep) -> list[ApiKeyOut]:
-    require_roles(actor.principal, "admin")
+async def list_keys(actor: AdminActor, session: SessionDep) -> list[ApiKeyOut]:
     async with session.begin():
         return [_out(key) for key in await service.list_api_keys(session)]
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def revoke_key(key_id: str, actor: ActorDep, session: SessionDep) -> Response:
+async def revoke_key(key_id: str, actor: AdminActor, session: SessionDep) -> Response:
     """Revoke a key at once; it keeps its row so the audit log still names it."""
-    require_roles(actor.principal, "admin")
     async with session.begin():
         key = await service.revoke_api_key(session, key_id, actor.now())
         actor.audit(session, "api_key.revoke", "api_key", key.id, before=service.key_snapshot(key))

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from dispatch_engine.api.deps import OPERATOR_ROLES, ActorDep, SessionDep, require_roles
+from dispatch_engine.api.deps import OperatorActor, SessionDep
 from dispatch_engine.errors import ValidationFailed
 from dispatch_engine.models import AuditRecord
 
@@ -37,7 +37,7 @@ class AuditPage(BaseModel):
 
 @router.get("", response_model=AuditPage)
 async def list_audit(
-    actor: ActorDep,
+    actor: OperatorActor,
     session: SessionDep,
     account: str | None = None,
     action: str | None = Query(default=None, description="Exact action, or a prefix ending in '.'"),
@@ -50,7 +50,6 @@ async def list_audit(
     cursor: str | None = Query(default=None, description="next_cursor of the previous page"),
 ) -> AuditPage:
     """Newest first."""
-    require_roles(actor.principal, *OPERATOR_ROLES)
     for name, value in (("since", since), ("until", until)):
         if value is not None and value.tzinfo is None:
             raise ValidationFailed(name, "must carry a UTC offset (RFC 3339)")
@@ -59,9 +58,10 @@ async def list_audit(
         query = query.where(AuditRecord.account_id == account)
     if action:
         query = query.where(
-            AuditRecord.action.startswith(action) if action.endswith(".")
+            AuditRecord.action.startswith(action)
+            if action.endswith(".")
             else AuditRecord.action == action
-        )  # fmt: skip
+        )
     if target_type:
         query = query.where(AuditRecord.target_type == target_type)
     if target_id:
@@ -88,10 +88,18 @@ async def list_audit(
     rows = rows[:limit]
     items = [
         AuditOut(
-            id=r.id, at=r.at, key_id=r.key_id, role=r.role, action=r.action,
-            target_type=r.target_type, target_id=r.target_id, account=r.account_id,
-            incident=r.incident, before=r.before, after=r.after,
-        )  # fmt: skip
+            id=r.id,
+            at=r.at,
+            key_id=r.key_id,
+            role=r.role,
+            action=r.action,
+            target_type=r.target_type,
+            target_id=r.target_id,
+            account=r.account_id,
+            incident=r.incident,
+            before=r.before,
+            after=r.after,
+        )
         for r in rows
     ]
     next_cursor = f"{rows[-1].at.isoformat()}|{rows[-1].id}" if more and rows else None

@@ -5,12 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Body, Header, Response, status
 
 from dispatch_engine.api.deps import (
-    CONFIG_ROLES,
-    CONTROL_ROLES,
-    READ_ROLES,
-    ActorDep,
+    ConfigActor,
+    ControlActor,
+    ReadActor,
     SessionDep,
-    require_account,
 )
 from dispatch_engine.schemas.dispatches import (
     DispatchCreate,
@@ -27,9 +25,8 @@ router = APIRouter(prefix="/v1/accounts/{account_id}/dispatches", tags=["dispatc
 
 @router.get("", response_model=list[DispatchOut])
 async def list_dispatches(
-    account_id: str, actor: ActorDep, session: SessionDep
+    account_id: str, actor: ReadActor, session: SessionDep
 ) -> list[DispatchOut]:
-    require_account(actor.principal, account_id, *READ_ROLES)
     async with session.begin():
         await get_account(session, account_id)
         return [
@@ -40,24 +37,32 @@ async def list_dispatches(
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=DispatchOut)
 async def create_dispatch(
-    account_id: str, body: DispatchCreate, actor: ActorDep, session: SessionDep, response: Response
+    account_id: str,
+    body: DispatchCreate,
+    actor: ConfigActor,
+    session: SessionDep,
+    response: Response,
 ) -> DispatchOut:
     """Create a dispatch. The token validity must be longer than the lineup's total delay."""
-    require_account(actor.principal, account_id, *CONFIG_ROLES)
     async with session.begin():
         dispatch, lineup = await service.create_dispatch(session, account_id, body, actor.now())
         out = service.dispatch_out(dispatch, lineup)
-        actor.audit(session, "dispatch.create", "dispatch", dispatch.id, account_id=account_id,
-                    after=out.model_dump(mode="json"))  # fmt: skip
+        actor.audit(
+            session,
+            "dispatch.create",
+            "dispatch",
+            dispatch.id,
+            account_id=account_id,
+            after=out.model_dump(mode="json"),
+        )
     response.headers["ETag"] = etag(out.version)
     return out
 
 
 @router.get("/{dispatch_id}", response_model=DispatchOut)
 async def get_dispatch(
-    account_id: str, dispatch_id: str, actor: ActorDep, session: SessionDep, response: Response
+    account_id: str, dispatch_id: str, actor: ReadActor, session: SessionDep, response: Response
 ) -> DispatchOut:
-    require_account(actor.principal, account_id, *READ_ROLES)
     async with session.begin():
         dispatch = await service.get_dispatch(session, account_id, dispatch_id)
         out = service.dispatch_out(dispatch, await live_lineup(session, dispatch.policy_id))
@@ -70,13 +75,12 @@ async def patch_dispatch(
     account_id: str,
     dispatch_id: str,
     body: DispatchPatch,
-    actor: ActorDep,
+    actor: ConfigActor,
     session: SessionDep,
     response: Response,
     if_match: str | None = Header(default=None),
 ) -> DispatchOut:
     """Move to another policy, change validity, add or remove templates (If-Match optional)."""
-    require_account(actor.principal, account_id, *CONFIG_ROLES)
     async with session.begin():
         dispatch = await service.get_dispatch(session, account_id, dispatch_id)
         check_if_match(if_match, dispatch.version, required=False)
@@ -85,8 +89,15 @@ async def patch_dispatch(
             session, dispatch, body.model_dump(exclude_unset=True), actor.now()
         )
         out = service.dispatch_out(dispatch, lineup)
-        actor.audit(session, "dispatch.update", "dispatch", dispatch.id, account_id=account_id,
-                    before=before, after=out.model_dump(mode="json"))  # fmt: skip
+        actor.audit(
+            session,
+            "dispatch.update",
+            "dispatch",
+            dispatch.id,
+            account_id=account_id,
+            before=before,
+            after=out.model_dump(mode="json"),
+        )
     response.headers["ETag"] = etag(out.version)
     return out
 
@@ -95,20 +106,26 @@ async def patch_dispatch(
 async def pause_dispatch(
     account_id: str,
     dispatch_id: str,
-    actor: ActorDep,
+    actor: ControlActor,
     session: SessionDep,
     body: PauseRequest | None = Body(default=None),
 ) -> DispatchOut:
     """Pause this dispatch only; its messages are held, not dropped."""
-    require_account(actor.principal, account_id, *CONTROL_ROLES)
     request = body or PauseRequest()
     async with session.begin():
         dispatch = await service.get_dispatch(session, account_id, dispatch_id)
         before = {"status": dispatch.status, "pause_reason": dispatch.pause_reason}
         service.pause_dispatch(dispatch, request.reason, actor.now())
-        actor.audit(session, "dispatch.pause", "dispatch", dispatch.id, account_id=account_id,
-                    before=before, incident=request.incident,
-                    after={"status": dispatch.status, "pause_reason": dispatch.pause_reason})  # fmt: skip
+        actor.audit(
+            session,
+            "dispatch.pause",
+            "dispatch",
+            dispatch.id,
+            account_id=account_id,
+            before=before,
+            incident=request.incident,
+            after={"status": dispatch.status, "pause_reason": dispatch.pause_reason},
+        )
         return service.dispatch_out(dispatch, await live_lineup(session, dispatch.policy_id))
 
 
@@ -116,19 +133,25 @@ async def pause_dispatch(
 async def resume_dispatch(
     account_id: str,
     dispatch_id: str,
-    actor: ActorDep,
+    actor: ControlActor,
     session: SessionDep,
     body: PauseRequest | None = Body(default=None),
 ) -> DispatchOut:
     """Re-enable; refused (409) while a template is missing, the policy is deleted or the
     token validity is too short for the lineup."""
-    require_account(actor.principal, account_id, *CONTROL_ROLES)
     request = body or PauseRequest()
     async with session.begin():
         dispatch = await service.get_dispatch(session, account_id, dispatch_id)
         before = {"status": dispatch.status, "pause_reason": dispatch.pause_reason}
         lineup = await service.resume_dispatch(session, dispatch, actor.now())
-        actor.audit(session, "dispatch.resume", "dispatch", dispatch.id, account_id=account_id,
-                    before=before, incident=request.incident,
-                    after={"status": dispatch.status, "pause_reason": None})  # fmt: skip
+        actor.audit(
+            session,
+            "dispatch.resume",
+            "dispatch",
+            dispatch.id,
+            account_id=account_id,
+            before=before,
+            incident=request.incident,
+            after={"status": dispatch.status, "pause_reason": None},
+        )
         return service.dispatch_out(dispatch, lineup)

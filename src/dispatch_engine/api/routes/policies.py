@@ -5,13 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Header, Response, status
 
 from dispatch_engine.api.deps import (
-    CONFIG_ROLES,
-    CONTROL_ROLES,
-    READ_ROLES,
     Actor,
-    ActorDep,
+    ConfigActor,
+    ControlActor,
+    ReadActor,
     SessionDep,
-    require_account,
 )
 from dispatch_engine.models import Policy
 from dispatch_engine.schemas.durations import parse_duration
@@ -41,8 +39,15 @@ async def _audit(
     actor: Actor, session: SessionDep, action: str, policy: Policy, before: dict[str, object] | None
 ) -> None:
     after = service.policy_snapshot(policy, await service.live_lineup(session, policy.id))
-    actor.audit(session, action, "policy", policy.id, account_id=policy.account_id,
-                before=before, after=after)  # fmt: skip
+    actor.audit(
+        session,
+        action,
+        "policy",
+        policy.id,
+        account_id=policy.account_id,
+        before=before,
+        after=after,
+    )
 
 
 async def _snapshot(session: SessionDep, policy: Policy) -> dict[str, object]:
@@ -50,9 +55,8 @@ async def _snapshot(session: SessionDep, policy: Policy) -> dict[str, object]:
 
 
 @router.get("", response_model=list[PolicyOut], response_model_exclude_none=True)
-async def list_policies(account_id: str, actor: ActorDep, session: SessionDep) -> list[PolicyOut]:
+async def list_policies(account_id: str, actor: ReadActor, session: SessionDep) -> list[PolicyOut]:
     """Live policies; the sandbox policy comes first."""
-    require_account(actor.principal, account_id, *READ_ROLES)
     async with session.begin():
         await service.get_account(session, account_id)
         policies = await service.list_policies(session, account_id)
@@ -60,13 +64,16 @@ async def list_policies(account_id: str, actor: ActorDep, session: SessionDep) -
         return [service.policy_out(p, lineups[p.id]) for p in policies]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=PolicyOut,
-             response_model_exclude_none=True)  # fmt: skip
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PolicyOut,
+    response_model_exclude_none=True,
+)
 async def create_policy(
-    account_id: str, body: PolicyCreate, actor: ActorDep, session: SessionDep, response: Response
+    account_id: str, body: PolicyCreate, actor: ConfigActor, session: SessionDep, response: Response
 ) -> PolicyOut:
     """Create a policy. The account needs a queue integration first (409 otherwise)."""
-    require_account(actor.principal, account_id, *CONFIG_ROLES)
     async with session.begin():
         policy, _ = await service.create_policy(
             session, account_id, body, actor.context.url_policy, actor.now()
@@ -77,11 +84,12 @@ async def create_policy(
 
 @router.get("/{policy_id}", response_model=PolicyOut, response_model_exclude_none=True)
 async def get_policy(
-    account_id: str, policy_id: str, actor: ActorDep, session: SessionDep, response: Response
+    account_id: str, policy_id: str, actor: ReadActor, session: SessionDep, response: Response
 ) -> PolicyOut:
-    require_account(actor.principal, account_id, *READ_ROLES)
     async with session.begin():
-        return await _out(session, await service.get_policy(session, account_id, policy_id), response)
+        return await _out(
+            session, await service.get_policy(session, account_id, policy_id), response
+        )
 
 
 @router.patch("/{policy_id}", response_model=PolicyOut, response_model_exclude_none=True)
@@ -89,21 +97,23 @@ async def patch_policy(
     account_id: str,
     policy_id: str,
     body: PolicyPatch,
-    actor: ActorDep,
+    actor: ConfigActor,
     session: SessionDep,
     response: Response,
     if_match: str | None = IfMatch,
 ) -> PolicyOut:
     """Rename; edit fatigue, business rules or DND webhooks (merge). Needs If-Match."""
-    require_account(actor.principal, account_id, *CONFIG_ROLES)
     async with session.begin():
         policy = await service.get_policy(session, account_id, policy_id)
         check_if_match(if_match, policy.version, required=True)
         before = await _snapshot(session, policy)
         await service.patch_policy(
-            session, policy, body.model_dump(exclude_unset=True), actor.context.url_policy,
+            session,
+            policy,
+            body.model_dump(exclude_unset=True),
+            actor.context.url_policy,
             actor.now(),
-        )  # fmt: skip
+        )
         await _audit(actor, session, "policy.update", policy, before)
         return await _out(session, policy, response)
 
@@ -112,41 +122,56 @@ async def patch_policy(
 async def delete_policy(
     account_id: str,
     policy_id: str,
-    actor: ActorDep,
+    actor: ConfigActor,
     session: SessionDep,
     response: Response,
     if_match: str | None = IfMatch,
 ) -> PolicyOut:
     """Delete (cannot be undone). Its dispatches pause (`policy_deleted`) until moved."""
-    require_account(actor.principal, account_id, *CONFIG_ROLES)
     async with session.begin():
         policy = await service.get_policy(session, account_id, policy_id)
         check_if_match(if_match, policy.version, required=True)
         before = await _snapshot(session, policy)
         paused = await service.delete_policy(session, policy, actor.now())
-        actor.audit(session, "policy.delete", "policy", policy.id, account_id=account_id,
-                    before=before, after={"deleted": True, "paused_dispatches": paused})  # fmt: skip
+        actor.audit(
+            session,
+            "policy.delete",
+            "policy",
+            policy.id,
+            account_id=account_id,
+            before=before,
+            after={"deleted": True, "paused_dispatches": paused},
+        )
         return await _out(session, policy, response, paused)
 
 
 async def _set_status(
-    account_id: str, policy_id: str, new_status: str, actor: Actor, session: SessionDep,
+    account_id: str,
+    policy_id: str,
+    new_status: str,
+    actor: Actor,
+    session: SessionDep,
     response: Response,
-) -> PolicyOut:  # fmt: skip
-    require_account(actor.principal, account_id, *CONTROL_ROLES)
+) -> PolicyOut:
     async with session.begin():
         policy = await service.get_policy(session, account_id, policy_id)
         before = {"status": policy.status}
         service.set_policy_status(policy, new_status, actor.now())
-        actor.audit(session, f"policy.{'pause' if new_status == 'paused' else 'resume'}",
-                    "policy", policy.id, account_id=account_id, before=before,
-                    after={"status": policy.status})  # fmt: skip
+        actor.audit(
+            session,
+            f"policy.{'pause' if new_status == 'paused' else 'resume'}",
+            "policy",
+            policy.id,
+            account_id=account_id,
+            before=before,
+            after={"status": policy.status},
+        )
         return await _out(session, policy, response)
 
 
 @router.post("/{policy_id}/pause", response_model=PolicyOut, response_model_exclude_none=True)
 async def pause_policy(
-    account_id: str, policy_id: str, actor: ActorDep, session: SessionDep, response: Response
+    account_id: str, policy_id: str, actor: ControlActor, session: SessionDep, response: Response
 ) -> PolicyOut:
     """No message of any dispatch using the policy goes out until it is resumed."""
     return await _set_status(account_id, policy_id, "paused", actor, session, response)
@@ -154,18 +179,18 @@ async def pause_policy(
 
 @router.post("/{policy_id}/resume", response_model=PolicyOut, response_model_exclude_none=True)
 async def resume_policy(
-    account_id: str, policy_id: str, actor: ActorDep, session: SessionDep, response: Response
+    account_id: str, policy_id: str, actor: ControlActor, session: SessionDep, response: Response
 ) -> PolicyOut:
     return await _set_status(account_id, policy_id, "active", actor, session, response)
 
 
-@router.post("/{policy_id}/copy-to-sandbox", response_model=PolicyOut,
-             response_model_exclude_none=True)  # fmt: skip
+@router.post(
+    "/{policy_id}/copy-to-sandbox", response_model=PolicyOut, response_model_exclude_none=True
+)
 async def copy_to_sandbox(
-    account_id: str, policy_id: str, actor: ActorDep, session: SessionDep, response: Response
+    account_id: str, policy_id: str, actor: ConfigActor, session: SessionDep, response: Response
 ) -> PolicyOut:
     """Copy lineup, fatigue, business and DND settings onto the sandbox; returns the sandbox."""
-    require_account(actor.principal, account_id, *CONFIG_ROLES)
     async with session.begin():
         source = await service.get_policy(session, account_id, policy_id)
         sandbox, paused = await service.copy_to_sandbox(session, source, actor.now())
@@ -173,20 +198,23 @@ async def copy_to_sandbox(
         return await _out(session, sandbox, response, paused)
 
 
-@router.post("/{policy_id}/lineup", status_code=status.HTTP_201_CREATED, response_model=PolicyOut,
-             response_model_exclude_none=True)  # fmt: skip
+@router.post(
+    "/{policy_id}/lineup",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PolicyOut,
+    response_model_exclude_none=True,
+)
 async def insert_lineup_message(
     account_id: str,
     policy_id: str,
     body: LineupInsert,
-    actor: ActorDep,
+    actor: ConfigActor,
     session: SessionDep,
     response: Response,
     if_match: str | None = IfMatch,
 ) -> PolicyOut:
     """Insert a message (default: at the end). Every dispatch of the policy is paused
     (`lineup_changed`) until it has a template for it; `paused_dispatches` lists them."""
-    require_account(actor.principal, account_id, *CONFIG_ROLES)
     async with session.begin():
         policy = await service.get_policy(session, account_id, policy_id)
         check_if_match(if_match, policy.version, required=False)
@@ -201,20 +229,20 @@ async def insert_lineup_message(
         return await _out(session, policy, response, paused)
 
 
-@router.patch("/{policy_id}/lineup/{message_id}", response_model=PolicyOut,
-              response_model_exclude_none=True)  # fmt: skip
+@router.patch(
+    "/{policy_id}/lineup/{message_id}", response_model=PolicyOut, response_model_exclude_none=True
+)
 async def edit_lineup_message(
     account_id: str,
     policy_id: str,
     message_id: str,
     body: LineupPatch,
-    actor: ActorDep,
+    actor: ConfigActor,
     session: SessionDep,
     response: Response,
     if_match: str | None = IfMatch,
 ) -> PolicyOut:
     """Edit channel or delay; takes effect at once for messages not yet sent. Needs If-Match."""
-    require_account(actor.principal, account_id, *CONFIG_ROLES)
     async with session.begin():
         policy = await service.get_policy(session, account_id, policy_id)
         message = await service.get_lineup_message(session, policy, message_id)
@@ -228,19 +256,19 @@ async def edit_lineup_message(
         return await _out(session, policy, response, paused)
 
 
-@router.delete("/{policy_id}/lineup/{message_id}", response_model=PolicyOut,
-               response_model_exclude_none=True)  # fmt: skip
+@router.delete(
+    "/{policy_id}/lineup/{message_id}", response_model=PolicyOut, response_model_exclude_none=True
+)
 async def delete_lineup_message(
     account_id: str,
     policy_id: str,
     message_id: str,
-    actor: ActorDep,
+    actor: ConfigActor,
     session: SessionDep,
     response: Response,
     if_match: str | None = IfMatch,
 ) -> PolicyOut:
     """Delete a step (cannot be undone): invites skip it and move on. Needs If-Match."""
-    require_account(actor.principal, account_id, *CONFIG_ROLES)
     async with session.begin():
         policy = await service.get_policy(session, account_id, policy_id)
         message = await service.get_lineup_message(session, policy, message_id)
