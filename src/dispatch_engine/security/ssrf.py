@@ -16,7 +16,9 @@ import asyncio
 import ipaddress
 import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from urllib.parse import urlsplit
 
 import idna
@@ -38,7 +40,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 MAX_URL_LENGTH = 2048
 MAX_HOST_LENGTH = 253
-DEFAULT_PORTS: dict[str, int] = {"http": 80, "https": 443}
+DEFAULT_PORTS: Mapping[str, int] = MappingProxyType({"http": 80, "https": 443})
 
 # Host names that resolve to the local machine on common systems (/etc/hosts aliases).
 LOOPBACK_HOST_NAMES = frozenset(

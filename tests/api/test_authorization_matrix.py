@@ -1,0 +1,164 @@
+"""Every route × every role (and a backend key of another account) → the expected outcome.
+
+A role that may act must get past authorisation (anything but 401/403/404); a role that may
+not gets 403; a backend key limited to another account gets 404 so account ids do not leak.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from dispatch_engine.context import AppContext
+from tests.conftest import bearer, create_policy, new_key, setup_account, templates_for
+
+ALL = {"admin", "operator", "backend", "backend_acme"}
+READ = ALL
+CONFIG = {"admin", "backend", "backend_acme"}
+CONTROL = ALL
+OPERATOR = {"admin", "operator"}
+ADMIN = {"admin"}
+
+# (method, path template, body, roles allowed, account-scoped?)
+ROUTES: list[tuple[str, str, Any, set[str], bool]] = [
+    ("POST", "/v1/api-keys", {"role": "operator"}, ADMIN, False),
+    ("GET", "/v1/api-keys", None, ADMIN, False),
+    ("DELETE", "/v1/api-keys/{spare_key}", None, ADMIN, False),
+    ("GET", "/v1/accounts", None, READ, False),
+    ("POST", "/v1/accounts", {"id": "acme", "name": "Acme"}, CONFIG, True),
+    ("GET", "/v1/accounts/{account}", None, READ, True),
+    ("PATCH", "/v1/accounts/{account}", {"name": "Acme Inc"}, CONFIG, True),
+    ("PUT", "/v1/accounts/{account}/queue-integration", {"kind": "local"}, CONFIG, True),
+    ("GET", "/v1/accounts/{account}/queue-integration", None, READ, True),
+    ("POST", "/v1/accounts/{account}/queue-integration/verify", None, READ, True),
+    ("GET", "/v1/accounts/{account}/policies", None, READ, True),
+    ("POST", "/v1/accounts/{account}/policies", {"name": "P-{role}"}, CONFIG, True),
+    ("GET", "/v1/accounts/{account}/policies/{policy}", None, READ, True),
+    ("PATCH", "/v1/accounts/{account}/policies/{policy}", {"name": "x"}, CONFIG, True),
+    ("DELETE", "/v1/accounts/{account}/policies/{policy}", None, CONFIG, True),
+    ("POST", "/v1/accounts/{account}/policies/{policy}/pause", None, CONTROL, True),
+    ("POST", "/v1/accounts/{account}/policies/{policy}/resume", None, CONTROL, True),
+    ("POST", "/v1/accounts/{account}/policies/{policy}/copy-to-sandbox", None, CONFIG, True),
+    (
+        "POST",
+        "/v1/accounts/{account}/policies/{policy}/lineup",
+        {"channel": "email", "delay": "P1D"},
+        CONFIG,
+        True,
+    ),
+    (
+        "PATCH",
+        "/v1/accounts/{account}/policies/{policy}/lineup/{message}",
+        {"delay": "P1D"},
+        CONFIG,
+        True,
+    ),
+    ("DELETE", "/v1/accounts/{account}/policies/{policy}/lineup/{message}", None, CONFIG, True),
+    ("GET", "/v1/accounts/{account}/dispatches", None, READ, True),
+    (
+        "POST",
+        "/v1/accounts/{account}/dispatches",
+        {"questionnaire_id": "q", "policy_id": "{policy}", "token_validity": "P30D"},
+        CONFIG,
+        True,
+    ),
+    ("GET", "/v1/accounts/{account}/dispatches/{dispatch}", None, READ, True),
+    ("PATCH", "/v1/accounts/{account}/dispatches/{dispatch}", {}, CONFIG, True),
+    ("POST", "/v1/accounts/{account}/dispatches/{dispatch}/pause", None, CONTROL, True),
+    ("POST", "/v1/accounts/{account}/dispatches/{dispatch}/resume", None, CONTROL, True),
+    ("GET", "/v1/admin/audit", None, OPERATOR, False),
+]
+
+
+def _fill(value: Any, ids: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        for name, replacement in ids.items():
+            value = value.replace("{" + name + "}", replacement)
+        return value
+    if isinstance(value, dict):
+        return {k: _fill(v, ids) for k, v in value.items()}
+    return value
+
+
+async def test_every_route_is_in_the_matrix(context: AppContext) -> None:
+    from dispatch_engine.api.app import create_app
+
+    paths = create_app(context.settings, context=context).openapi()["paths"]
+    declared = {
+        (method.upper(), path)
+        for path, operations in paths.items()
+        if path.startswith("/v1")
+        for method in operations
+    }
+    templated = {
+        (m, p.replace("{account}", "{account_id}").replace("{policy}", "{policy_id}")
+         .replace("{message}", "{message_id}").replace("{dispatch}", "{dispatch_id}")
+         .replace("{spare_key}", "{key_id}"))
+        for m, p, *_ in ROUTES
+    }  # fmt: skip
+    assert declared == templated
+
+
+@pytest.mark.parametrize("role", sorted(ALL | {"backend_other", "anonymous", "revoked"}))
+async def test_authorization_matrix(
+    client: httpx.AsyncClient, context: AppContext, admin: dict[str, str], role: str
+) -> None:
+    await setup_account(client, admin, "acme")
+    await setup_account(client, admin, "other")
+    policy = await create_policy(client, admin)
+    dispatch = (
+        await client.post(
+            "/v1/accounts/acme/dispatches",
+            headers=admin,
+            json={
+                "questionnaire_id": "q",
+                "policy_id": policy["id"],
+                "token_validity": "P30D",
+                "message_templates": templates_for(policy),
+            },
+        )
+    ).json()
+    keys = {
+        "admin": admin,
+        "operator": bearer(await new_key(context, "operator")),
+        "backend": bearer(await new_key(context, "backend")),
+        "backend_acme": bearer(await new_key(context, "backend", "acme")),
+        "backend_other": bearer(await new_key(context, "backend", "other")),
+        "anonymous": {},
+    }
+    revoked_key = await new_key(context, "admin")
+    listed = (await client.get("/v1/api-keys", headers=admin)).json()
+    revoked_id = next(k["id"] for k in listed if revoked_key.startswith(f"de_{k['prefix']}_"))
+    assert (await client.delete(f"/v1/api-keys/{revoked_id}", headers=admin)).status_code == 204
+    keys["revoked"] = bearer(revoked_key)
+
+    for method, template, body, allowed, scoped in ROUTES:
+        spare = (await client.post("/v1/api-keys", headers=admin, json={"role": "operator"})).json()
+        policy_now = (
+            await client.get(f"/v1/accounts/acme/policies/{policy['id']}", headers=admin)
+        ).json()
+        ids = {
+            "account": "acme",
+            "policy": policy["id"],
+            "message": policy_now["lineup"][-1]["id"],
+            "dispatch": dispatch["id"],
+            "spare_key": spare["id"],
+            "role": role,
+        }
+        path = _fill(template, ids)
+        response = await client.request(
+            method, path, headers=keys[role], json=_fill(body, ids) if body is not None else None
+        )
+        where = f"{role} {method} {template}: {response.status_code} {response.text[:200]}"
+        if role in ("anonymous", "revoked"):
+            assert response.status_code == 401, where
+            assert response.headers["content-type"] == "application/problem+json", where
+        elif role == "backend_other" and scoped:
+            assert response.status_code == 404, where
+        elif role in allowed or (role == "backend_other" and "backend" in allowed):
+            assert response.status_code not in (401, 403, 404), where
+        else:
+            assert response.status_code == 403, where
+            assert response.json()["type"].endswith(":forbidden"), where
