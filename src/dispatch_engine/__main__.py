@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from typing import Annotated
 
@@ -13,7 +14,9 @@ from dispatch_engine.settings import Settings
 
 app = typer.Typer(help="dispatch-engine: survey invitation dispatch.", no_args_is_help=True)
 apikey_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+queue_app = typer.Typer(help="The embedded local queue.", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
+app.add_typer(queue_app, name="queue")
 err = Console(stderr=True)
 
 
@@ -55,7 +58,8 @@ def serve(
     port = port or settings.port
     err.print(f"dispatch-engine on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
     err.print("first admin key: dispatch-engine apikey create --role admin")
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning")
+    app = create_app(settings, with_worker=settings.run_scheduler)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
 
 
 @app.command()
@@ -75,6 +79,91 @@ def api(
         port=port or settings.port,
         log_level="warning",
     )
+
+
+@app.command()
+def worker(
+    grace: Annotated[
+        float, typer.Option(help="Seconds to finish in-flight work on SIGTERM")
+    ] = 10.0,
+) -> None:
+    """The scheduler, claim loop and outbox relay (no HTTP); run `migrate` first."""
+    import signal
+
+    from dispatch_engine.context import build_context
+    from dispatch_engine.scheduler.worker import Worker
+
+    settings = _settings()
+
+    async def _run() -> None:
+        context = build_context(settings)
+        runner = Worker(context)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        runner.start()
+        err.print("dispatch-engine worker running (SIGTERM to stop)")
+        await stop.wait()
+        await runner.shutdown(grace)
+        await context.aclose()
+
+    asyncio.run(_run())
+
+
+@queue_app.command("tail")
+def queue_tail(
+    account: Annotated[str, typer.Option(help="Account whose local queue to follow")],
+    ack: Annotated[bool, typer.Option(help="Consume (delete) messages once printed")] = False,
+    follow: Annotated[bool, typer.Option(help="Keep waiting for new messages")] = True,
+    interval: Annotated[float, typer.Option(help="Seconds between polls")] = 1.0,
+) -> None:
+    """Print the `local` queue's messages as JSON lines as they arrive."""
+    from sqlalchemy import delete, select
+
+    from dispatch_engine.context import build_context
+    from dispatch_engine.models import LocalQueueMessage
+
+    settings = _settings()
+
+    async def _tail() -> None:
+        context = build_context(settings)
+        last = 0
+        try:
+            while True:
+                async with context.sessions() as session, session.begin():
+                    rows = list(
+                        (
+                            await session.execute(
+                                select(LocalQueueMessage)
+                                .where(
+                                    LocalQueueMessage.account_id == account,
+                                    LocalQueueMessage.id > last,
+                                )
+                                .order_by(LocalQueueMessage.id)
+                                .limit(1000)
+                            )
+                        ).scalars()
+                    )
+                    for row in rows:
+                        sys.stdout.write(row.body.decode() + "\n")
+                        last = row.id
+                    sys.stdout.flush()
+                    if ack and rows:
+                        await session.execute(
+                            delete(LocalQueueMessage).where(
+                                LocalQueueMessage.id.in_([r.id for r in rows])
+                            )
+                        )
+                if not follow and not rows:
+                    return
+                if not rows:
+                    await asyncio.sleep(interval)
+        finally:
+            await context.aclose()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_tail())
 
 
 @apikey_app.command("create")

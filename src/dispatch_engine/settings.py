@@ -48,6 +48,16 @@ class Settings(BaseSettings):
     claim_batch_size: int = Field(default=500, ge=1, le=10_000)
     claim_lease_seconds: int = Field(default=60, ge=5)
     claim_interval_seconds: float = Field(default=1.0, gt=0)
+    dnd_max_failures: int = Field(default=5, ge=1)
+    dnd_retry_seconds: int = Field(default=60, ge=1)
+    dnd_concurrency: int = Field(default=64, ge=1)
+    relay_batch_size: int = Field(default=500, ge=1, le=10_000)
+    relay_interval_seconds: float = Field(default=0.5, gt=0)
+    relay_max_attempts: int = Field(default=8, ge=1)
+    relay_backoff_seconds: float = Field(default=2.0, gt=0)
+    relay_backoff_max_seconds: float = Field(default=300.0, gt=0)
+    delayed_after_seconds: int = Field(default=900, ge=1)
+    upload_batch_rows: int = Field(default=2_000, ge=1, le=50_000)
 
     @field_validator("webhook_allowlist", mode="before")
     @classmethod

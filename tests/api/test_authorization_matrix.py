@@ -68,6 +68,18 @@ ROUTES: list[tuple[str, str, Any, set[str], bool]] = [
     ("PATCH", "/v1/accounts/{account}/dispatches/{dispatch}", {}, CONFIG, True),
     ("POST", "/v1/accounts/{account}/dispatches/{dispatch}/pause", None, CONTROL, True),
     ("POST", "/v1/accounts/{account}/dispatches/{dispatch}/resume", None, CONTROL, True),
+    (
+        "POST",
+        "/v1/accounts/{account}/dispatches/{dispatch}/contacts",
+        {"contacts": [{"email": "a@example.com"}]},
+        CONFIG,
+        True,
+    ),
+    ("GET", "/v1/accounts/{account}/batches/{batch}", None, READ, True),
+    ("GET", "/v1/accounts/{account}/invites/{invite}", None, READ, True),
+    ("GET", "/v1/accounts/{account}/invites?token={token}", None, READ, True),
+    ("GET", "/v1/accounts/{account}/queue/messages", None, READ, True),
+    ("POST", "/v1/accounts/{account}/queue/ack", {"receipts": ["nope"]}, READ, True),
     ("GET", "/v1/admin/audit", None, OPERATOR, False),
 ]
 
@@ -95,7 +107,8 @@ async def test_every_route_is_in_the_matrix(context: AppContext) -> None:
     templated = {
         (m, p.replace("{account}", "{account_id}").replace("{policy}", "{policy_id}")
          .replace("{message}", "{message_id}").replace("{dispatch}", "{dispatch_id}")
-         .replace("{spare_key}", "{key_id}"))
+         .replace("{spare_key}", "{key_id}").replace("{batch}", "{batch_id}")
+         .replace("{invite}", "{invite_id}").split("?")[0])
         for m, p, *_ in ROUTES
     }  # fmt: skip
     assert declared == templated
@@ -120,6 +133,14 @@ async def test_authorization_matrix(
             },
         )
     ).json()
+    batch = (
+        await client.post(
+            f"/v1/accounts/acme/dispatches/{dispatch['id']}/contacts",
+            headers=admin,
+            json={"contacts": [{"email": "someone@example.com", "external_id": "x"}]},
+        )
+    ).json()
+    invite = (await client.get("/v1/accounts/acme/invites?external_id=x", headers=admin)).json()[0]
     keys = {
         "admin": admin,
         "operator": bearer(await new_key(context, "operator")),
@@ -145,6 +166,9 @@ async def test_authorization_matrix(
             "message": policy_now["lineup"][-1]["id"],
             "dispatch": dispatch["id"],
             "spare_key": spare["id"],
+            "batch": batch["batch"],
+            "invite": invite["id"],
+            "token": invite["token"],
             "role": role,
         }
         path = _fill(template, ids)

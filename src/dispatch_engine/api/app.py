@@ -9,24 +9,47 @@ from fastapi import FastAPI
 
 from dispatch_engine import __version__
 from dispatch_engine.api.problems import install_problem_handlers
-from dispatch_engine.api.routes import accounts, api_keys, audit, dispatches, health, policies
+from dispatch_engine.api.routes import (
+    accounts,
+    api_keys,
+    audit,
+    contacts,
+    dispatches,
+    health,
+    invites,
+    local_queue,
+    policies,
+)
 from dispatch_engine.clock import Clock
 from dispatch_engine.context import AppContext, build_context
 from dispatch_engine.settings import Settings
 
 
 def create_app(
-    settings: Settings, *, clock: Clock | None = None, context: AppContext | None = None
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    context: AppContext | None = None,
+    with_worker: bool = False,
 ) -> FastAPI:
-    """Build the API. Tests pass their own context (clock, engine) in."""
+    """Build the API; `with_worker` also runs the scheduler in this process (`serve`).
+    Tests pass their own context (clock, engine) in."""
     owned = context is None
     ctx = context or build_context(settings, clock)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        worker = None
+        if with_worker:
+            from dispatch_engine.scheduler.worker import Worker
+
+            worker = Worker(ctx)
+            worker.start()
         try:
             yield
         finally:
+            if worker is not None:
+                await worker.shutdown()
             if owned:
                 await ctx.aclose()
 
@@ -39,6 +62,16 @@ def create_app(
     )
     app.state.context = ctx
     install_problem_handlers(app)
-    for module in (health, api_keys, accounts, policies, dispatches, audit):
+    for module in (
+        health,
+        api_keys,
+        accounts,
+        policies,
+        dispatches,
+        contacts,
+        invites,
+        local_queue,
+        audit,
+    ):
         app.include_router(module.router)
     return app

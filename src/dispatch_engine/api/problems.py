@@ -45,7 +45,9 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
-def _location(loc: tuple[Any, ...]) -> str:
+def _location(loc: tuple[Any, ...], error_type: str = "") -> str:
+    if error_type == "json_invalid":
+        return "body"  # the location is a byte offset, not a field
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts) or str(loc[0] if loc else "request")
 
@@ -72,7 +74,10 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = [FieldError(_location(tuple(e["loc"])), _reason(e)) for e in exc.errors()]
+        errors = [
+            FieldError(_location(tuple(e["loc"]), str(e.get("type", ""))), _reason(e))
+            for e in exc.errors()
+        ]
         return problem_response(
             status=422,
             slug="validation-error",

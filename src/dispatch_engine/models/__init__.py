@@ -5,6 +5,17 @@ from dispatch_engine.models.api_key import ApiKey
 from dispatch_engine.models.audit import AuditRecord
 from dispatch_engine.models.base import Base, new_id
 from dispatch_engine.models.dispatch import Dispatch
+from dispatch_engine.models.invite import (
+    ContactBatch,
+    FatigueLedger,
+    IdempotencyKey,
+    Invite,
+    Message,
+    RejectedRow,
+    Unsubscribe,
+)
+from dispatch_engine.models.outbox import LocalQueueMessage, OutboxEntry
+from dispatch_engine.models.pause import OperatorPause
 from dispatch_engine.models.policy import LineupMessage, Policy
 
 __all__ = [
@@ -12,9 +23,19 @@ __all__ = [
     "ApiKey",
     "AuditRecord",
     "Base",
+    "ContactBatch",
     "Dispatch",
+    "FatigueLedger",
+    "IdempotencyKey",
+    "Invite",
     "LineupMessage",
+    "LocalQueueMessage",
+    "Message",
+    "OperatorPause",
+    "OutboxEntry",
     "Policy",
     "QueueIntegration",
+    "RejectedRow",
+    "Unsubscribe",
     "new_id",
 ]

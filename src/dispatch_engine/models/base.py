@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import JSON, MetaData
+from sqlalchemy import JSON, BigInteger, Integer, MetaData, Table
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase
 
@@ -21,6 +21,8 @@ NAMING_CONVENTION = {
 }
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
+# SQLite only autoincrements an INTEGER PRIMARY KEY.
+BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -35,3 +37,8 @@ class Base(DeclarativeBase):
 def new_id(prefix: str) -> str:
     """An opaque, unguessable server id such as `pol_3f9a…` (80 random bits)."""
     return f"{prefix}_{secrets.token_hex(10)}"
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core table of a mapped class, for executemany inserts and updates."""
+    return cast(Table, model.__table__)

@@ -78,6 +78,8 @@ async def list_audit(
             at = datetime.fromisoformat(at_text)
         except ValueError:
             raise ValidationFailed("cursor", "not a cursor from a previous page") from None
+        if at.tzinfo is None:
+            raise ValidationFailed("cursor", "not a cursor from a previous page")
         query = query.where(
             (AuditRecord.at < at) | ((AuditRecord.at == at) & (AuditRecord.id < last_id))
         )

@@ -1,0 +1,236 @@
+"""Contact files (`POST …/dispatches/{dispatch}/contacts`) and their pollable batches."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from dispatch_engine.api.deps import ConfigActor, ReadActor, SessionDep
+from dispatch_engine.context import AppContext
+from dispatch_engine.errors import Conflict, DomainError, FieldError, NotFound, ValidationFailed
+from dispatch_engine.ingest import idempotency
+from dispatch_engine.ingest.csv_stream import CsvFormatError, iter_csv_rows
+from dispatch_engine.ingest.service import IngestTarget, ingest_stream
+from dispatch_engine.models import ContactBatch, Policy, RejectedRow, new_id
+from dispatch_engine.services.dispatches import get_dispatch
+from dispatch_engine.services.policies import live_lineup
+
+router = APIRouter(prefix="/v1/accounts/{account_id}", tags=["contacts"])
+MAX_JSON_BYTES = 64 * 1024 * 1024
+SAMPLE_REJECTIONS = 100
+
+
+class RejectedRowOut(BaseModel):
+    row: int
+    field: str
+    reason: str
+
+
+class BatchOut(BaseModel):
+    batch: str
+    dispatch: str
+    status: str
+    counts: dict[str, int]
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    rejected_rows: list[RejectedRowOut]
+    next_rejected_after: int | None = None
+
+
+async def _target(context: AppContext, account_id: str, dispatch_id: str) -> IngestTarget:
+    async with context.sessions() as session, session.begin():
+        dispatch = await get_dispatch(session, account_id, dispatch_id)
+        policy = await session.get(Policy, dispatch.policy_id)
+        if policy is None or policy.deleted_at is not None:
+            raise Conflict(
+                "the dispatch's policy was deleted; move the dispatch to another policy first",
+                slug="dispatch-policy-deleted",
+            )
+        lineup = await live_lineup(session, policy.id)
+        session.expunge_all()
+    return IngestTarget(dispatch, policy, lineup, context.clock.now())
+
+
+async def _json_rows(body: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    data = bytearray()
+    async for chunk in body:
+        data.extend(chunk)
+        if len(data) > MAX_JSON_BYTES:
+            raise ValidationFailed("body", f"JSON bodies are limited to {MAX_JSON_BYTES} bytes; "
+                                   "send large files as text/csv")  # fmt: skip
+    try:
+        document = orjson.loads(bytes(data))
+    except orjson.JSONDecodeError:
+        raise ValidationFailed("body", "not valid JSON") from None
+    contacts = document.get("contacts") if isinstance(document, dict) else None
+    if not isinstance(contacts, list):
+        raise ValidationFailed("contacts", "must be a list of contact objects")
+    for index, contact in enumerate(contacts, start=1):
+        if not isinstance(contact, dict):
+            yield index, {"__error__": "each contact must be a JSON object"}
+        else:
+            yield index, contact
+
+
+def _counts(batch: ContactBatch) -> dict[str, int]:
+    return {
+        "rows": batch.rows_total,
+        "accepted": batch.accepted,
+        "rejected": batch.rejected,
+        "duplicates": batch.duplicates,
+    }
+
+
+async def _batch_out(
+    session: SessionDep, batch: ContactBatch, after: int = 0, limit: int = SAMPLE_REJECTIONS
+) -> BatchOut:
+    rows = list(
+        (
+            await session.execute(
+                select(RejectedRow)
+                .where(RejectedRow.batch_id == batch.id, RejectedRow.row_number > after)
+                .order_by(RejectedRow.row_number)
+                .limit(limit + 1)
+            )
+        ).scalars()
+    )
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return BatchOut(
+        batch=batch.id,
+        dispatch=batch.dispatch_id,
+        status=batch.status,
+        counts=_counts(batch),
+        error=batch.error,
+        created_at=batch.created_at,
+        finished_at=batch.finished_at,
+        rejected_rows=[
+            RejectedRowOut(row=r.row_number, field=r.field, reason=r.reason) for r in rows
+        ],
+        next_rejected_after=rows[-1].row_number if more and rows else None,
+    )
+
+
+@router.post(
+    "/dispatches/{dispatch_id}/contacts",
+    status_code=202,
+    response_model=BatchOut,
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/json": {
+                    "schema": {"type": "object", "properties": {"contacts": {"type": "array"}}}
+                },
+            }
+        }
+    },
+)
+async def post_contacts(
+    account_id: str,
+    dispatch_id: str,
+    request: Request,
+    actor: ConfigActor,
+    idempotency_key: str | None = Header(default=None, max_length=200),
+) -> JSONResponse:
+    """Post contacts as `text/csv` (streamed; header row; columns email, mobile,
+    external_id, time_zone and free attributes) or JSON `{"contacts": [...]}`.
+
+    Rows are stored in chunks as they arrive (poll the batch meanwhile); bad rows are
+    rejected one by one with row number and reason. Replays with the same
+    `Idempotency-Key` return the first answer and create nothing.
+    """
+    context = actor.context
+    media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+    if media not in ("text/csv", "application/json"):
+        raise DomainError(
+            detail="send contacts as text/csv or application/json",
+            errors=[FieldError("Content-Type", "must be text/csv or application/json")],
+            status=415, slug="unsupported-media-type", title="Unsupported media type",
+        )  # fmt: skip
+    target = await _target(context, account_id, dispatch_id)
+    body = idempotency.HashingStream(request.stream(), f"{dispatch_id}\x00{media}")
+    if idempotency_key:
+        record = await idempotency.begin(context, account_id, idempotency_key, target.received_at)
+        if record is not None:
+            await body.drain()
+            code, stored = idempotency.check_replay(record, body.hexdigest())
+            return JSONResponse(stored, status_code=code, headers={"Idempotent-Replayed": "true"})
+    try:
+        return await _ingest(actor, account_id, dispatch_id, media, target, body, idempotency_key)
+    except BaseException:
+        if idempotency_key:
+            await idempotency.abandon(context, account_id, idempotency_key)
+        raise
+
+
+async def _ingest(
+    actor: ConfigActor,
+    account_id: str,
+    dispatch_id: str,
+    media: str,
+    target: IngestTarget,
+    body: idempotency.HashingStream,
+    idempotency_key: str | None,
+) -> JSONResponse:
+    context = actor.context
+    batch_id = new_id("bat")
+    async with context.sessions() as session, session.begin():
+        session.add(
+            ContactBatch(id=batch_id, account_id=account_id, dispatch_id=dispatch_id,
+                         status="processing", content_type=media, created_at=target.received_at)
+        )  # fmt: skip
+        actor.audit(session, "contacts.upload", "batch", batch_id, account_id=account_id,
+                    after={"dispatch": dispatch_id, "content_type": media})  # fmt: skip
+    rows = iter_csv_rows(aiter(body)) if media == "text/csv" else _json_rows(aiter(body))
+    outcome, error = "completed", None
+    try:
+        await ingest_stream(context, batch_id, target, rows)
+    except CsvFormatError as exc:
+        outcome, error = "failed", f"row {exc.row_number}: {exc.reason}"
+    except DomainError as exc:
+        outcome, error = "failed", exc.detail
+    async with context.sessions() as session, session.begin():
+        batch = await session.get(ContactBatch, batch_id)
+        assert batch is not None
+        batch.status = outcome
+        batch.error = error
+        batch.finished_at = context.clock.now()
+        out = (await _batch_out(session, batch)).model_dump(mode="json")
+    code = 202 if outcome == "completed" else 422
+    if code == 422:
+        out.update(
+            {"type": "urn:dispatch-engine:problem:contact-file-unreadable",
+             "title": "Contact file unreadable", "status": 422,
+             "detail": f"{error}; rows before it were stored (see counts)",
+             "field": "body", "reason": error}
+        )  # fmt: skip
+    if idempotency_key:
+        await idempotency.finish(context, account_id, idempotency_key, body.hexdigest(), code, out)
+    media_type = "application/json" if code == 202 else "application/problem+json"
+    return JSONResponse(out, status_code=code, media_type=media_type)
+
+
+@router.get("/batches/{batch_id}", response_model=BatchOut)
+async def get_batch(
+    account_id: str,
+    batch_id: str,
+    actor: ReadActor,
+    session: SessionDep,
+    rejected_after: int = Query(default=0, ge=0, description="Row number to continue after"),
+    limit: int = Query(default=SAMPLE_REJECTIONS, ge=1, le=1000),
+) -> BatchOut:
+    """Status and counts of a contact file, with its rejected rows (paginated)."""
+    async with session.begin():
+        batch = await session.get(ContactBatch, batch_id)
+        if batch is None or batch.account_id != account_id:
+            raise NotFound(f"batch '{batch_id}'")
+        return await _batch_out(session, batch, rejected_after, limit)

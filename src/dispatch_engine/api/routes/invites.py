@@ -1,0 +1,141 @@
+"""Invite lookup: every message's state, times, and the rule + reason for anything not sent."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import datetime
+
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from dispatch_engine.api.deps import ReadActor, SessionDep
+from dispatch_engine.errors import NotFound, ValidationFailed
+from dispatch_engine.models import Invite, Message
+
+router = APIRouter(prefix="/v1/accounts/{account_id}/invites", tags=["invites"])
+
+
+class MessageOut(BaseModel):
+    id: str
+    lineup_message_id: str
+    position: int
+    channel: str
+    state: str
+    rule: str | None
+    reason: str | None
+    due_at: datetime
+    scheduled_for: datetime
+    sent_at: datetime | None
+    decided_at: datetime | None
+    attempts: int
+    resend_of: str | None
+
+
+class InviteOut(BaseModel):
+    id: str
+    account: str
+    dispatch: str
+    questionnaire: str
+    batch: str | None
+    external_id: str | None
+    token: str
+    sandbox: bool
+    state: str
+    end_reason: str | None
+    received_at: datetime
+    valid_until: datetime
+    first_sent_at: datetime | None
+    responded_at: datetime | None
+    contact_erased: bool
+    messages: list[MessageOut]
+
+
+def _invite_out(invite: Invite, messages: list[Message]) -> InviteOut:
+    return InviteOut(
+        id=invite.id,
+        account=invite.account_id,
+        dispatch=invite.dispatch_id,
+        questionnaire=invite.questionnaire_id,
+        batch=invite.batch_id,
+        external_id=invite.external_id,
+        token=invite.token,
+        sandbox=invite.sandbox,
+        state=invite.state,
+        end_reason=invite.end_reason,
+        received_at=invite.received_at,
+        valid_until=invite.valid_until,
+        first_sent_at=invite.first_sent_at,
+        responded_at=invite.responded_at,
+        contact_erased=invite.contact is None,
+        messages=[
+            MessageOut(
+                id=m.id,
+                lineup_message_id=m.lineup_message_id,
+                position=m.position,
+                channel=m.channel,
+                state=m.state,
+                rule=m.rule,
+                reason=m.reason,
+                due_at=m.due_at,
+                scheduled_for=m.not_before,
+                sent_at=m.sent_at,
+                decided_at=m.decided_at,
+                attempts=m.attempts,
+                resend_of=m.resend_of,
+            )
+            for m in messages
+        ],
+    )
+
+
+async def _with_messages(session: SessionDep, invites: list[Invite]) -> list[InviteOut]:
+    by_invite: dict[str, list[Message]] = defaultdict(list)
+    if invites:
+        rows = await session.execute(
+            select(Message)
+            .where(Message.invite_id.in_([i.id for i in invites]))
+            .order_by(Message.created_at, Message.position, Message.id)
+        )
+        for message in rows.scalars():
+            by_invite[message.invite_id].append(message)
+    return [_invite_out(i, by_invite[i.id]) for i in invites]
+
+
+@router.get("/{invite_id}", response_model=InviteOut)
+async def get_invite(
+    account_id: str, invite_id: str, actor: ReadActor, session: SessionDep
+) -> InviteOut:
+    async with session.begin():
+        invite = await session.get(Invite, invite_id)
+        if invite is None or invite.account_id != account_id:
+            raise NotFound(f"invite '{invite_id}'")
+        return (await _with_messages(session, [invite]))[0]
+
+
+@router.get("", response_model=list[InviteOut])
+async def find_invites(
+    account_id: str,
+    actor: ReadActor,
+    session: SessionDep,
+    token: str | None = Query(default=None),
+    external_id: str | None = Query(default=None),
+    dispatch: str | None = Query(default=None),
+    limit: int = Query(default=100, ge=1, le=1000),
+) -> list[InviteOut]:
+    """Find invites by token, or by external id (optionally within one dispatch)."""
+    if not token and not external_id:
+        raise ValidationFailed("token", "give token or external_id")
+    query = select(Invite).where(Invite.account_id == account_id)
+    if token:
+        query = query.where(Invite.token == token)
+    if external_id:
+        query = query.where(Invite.external_id == external_id)
+    if dispatch:
+        query = query.where(Invite.dispatch_id == dispatch)
+    async with session.begin():
+        invites = list(
+            (await session.execute(query.order_by(Invite.created_at, Invite.id).limit(limit)))
+            .scalars()
+        )  # fmt: skip
+        return await _with_messages(session, invites)

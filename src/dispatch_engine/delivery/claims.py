@@ -1,0 +1,74 @@
+"""Claiming due messages: exactly one worker handles each (R-SCH-1).
+
+PostgreSQL: `FOR UPDATE SKIP LOCKED` picks rows no other transaction holds, a lease makes a
+crashed worker's claims come back, and a claim token fences the write-back (a worker whose
+lease was taken over cannot write). SQLite: one writer at a time (BEGIN IMMEDIATE).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dispatch_engine.models import Message
+
+CLAIMABLE_STATES = ("pending", "deferred")
+
+
+def new_claim_token() -> str:
+    return secrets.token_hex(16)
+
+
+async def claim_due_messages(
+    session: AsyncSession, *, now: datetime, limit: int, lease: timedelta
+) -> tuple[str, list[str]]:
+    """Claim up to `limit` due messages, sandbox first, then in due order.
+
+    Returns the claim token and the claimed ids. Runs inside the caller's transaction.
+    """
+    token = new_claim_token()
+    candidates = (
+        select(Message.id)
+        .where(
+            Message.state.in_(CLAIMABLE_STATES),
+            Message.not_before <= now,
+            or_(Message.lease_until.is_(None), Message.lease_until < now),
+        )
+        .order_by(Message.priority, Message.not_before, Message.due_at, Message.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        candidates = candidates.with_for_update(skip_locked=True)
+    ids = list((await session.execute(candidates)).scalars())
+    if ids:
+        await session.execute(
+            update(Message)
+            .where(Message.id.in_(ids))
+            .values(claim_token=token, lease_until=now + lease)
+            .execution_options(synchronize_session=False)
+        )
+    return token, ids
+
+
+async def still_owned(session: AsyncSession, ids: list[str], token: str) -> set[str]:
+    """The claimed ids whose claim is still ours, locked until commit (the fence)."""
+    if not ids:
+        return set()
+    query = select(Message.id).where(and_(Message.id.in_(ids), Message.claim_token == token))
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.with_for_update()
+    return set((await session.execute(query)).scalars())
+
+
+async def release_claims(session: AsyncSession, ids: list[str], token: str) -> None:
+    """Give claims back (graceful shutdown): the next round takes them at once."""
+    if ids:
+        await session.execute(
+            update(Message)
+            .where(Message.id.in_(ids), Message.claim_token == token)
+            .values(claim_token=None, lease_until=None)
+            .execution_options(synchronize_session=False)
+        )

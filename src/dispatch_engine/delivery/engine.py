@@ -1,0 +1,368 @@
+"""One delivery round: claim → look up facts → (ask DND) → decide → write back, set-based.
+
+The write-back runs in one transaction per batch: messages marked, fatigue ledger rows
+and outbox rows written together (R-RUL-2), next lineup steps scheduled, and the claim
+token checked so a worker whose lease was taken over writes nothing.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import bindparam, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dispatch_engine.clients.dnd_webhook import DndClient, DndQuery
+from dispatch_engine.context import AppContext
+from dispatch_engine.delivery.claims import claim_due_messages, still_owned
+from dispatch_engine.delivery.contacts import open_contact
+from dispatch_engine.delivery.facts import (
+    DndSettings,
+    current_step,
+    fatigue_lock_key,
+    fatigue_of,
+    message_facts,
+)
+from dispatch_engine.delivery.lookups import (
+    BatchFacts,
+    load_batch_facts,
+    load_ledger,
+    load_lock_holders,
+    load_unsubscribes,
+)
+from dispatch_engine.models import FatigueLedger, Invite, Message, OutboxEntry, new_id
+from dispatch_engine.models.base import table_of
+from dispatch_engine.rules.base import Decision, Defer, Hold, Pass, Suppress
+from dispatch_engine.rules.pipeline import MessageFacts, decide, needs_dnd_check
+from dispatch_engine.schemas.queue_message import build_invitation, encode_message
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class RoundResult:
+    claimed: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+
+class DeliveryEngine:
+    """Moves due messages through the rule pipeline. Safe to run in several processes."""
+
+    def __init__(
+        self,
+        context: AppContext,
+        dnd_client: DndClient | None = None,
+        *,
+        batch_size: int | None = None,
+        lease: timedelta | None = None,
+        dnd: DndSettings | None = None,
+    ) -> None:
+        self.context = context
+        self.dnd_client = dnd_client
+        self.batch_size = batch_size or context.settings.claim_batch_size
+        self.lease = lease or timedelta(seconds=context.settings.claim_lease_seconds)
+        self.dnd = dnd or DndSettings()
+
+    async def run_until_idle(self, max_rounds: int = 1000) -> RoundResult:
+        """Rounds until nothing is due (tests and the embedded worker use this)."""
+        total = RoundResult()
+        for _ in range(max_rounds):
+            result = await self.run_once()
+            total.claimed += result.claimed
+            total.outcomes.update(result.outcomes)
+            if result.claimed == 0:
+                break
+        return total
+
+    async def run_once(self) -> RoundResult:
+        now = self.context.clock.now()
+        async with self.context.sessions() as session:
+            async with session.begin():
+                token, ids = await claim_due_messages(
+                    session, now=now, limit=self.batch_size, lease=self.lease
+                )
+            if not ids:
+                return RoundResult()
+            answers = await self._ask_dnd(session, ids, now)
+            for attempt in range(3):
+                try:
+                    async with session.begin():
+                        return await self._decide_and_write(session, ids, token, now, answers)
+                except IntegrityError:
+                    # Another worker took a fatigue lock for the same person meanwhile:
+                    # decide again with fresh facts (the lock now makes it a suppression).
+                    log.info("delivery_writeback_retry", attempt=attempt + 1)
+            raise RuntimeError("write-back kept conflicting; the lease will expire and retry")
+
+    async def _facts(self, session: AsyncSession, ids: list[str], now: datetime) -> BatchFacts:
+        facts = await load_batch_facts(session, ids)
+        wanted: set[tuple[str, str, str]] = set()
+        lock_keys: set[str] = set()
+        rule2_hashes: set[str] = set()
+        earliest = now
+        for message in facts.messages:
+            invite = facts.invites[message.invite_id]
+            address_hash = invite.email_hash if message.channel == "email" else invite.mobile_hash
+            if address_hash:
+                wanted.add((message.account_id, message.channel, address_hash))
+            policy = facts.policies.get(message.policy_id)
+            dispatch = facts.dispatches.get(message.dispatch_id)
+            if dispatch is not None:
+                policy = facts.policies.get(dispatch.policy_id, policy)
+            if policy is None or invite.first_sent_at is not None:
+                continue
+            rules = fatigue_of(policy)
+            if rules.pending_token.enabled:
+                lock_keys.add(
+                    fatigue_lock_key(
+                        policy.id, policy.fatigue_epoch, invite.sandbox, invite.uuid_hash
+                    )
+                )
+            if rules.max_invites.enabled:
+                rule2_hashes.add(invite.uuid_hash)
+                earliest = min(earliest, now - timedelta(days=rules.max_invites.days))
+        facts.unsubscribed = await load_unsubscribes(session, wanted)
+        facts.lock_holders = await load_lock_holders(session, lock_keys)
+        facts.ledger = await load_ledger(session, rule2_hashes, earliest)
+        return facts
+
+    async def _ask_dnd(
+        self, session: AsyncSession, ids: list[str], now: datetime
+    ) -> dict[str, str]:
+        """DND answers for the messages that would otherwise go out now (outside any
+        transaction: no row lock is held while a webhook is slow)."""
+        if self.dnd_client is None:
+            return {}
+        async with session.begin():
+            facts = await self._facts(session, ids, now)
+            requests: list[tuple[str, str, DndQuery]] = []
+            sent_in_batch: Counter[tuple[str, str | None]] = Counter()
+            for message in facts.messages:
+                mf = message_facts(
+                    facts, message, now, dnd_answer=None, dnd=self.dnd, sent_in_batch=sent_in_batch
+                )
+                if not needs_dnd_check(mf):
+                    continue
+                invite = facts.invites[message.invite_id]
+                if invite.contact is None:
+                    continue
+                contact = open_contact(self.context.cipher, invite.id, invite.contact)
+                address = contact["email"] if message.channel == "email" else contact["mobile"]
+                policy = facts.policies[message.policy_id]
+                url = policy.dnd_webhooks[message.channel]
+                query = DndQuery(message.channel, address, message.account_id, policy.id)
+                requests.append((message.id, url, query))
+        if not requests:
+            return {}
+        answers = await self.dnd_client.check_many([(url, q) for _, url, q in requests])
+        return {
+            mid: answer.status.value for (mid, _, _), answer in zip(requests, answers, strict=True)
+        }
+
+    async def _decide_and_write(
+        self,
+        session: AsyncSession,
+        ids: list[str],
+        token: str,
+        now: datetime,
+        answers: dict[str, str],
+    ) -> RoundResult:
+        owned = await still_owned(session, ids, token)
+        if not owned:
+            return RoundResult(claimed=len(ids))
+        facts = await self._facts(session, sorted(owned), now)
+        writer = _BatchWriter(self.context, facts, now)
+        sent_in_batch: Counter[tuple[str, str | None]] = Counter()
+        for message in facts.messages:
+            mf = message_facts(
+                facts,
+                message,
+                now,
+                dnd_answer=answers.get(message.id),
+                dnd=self.dnd,
+                sent_in_batch=sent_in_batch,
+            )
+            if mf.dnd.configured and mf.dnd.answer is None and needs_dnd_check(mf):
+                mf = _with_unknown_dnd(mf)
+            decision = decide(mf)
+            if isinstance(decision, Pass) and mf.first_send:
+                # Later first messages of the same person in this batch see this send.
+                invite = facts.invites[message.invite_id]
+                sent_in_batch[(invite.uuid_hash, invite.questionnaire_id)] += 1
+                sent_in_batch[(invite.uuid_hash, None)] += 1
+            writer.apply(message, decision)
+        await writer.flush(session)
+        return RoundResult(claimed=len(ids), outcomes=writer.outcomes)
+
+
+def _with_unknown_dnd(mf: MessageFacts) -> MessageFacts:
+    """A DND check that could not be made this round counts as unavailable, never allowed."""
+    return replace(mf, dnd=replace(mf.dnd, answer="unavailable"))
+
+
+class _BatchWriter:
+    """Collects a batch's decisions, then writes them with a few executemany statements."""
+
+    def __init__(self, context: AppContext, facts: BatchFacts, now: datetime) -> None:
+        self.context = context
+        self.facts = facts
+        self.now = now
+        self.message_updates: list[dict[str, Any]] = []
+        self.new_messages: list[dict[str, Any]] = []
+        self.outbox: list[dict[str, Any]] = []
+        self.ledger: list[dict[str, Any]] = []
+        self.invite_updates: dict[str, dict[str, Any]] = {}
+        self.outcomes: Counter[str] = Counter()
+
+    def _invite_update(self, invite: Invite, **values: Any) -> None:
+        self.invite_updates.setdefault(invite.id, {"b_id": invite.id}).update(values)
+
+    def apply(self, message: Message, decision: Decision) -> None:
+        base = {"b_id": message.id, "claim_token": None, "lease_until": None}
+        invite = self.facts.invites[message.invite_id]
+        if isinstance(decision, Pass):
+            self._send(message, invite)
+            self.message_updates.append(
+                {**base, "state": "sent", "rule": None, "reason": None, "sent_at": self.now,
+                 "decided_at": self.now, "not_before": message.not_before,
+                 "attempts": message.attempts}
+            )  # fmt: skip
+            self.outcomes["sent"] += 1
+            self._schedule_next(message, invite)
+        elif isinstance(decision, Suppress):
+            self.message_updates.append(
+                {**base, "state": "suppressed", "rule": decision.rule, "reason": decision.reason,
+                 "sent_at": None, "decided_at": self.now, "not_before": message.not_before,
+                 "attempts": message.attempts}
+            )  # fmt: skip
+            self.outcomes[decision.reason] += 1
+            if decision.next_step:
+                self._schedule_next(message, invite)
+            else:
+                self._end_invite(invite, decision.reason)
+        elif isinstance(decision, Defer):
+            attempts = message.attempts + (1 if decision.rule == "dnd" else 0)
+            self.message_updates.append(
+                {**base, "state": "deferred", "rule": decision.rule, "reason": decision.reason,
+                 "sent_at": None, "decided_at": self.now, "not_before": decision.until,
+                 "attempts": attempts}
+            )  # fmt: skip
+            self.outcomes[decision.reason] += 1
+        elif isinstance(decision, Hold):
+            self.message_updates.append(
+                {**base, "state": "held", "rule": decision.rule, "reason": decision.reason,
+                 "sent_at": None, "decided_at": self.now, "not_before": message.not_before,
+                 "attempts": message.attempts}
+            )  # fmt: skip
+            self.outcomes["held"] += 1
+
+    def _send(self, message: Message, invite: Invite) -> None:
+        dispatch = self.facts.dispatches[message.dispatch_id]
+        step = current_step(self.facts, message)
+        assert step is not None and invite.contact is not None
+        contact = open_contact(self.context.cipher, invite.id, invite.contact)
+        address = contact["email"] if message.channel == "email" else contact["mobile"]
+        body = build_invitation(
+            message_id=message.id,
+            invite_id=invite.id,
+            token=invite.token,
+            account=message.account_id,
+            dispatch=message.dispatch_id,
+            questionnaire=invite.questionnaire_id,
+            channel=message.channel,  # type: ignore[arg-type]
+            address=address,
+            message_template=dispatch.message_templates[step.id],
+            lineup_position=step.position or message.position,
+            lineup_message_id=step.id,
+            scheduled_at=message.due_at,
+            sent_at=self.now,
+            attributes=contact.get("attributes") or {},
+            sandbox=invite.sandbox,
+            resend_of=message.resend_of,
+        )
+        self.outbox.append(
+            {"message_id": message.id, "account_id": message.account_id,
+             "invite_id": invite.id, "body": encode_message(body), "created_at": self.now,
+             "next_attempt_at": self.now, "attempts": 0}
+        )  # fmt: skip
+        if invite.first_sent_at is None:
+            policy = self.facts.policies[message.policy_id]
+            self.ledger.append(
+                {"account_id": message.account_id, "policy_id": policy.id,
+                 "fatigue_epoch": policy.fatigue_epoch, "questionnaire_id": invite.questionnaire_id,
+                 "invite_id": invite.id, "uuid_hash": invite.uuid_hash, "sandbox": invite.sandbox,
+                 "sent_at": self.now}
+            )  # fmt: skip
+            invite.first_sent_at = self.now
+            values: dict[str, Any] = {"first_sent_at": self.now}
+            if fatigue_of(policy).pending_token.enabled and invite.fatigue_lock is None:
+                key = fatigue_lock_key(
+                    policy.id, policy.fatigue_epoch, invite.sandbox, invite.uuid_hash
+                )
+                values["fatigue_lock"] = key
+                invite.fatigue_lock = key
+            self._invite_update(invite, **values)
+
+    def _schedule_next(self, message: Message, invite: Invite) -> None:
+        lineup = self.facts.live_lineups.get(message.policy_id, [])
+        step = current_step(self.facts, message)
+        after = step.position if step is not None and step.position else message.position - 1
+        following = [s for s in lineup if (s.position or 0) > after]
+        if not following:
+            self._invite_update(invite, state="completed", end_reason="lineup_done")
+            return
+        nxt = following[0]
+        due = self.now + timedelta(seconds=nxt.delay_seconds)
+        self.new_messages.append(
+            {"id": new_id("m"), "invite_id": invite.id, "account_id": message.account_id,
+             "dispatch_id": message.dispatch_id, "policy_id": message.policy_id,
+             "lineup_message_id": nxt.id, "position": nxt.position or 0, "channel": nxt.channel,
+             "priority": message.priority, "state": "pending", "due_at": due, "not_before": due,
+             "attempts": 0, "created_at": self.now}
+        )  # fmt: skip
+
+    def _end_invite(self, invite: Invite, reason: str) -> None:
+        values: dict[str, Any] = {"state": "ended", "end_reason": reason, "ended_at": self.now}
+        if invite.first_sent_at is None or reason in ("responded", "token_expired"):
+            values["fatigue_lock"] = None  # nothing pending any more for rule 1
+        self._invite_update(invite, **values)
+
+    async def flush(self, session: AsyncSession) -> None:
+        messages = table_of(Message)
+        if self.message_updates:
+            await session.execute(
+                update(messages)
+                .where(messages.c.id == bindparam("b_id"))
+                .values(
+                    state=bindparam("state"), rule=bindparam("rule"), reason=bindparam("reason"),
+                    sent_at=bindparam("sent_at"), decided_at=bindparam("decided_at"),
+                    not_before=bindparam("not_before"), attempts=bindparam("attempts"),
+                    claim_token=bindparam("claim_token"), lease_until=bindparam("lease_until"),
+                ),
+                self.message_updates,
+            )  # fmt: skip
+        if self.new_messages:
+            await session.execute(messages.insert(), self.new_messages)
+        if self.outbox:
+            await session.execute(table_of(OutboxEntry).insert(), self.outbox)
+        if self.ledger:
+            await session.execute(table_of(FatigueLedger).insert(), self.ledger)
+        await self._flush_invites(session)
+
+    async def _flush_invites(self, session: AsyncSession) -> None:
+        invites = table_of(Invite)
+        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for values in self.invite_updates.values():
+            groups.setdefault(tuple(sorted(k for k in values if k != "b_id")), []).append(values)
+        for columns, rows in groups.items():
+            await session.execute(
+                update(invites)
+                .where(invites.c.id == bindparam("b_id"))
+                .values({column: bindparam(column) for column in columns}),
+                rows,
+            )

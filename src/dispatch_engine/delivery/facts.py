@@ -1,0 +1,141 @@
+"""Turn a batch's rows into per-message `MessageFacts` for the pure pipeline."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import lru_cache
+
+from dispatch_engine.delivery.lookups import BatchFacts
+from dispatch_engine.models import Invite, LineupMessage, Message, Policy
+from dispatch_engine.rules.business_hours import BusinessHours
+from dispatch_engine.rules.pipeline import DndFacts, MessageFacts
+from dispatch_engine.schemas.policies import BusinessRules, FatigueRules
+
+
+def fatigue_lock_key(policy_id: str, epoch: int, sandbox: bool, uuid_hash: str) -> str:
+    """One pending-token lock per person, policy, fatigue epoch and sandbox flag."""
+    return f"{policy_id}:{epoch}:{int(sandbox)}:{uuid_hash}"
+
+
+@lru_cache(maxsize=1024)
+def _hours(
+    time_zone: str, days_key: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+) -> BusinessHours:
+    return BusinessHours.from_spec(time_zone, {day: list(ranges) for day, ranges in days_key})
+
+
+def business_hours_for(policy: Policy) -> tuple[BusinessHours, bool]:
+    """The policy's window model (cached) and whether the contact's own zone applies."""
+    rules = BusinessRules.model_validate(policy.business_rules)
+    key = tuple(
+        sorted((day, tuple((r.start, r.end) for r in ranges)) for day, ranges in rules.days.items())
+    )
+    return _hours(rules.time_zone, key), rules.use_contact_time_zone
+
+
+def fatigue_of(policy: Policy) -> FatigueRules:
+    return FatigueRules.model_validate({**policy.fatigue, "uuid_field": policy.uuid_field})
+
+
+@dataclass(frozen=True)
+class DndSettings:
+    max_failures: int = 5
+    retry_after: timedelta = timedelta(minutes=1)
+
+
+def current_step(facts: BatchFacts, message: Message) -> LineupMessage | None:
+    step = facts.steps.get(message.lineup_message_id)
+    return step if step is not None and step.deleted_at is None else None
+
+
+def paused_by(facts: BatchFacts, message: Message) -> str | None:
+    dispatch = facts.dispatches.get(message.dispatch_id)
+    if dispatch is None or dispatch.status != "active":
+        return "dispatch"
+    policy = facts.policies.get(dispatch.policy_id)
+    if policy is None or policy.status != "active" or policy.deleted_at is not None:
+        return "policy"
+    if message.account_id in facts.paused_accounts:
+        return "account"
+    if message.channel in facts.paused_channels:
+        return "channel"
+    return None
+
+
+def rule2_reached(
+    facts: BatchFacts, invite: Invite, policy: Policy, rules: FatigueRules, now: datetime,
+    sent_in_batch: Counter[tuple[str, str | None]],
+) -> bool:  # fmt: skip
+    """N invites in D days for this person (this questionnaire or all), across policies.
+
+    Sends of this policy from before its current fatigue epoch no longer count.
+    """
+    limit = rules.max_invites
+    cutoff = now - timedelta(days=limit.days)
+    questionnaire = invite.questionnaire_id if limit.scope == "questionnaire" else None
+    count = sum(
+        1
+        for row in facts.ledger.get(invite.uuid_hash, [])
+        if row.sent_at > cutoff
+        and row.sandbox == invite.sandbox
+        and (questionnaire is None or row.questionnaire_id == questionnaire)
+        and not (row.policy_id == policy.id and row.fatigue_epoch != policy.fatigue_epoch)
+    )
+    count += sent_in_batch[(invite.uuid_hash, questionnaire)]
+    return count >= limit.count
+
+
+def message_facts(
+    facts: BatchFacts,
+    message: Message,
+    now: datetime,
+    *,
+    dnd_answer: str | None,
+    dnd: DndSettings,
+    sent_in_batch: Counter[tuple[str, str | None]],
+) -> MessageFacts:
+    invite = facts.invites[message.invite_id]
+    dispatch = facts.dispatches.get(message.dispatch_id)
+    policy = facts.policies[dispatch.policy_id if dispatch else message.policy_id]
+    rules = fatigue_of(policy)
+    hours, contact_zone_applies = business_hours_for(policy)
+    address_hash = invite.email_hash if message.channel == "email" else invite.mobile_hash
+    first_send = invite.first_sent_at is None
+    pending_elsewhere = False
+    reached = False
+    if first_send and rules.pending_token.enabled:
+        key = fatigue_lock_key(policy.id, policy.fatigue_epoch, invite.sandbox, invite.uuid_hash)
+        holder = facts.lock_holders.get(key)
+        pending_elsewhere = holder is not None and holder.id != invite.id and _holds(holder, now)
+    if first_send and rules.max_invites.enabled:
+        reached = rule2_reached(facts, invite, policy, rules, now, sent_in_batch)
+    return MessageFacts(
+        now=now,
+        channel=message.channel,
+        paused_by=paused_by(facts, message),
+        responded=invite.responded_at is not None,
+        valid_until=invite.valid_until,
+        step_deleted=current_step(facts, message) is None,
+        has_address=address_hash is not None,
+        unsubscribed=address_hash is not None
+        and (message.account_id, message.channel, address_hash) in facts.unsubscribed,
+        first_send=first_send,
+        pending_token_elsewhere=pending_elsewhere,
+        max_invites_reached=reached,
+        business_hours=hours,
+        contact_zone=invite.time_zone if contact_zone_applies else None,
+        dnd=DndFacts(
+            configured=bool(policy.dnd_webhooks.get(message.channel)),
+            answer=dnd_answer,
+            failures=message.attempts,
+            max_failures=dnd.max_failures,
+            retry_after=dnd.retry_after,
+        ),
+    )
+
+
+def _holds(holder: Invite, now: datetime) -> bool:
+    """A lock only counts while its token is valid and unanswered."""
+    return holder.responded_at is None and holder.valid_until > now

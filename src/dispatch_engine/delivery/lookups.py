@@ -1,0 +1,160 @@
+"""Batch lookups for the rule pipeline: one query per kind of fact per batch, never per message."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dispatch_engine.models import (
+    Dispatch,
+    FatigueLedger,
+    Invite,
+    LineupMessage,
+    Message,
+    OperatorPause,
+    Policy,
+    Unsubscribe,
+)
+
+
+@dataclass
+class BatchFacts:
+    """Rows every message of a claimed batch refers to, keyed by id."""
+
+    messages: list[Message]
+    invites: dict[str, Invite]
+    dispatches: dict[str, Dispatch]
+    policies: dict[str, Policy]
+    steps: dict[str, LineupMessage]  # lineup messages referenced, live or deleted
+    live_lineups: dict[str, list[LineupMessage]]  # policy id → live steps in order
+    paused_accounts: set[str]
+    paused_channels: set[str]
+    unsubscribed: set[tuple[str, str, str]] = field(default_factory=set)
+    lock_holders: dict[str, Invite] = field(default_factory=dict)
+    ledger: dict[str, list[FatigueLedger]] = field(default_factory=dict)
+
+
+class _HasId(Protocol):
+    id: str
+
+
+RowT = TypeVar("RowT", bound=_HasId)
+
+
+def _by_id(rows: Iterable[RowT]) -> dict[str, RowT]:
+    return {row.id: row for row in rows}
+
+
+async def load_batch_facts(session: AsyncSession, ids: Sequence[str]) -> BatchFacts:
+    messages = list(
+        (
+            await session.execute(
+                select(Message)
+                .where(Message.id.in_(ids))
+                .order_by(Message.priority, Message.not_before, Message.due_at, Message.id)
+            )
+        ).scalars()
+    )
+    invite_ids = {m.invite_id for m in messages}
+    dispatch_ids = {m.dispatch_id for m in messages}
+    invites = _by_id(
+        (await session.execute(select(Invite).where(Invite.id.in_(invite_ids)))).scalars()
+    )
+    dispatches = _by_id(
+        (await session.execute(select(Dispatch).where(Dispatch.id.in_(dispatch_ids)))).scalars()
+    )
+    policy_ids = {d.policy_id for d in dispatches.values()} | {m.policy_id for m in messages}
+    policies = _by_id(
+        (await session.execute(select(Policy).where(Policy.id.in_(policy_ids)))).scalars()
+    )
+    step_rows = (
+        await session.execute(
+            select(LineupMessage).where(
+                (LineupMessage.policy_id.in_(policy_ids))
+                | (LineupMessage.id.in_({m.lineup_message_id for m in messages}))
+            )
+        )
+    ).scalars()
+    steps: dict[str, LineupMessage] = {}
+    live: dict[str, list[LineupMessage]] = defaultdict(list)
+    for step in step_rows:
+        steps[step.id] = step
+        if step.deleted_at is None:
+            live[step.policy_id].append(step)
+    for lineup in live.values():
+        lineup.sort(key=lambda s: s.position or 0)
+    account_ids = {m.account_id for m in messages}
+    pauses = (
+        await session.execute(
+            select(OperatorPause.scope, OperatorPause.target).where(
+                OperatorPause.lifted_at.is_(None)
+            )
+        )
+    ).all()
+    paused_accounts = {t for s, t in pauses if s == "account" and t in account_ids}
+    paused_channels = {t for s, t in pauses if s == "channel"}
+    return BatchFacts(
+        messages=messages,
+        invites=invites,
+        dispatches=dispatches,
+        policies=policies,
+        steps=steps,
+        live_lineups=dict(live),
+        paused_accounts=paused_accounts,
+        paused_channels=paused_channels,
+    )
+
+
+async def load_unsubscribes(
+    session: AsyncSession, wanted: set[tuple[str, str, str]]
+) -> set[tuple[str, str, str]]:
+    """(account, channel, address hash) triples that are unsubscribed, in one query."""
+    if not wanted:
+        return set()
+    hashes = {h for _, _, h in wanted}
+    rows = await session.execute(
+        select(Unsubscribe.account_id, Unsubscribe.channel, Unsubscribe.address_hash).where(
+            Unsubscribe.address_hash.in_(hashes)
+        )
+    )
+    return {(a, c, h) for a, c, h in rows.all()} & wanted
+
+
+async def load_lock_holders(session: AsyncSession, keys: set[str]) -> dict[str, Invite]:
+    """Fatigue rule 1: which invite holds each person's pending-token lock."""
+    if not keys:
+        return {}
+    rows = await session.execute(select(Invite).where(Invite.fatigue_lock.in_(keys)))
+    return {invite.fatigue_lock: invite for invite in rows.scalars() if invite.fatigue_lock}
+
+
+async def load_ledger(
+    session: AsyncSession, hashes: set[str], since: datetime
+) -> dict[str, list[FatigueLedger]]:
+    """Fatigue rule 2: invites sent per person hash since the earliest cut-off in the batch."""
+    if not hashes:
+        return {}
+    rows = await session.execute(
+        select(FatigueLedger).where(
+            FatigueLedger.uuid_hash.in_(hashes), FatigueLedger.sent_at >= since
+        )
+    )
+    ledger: dict[str, list[FatigueLedger]] = defaultdict(list)
+    for row in rows.scalars():
+        ledger[row.uuid_hash].append(row)
+    return dict(ledger)
+
+
+__all__ = [
+    "BatchFacts",
+    "load_batch_facts",
+    "load_ledger",
+    "load_lock_holders",
+    "load_unsubscribes",
+]

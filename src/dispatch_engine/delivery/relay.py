@@ -1,0 +1,193 @@
+"""The outbox relay: pushes outbox rows to each account's queue, marks them delivered only
+after the queue acknowledged, retries failures with backoff, and gives up as `failed`."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dispatch_engine.context import AppContext
+from dispatch_engine.delivery.claims import new_claim_token
+from dispatch_engine.models import Message, OutboxEntry, QueueIntegration
+from dispatch_engine.models.base import table_of
+from dispatch_engine.queues.base import OutgoingMessage, QueueSender, SendFailure
+from dispatch_engine.queues.factory import SenderCache
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class RelayResult:
+    delivered: int = 0
+    retried: int = 0
+    failed: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def handled(self) -> int:
+        return self.delivered + self.retried + self.failed
+
+
+def backoff(attempt: int, base: float, cap: float) -> timedelta:
+    """Exponential backoff with full jitter (attempt 1 → up to `base` seconds)."""
+    return timedelta(seconds=random.uniform(0, min(cap, base * 2 ** (attempt - 1))))
+
+
+class OutboxRelay:
+    def __init__(self, context: AppContext, senders: SenderCache) -> None:
+        self.context = context
+        self.senders = senders
+        settings = context.settings
+        self.batch_size = settings.relay_batch_size
+        self.max_attempts = settings.relay_max_attempts
+        self.base = settings.relay_backoff_seconds
+        self.cap = settings.relay_backoff_max_seconds
+        self.lease = timedelta(seconds=max(30, settings.claim_lease_seconds))
+
+    async def run_until_idle(self, max_rounds: int = 1000) -> RelayResult:
+        total = RelayResult()
+        for _ in range(max_rounds):
+            result = await self.run_once()
+            total.delivered += result.delivered
+            total.retried += result.retried
+            total.failed += result.failed
+            if result.handled == 0:
+                break
+        return total
+
+    async def run_once(self) -> RelayResult:
+        now = self.context.clock.now()
+        async with self.context.sessions() as session:
+            async with session.begin():
+                token, rows, kinds = await self._claim(session, now)
+            if not rows:
+                return RelayResult()
+            by_account: dict[str, list[OutboxEntry]] = defaultdict(list)
+            for row in rows:
+                by_account[row.account_id].append(row)
+            failures: dict[str, SendFailure] = {}
+            skipped: set[int] = set()
+            for account_id, entries in by_account.items():
+                integration = kinds.get(account_id)
+                sender = await self.senders.get(integration) if integration else None
+                if sender is None:
+                    skipped.update(e.id for e in entries)
+                    continue
+                for failure in await self._push(sender, entries):
+                    failures[failure.message_id] = failure
+            async with session.begin():
+                return await self._write_back(session, token, rows, failures, skipped, now)
+
+    async def _claim(
+        self, session: AsyncSession, now: datetime
+    ) -> tuple[str, list[OutboxEntry], dict[str, QueueIntegration]]:
+        token = new_claim_token()
+        query = (
+            select(OutboxEntry)
+            .where(
+                OutboxEntry.delivered_at.is_(None),
+                OutboxEntry.failed_at.is_(None),
+                OutboxEntry.next_attempt_at <= now,
+                or_(OutboxEntry.lease_until.is_(None), OutboxEntry.lease_until < now),
+            )
+            .order_by(OutboxEntry.next_attempt_at, OutboxEntry.id)
+            .limit(self.batch_size)
+        )
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        rows = list((await session.execute(query)).scalars())
+        if not rows:
+            return token, [], {}
+        await session.execute(
+            update(OutboxEntry)
+            .where(OutboxEntry.id.in_([r.id for r in rows]))
+            .values(claim_token=token, lease_until=now + self.lease)
+            .execution_options(synchronize_session=False)
+        )
+        accounts = {r.account_id for r in rows}
+        integrations = (
+            await session.execute(
+                select(QueueIntegration).where(QueueIntegration.account_id.in_(accounts))
+            )
+        ).scalars()
+        return token, rows, {i.account_id: i for i in integrations}
+
+    async def _push(self, sender: QueueSender, entries: list[OutboxEntry]) -> list[SendFailure]:
+        messages = [OutgoingMessage(e.message_id, e.invite_id, e.body) for e in entries]
+        try:
+            return await sender.send_batch(messages)
+        except Exception as exc:  # a sender bug or outage must not lose the batch
+            error = f"{type(exc).__name__}: queue push failed"
+            log.warning("relay_push_error", error_type=type(exc).__name__)
+            return [SendFailure(m.message_id, error, retryable=True) for m in messages]
+
+    async def _write_back(
+        self,
+        session: AsyncSession,
+        token: str,
+        rows: list[OutboxEntry],
+        failures: dict[str, SendFailure],
+        skipped: set[int],
+        now: datetime,
+    ) -> RelayResult:
+        result = RelayResult()
+        delivered: list[dict[str, Any]] = []
+        retry: list[dict[str, Any]] = []
+        failed_messages: list[dict[str, Any]] = []
+        for row in rows:
+            if row.id in skipped:
+                retry.append({"b_id": row.id, "attempts": row.attempts,
+                              "next_attempt_at": now + timedelta(seconds=30),
+                              "last_error": "no queue sender for this integration kind yet",
+                              "failed_at": None})  # fmt: skip
+                continue
+            failure = failures.get(row.message_id)
+            if failure is None:
+                delivered.append({"b_id": row.id})
+                continue
+            attempts = row.attempts + 1
+            give_up = not failure.retryable or attempts >= self.max_attempts
+            retry.append({"b_id": row.id, "attempts": attempts,
+                          "next_attempt_at": now + backoff(attempts, self.base, self.cap),
+                          "last_error": failure.error[:1000],
+                          "failed_at": now if give_up else None})  # fmt: skip
+            if give_up:
+                failed_messages.append({"b_id": row.message_id, "reason": failure.error[:200]})
+                result.failed += 1
+            else:
+                result.retried += 1
+        table = table_of(OutboxEntry)
+        fence = (table.c.id == bindparam("b_id")) & (table.c.claim_token == token)
+        if delivered:
+            await session.execute(
+                update(table)
+                .where(fence)
+                .values(delivered_at=now, claim_token=None, lease_until=None),
+                delivered,
+            )
+            result.delivered = len(delivered)
+        if retry:
+            await session.execute(
+                update(table).where(fence).values(
+                    attempts=bindparam("attempts"), next_attempt_at=bindparam("next_attempt_at"),
+                    last_error=bindparam("last_error"), failed_at=bindparam("failed_at"),
+                    claim_token=None, lease_until=None,
+                ),
+                retry,
+            )  # fmt: skip
+        if failed_messages:
+            messages = table_of(Message)
+            await session.execute(
+                update(messages)
+                .where(messages.c.id == bindparam("b_id"))
+                .values(state="failed", rule="queue", reason=bindparam("reason")),
+                failed_messages,
+            )
+        return result

@@ -1,0 +1,273 @@
+"""One posted contact (a CSV row or a JSON object) to an accepted contact or a rejection.
+
+Bad rows are rejected one by one with the row number and a reason, without rejecting the
+file (R-INV-1). Reasons are fixed phrases: they never repeat an address or attribute value,
+which are personal data and end up in responses and logs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dispatch_engine.ingest.csv_stream import KNOWN_COLUMNS, ROW_ERROR_KEY
+from dispatch_engine.security.normalize import (
+    InvalidAddress,
+    normalize_email,
+    normalize_phone,
+    normalize_uuid_value,
+)
+
+__all__ = [
+    "CHANNELS",
+    "MAX_ATTRIBUTES",
+    "MAX_ATTRIBUTE_KEY_CHARS",
+    "MAX_ATTRIBUTE_VALUE_CHARS",
+    "MAX_EXTERNAL_ID_CHARS",
+    "ContactIn",
+    "Rejection",
+    "parse_contact",
+]
+
+#: Lineup channels a contact can be reached on.
+CHANNELS: frozenset[str] = frozenset({"email", "sms"})
+MAX_EXTERNAL_ID_CHARS = 200
+MAX_ATTRIBUTE_KEY_CHARS = 100
+MAX_ATTRIBUTES = 100
+MAX_ATTRIBUTE_VALUE_CHARS = 2000
+
+#: Key under which JSON contacts may nest their attributes.
+_NESTED_ATTRIBUTES = "attributes"
+# zoneinfo loads these keys, but they do not name a fixed IANA zone.
+_REJECTED_ZONE_KEYS = frozenset({"localtime", "posixrules", "Factory"})
+
+
+@dataclass(frozen=True)
+class ContactIn:
+    """An accepted contact, with addresses in canonical form."""
+
+    email: str | None
+    mobile: str | None
+    external_id: str | None
+    time_zone: str | None
+    attributes: dict[str, str]
+    uuid_value: str
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why a row was refused; ``field`` names the column, ``reason`` never holds its value."""
+
+    row: int
+    field: str
+    reason: str
+
+
+class _Reject(Exception):
+    """Internal short-cut out of the checks; becomes a :class:`Rejection`."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(reason)
+        self.field = field
+        self.reason = reason
+
+
+def parse_contact(
+    row_number: int,
+    row: Mapping[str, object],
+    *,
+    channels: frozenset[str],
+    uuid_field: str,
+    default_region: str | None = None,
+) -> ContactIn | Rejection:
+    """Validate and normalise one contact for a lineup using ``channels``.
+
+    A contact needs at least one address for the lineup's channels; an address that is
+    present must be valid even if the other one would do. ``uuid_field`` is the policy's
+    fatigue UUID field: ``email``, ``mobile``, a known column or an attribute name.
+    ``default_region`` lets mobile numbers without ``+`` be read as national numbers.
+    """
+    if not channels or not channels <= CHANNELS:
+        raise ValueError("channels must be a non-empty subset of {'email', 'sms'}")
+    try:
+        return _parse(row, channels, uuid_field, default_region)
+    except _Reject as rejected:
+        return Rejection(row=row_number, field=rejected.field, reason=rejected.reason)
+
+
+def _parse(
+    row: Mapping[str, object],
+    channels: frozenset[str],
+    uuid_field: str,
+    default_region: str | None,
+) -> ContactIn:
+    error = row.get(ROW_ERROR_KEY)
+    if error is not None:
+        raise _Reject("row", str(error))
+    known, attributes = _split_columns(row)
+
+    email: str | None = None
+    raw_email = known.get("email")
+    if raw_email is not None:
+        email = _address(normalize_email, "email", raw_email)
+
+    mobile: str | None = None
+    raw_mobile = known.get("mobile")
+    if raw_mobile is not None:
+        mobile = _address(lambda raw: normalize_phone(raw, default_region), "mobile", raw_mobile)
+
+    _check_reachable(channels, email=email, mobile=mobile)
+
+    time_zone = known.get("time_zone")
+    if time_zone is not None and not _is_zone(time_zone):
+        raise _Reject("time_zone", "unknown time zone")
+
+    external_id = known.get("external_id")
+    if external_id is not None and len(external_id) > MAX_EXTERNAL_ID_CHARS:
+        raise _Reject(
+            "external_id", f"external id is longer than {MAX_EXTERNAL_ID_CHARS} characters"
+        )
+
+    uuid_value = _uuid_value(uuid_field, known, attributes, email=email, mobile=mobile)
+    return ContactIn(
+        email=email,
+        mobile=mobile,
+        external_id=external_id,
+        time_zone=time_zone,
+        attributes=attributes,
+        uuid_value=uuid_value,
+    )
+
+
+def _split_columns(row: Mapping[str, object]) -> tuple[dict[str, str], dict[str, str]]:
+    """Separate the known columns from the attributes; empty values count as absent."""
+    known: dict[str, str] = {}
+    attributes: dict[str, str] = {}
+    for raw_key, value in row.items():
+        key = raw_key.strip()
+        if key.lower() in KNOWN_COLUMNS:
+            name = key.lower()
+            if name in known:
+                raise _Reject(name, "the column is given more than once")
+            if value is None:
+                continue
+            text = _scalar_text(value)
+            if text is None:
+                raise _Reject(name, "value must be a string")
+            if text:
+                known[name] = text
+        elif key == _NESTED_ATTRIBUTES and isinstance(value, Mapping):
+            for nested_key, nested_value in value.items():
+                if not isinstance(nested_key, str):
+                    raise _Reject(_NESTED_ATTRIBUTES, "attribute names must be strings")
+                _add_attribute(attributes, nested_key.strip(), nested_value)
+        elif key == _NESTED_ATTRIBUTES and value is None:
+            continue
+        else:
+            _add_attribute(attributes, key, value)
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise _Reject(_NESTED_ATTRIBUTES, f"a contact has at most {MAX_ATTRIBUTES} attributes")
+    return known, attributes
+
+
+def _add_attribute(attributes: dict[str, str], key: str, value: object) -> None:
+    if not key:
+        raise _Reject(_NESTED_ATTRIBUTES, "attribute names must not be empty")
+    if len(key) > MAX_ATTRIBUTE_KEY_CHARS:
+        raise _Reject(
+            _NESTED_ATTRIBUTES,
+            f"attribute names are at most {MAX_ATTRIBUTE_KEY_CHARS} characters",
+        )
+    if key == ROW_ERROR_KEY:
+        raise _Reject(_NESTED_ATTRIBUTES, "attribute name is reserved")
+    if value is None:
+        return
+    text = _scalar_text(value)
+    if text is None:
+        raise _Reject(key, "attribute values must be strings or numbers")
+    if not text:
+        return
+    if len(text) > MAX_ATTRIBUTE_VALUE_CHARS:
+        raise _Reject(key, f"attribute values are at most {MAX_ATTRIBUTE_VALUE_CHARS} characters")
+    if key in attributes:
+        raise _Reject(key, "the attribute is given more than once")
+    attributes[key] = text
+
+
+def _scalar_text(value: object) -> str | None:
+    """Stripped text of a string or finite number; None for anything else (or None)."""
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, bool):
+        return None  # JSON true/false are not numbers, whatever Python says
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value):
+        return str(value)
+    return None
+
+
+def _address(normalize: Callable[[str], str], field: str, raw: str) -> str:
+    try:
+        return normalize(raw)
+    except InvalidAddress as exc:
+        raise _Reject(field, exc.reason) from None
+
+
+def _check_reachable(channels: frozenset[str], *, email: str | None, mobile: str | None) -> None:
+    """At least one address must serve the lineup; the other channel's messages get skipped."""
+    wants_email = "email" in channels
+    wants_sms = "sms" in channels
+    if (wants_email and email) or (wants_sms and mobile):
+        return
+    if wants_email and wants_sms:
+        raise _Reject("email/mobile", "missing both email and mobile for the lineup's messages")
+    if wants_email:
+        raise _Reject("email", "missing email for the email messages of the lineup")
+    raise _Reject("mobile", "missing mobile for the sms messages of the lineup")
+
+
+def _is_zone(key: str) -> bool:
+    return key not in _REJECTED_ZONE_KEYS and _load_zone(key)
+
+
+@lru_cache(maxsize=512)
+def _load_zone(key: str) -> bool:
+    try:
+        ZoneInfo(key)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
+
+
+def _uuid_value(
+    uuid_field: str,
+    known: Mapping[str, str],
+    attributes: Mapping[str, str],
+    *,
+    email: str | None,
+    mobile: str | None,
+) -> str:
+    """The normalised fatigue UUID; a missing one rejects the row under the field's name."""
+    kind = uuid_field.strip().lower()
+    missing = _Reject(uuid_field, f"missing the UUID field '{uuid_field}'")
+    if kind == "email":
+        if email is None:
+            raise missing
+        return email
+    if kind == "mobile":
+        if mobile is None:
+            raise missing
+        return mobile
+    raw = attributes.get(uuid_field)
+    if raw is None and kind in KNOWN_COLUMNS:
+        raw = known.get(kind)
+    if raw is None:
+        raise missing
+    try:
+        return normalize_uuid_value(uuid_field, raw)
+    except InvalidAddress:
+        raise missing from None

@@ -1,0 +1,273 @@
+"""Contact files → invites and their first messages, chunk by chunk (R-INV-1, R-INV-2).
+
+Each chunk is one transaction: invites, first messages, rejected rows and the batch's
+counters commit together, so a crash mid-file keeps every row already counted and a
+replay (Idempotency-Key or external id) creates nothing twice.
+
+Fatigue rule 1 is enforced by the database: an invite that holds its person's
+pending-token lock has `fatigue_lock` set, and a unique index allows one holder. Two rows
+of one person, or two files racing, give at most one holder; the others' first messages
+are suppressed with `fatigue_pending_token` when they come due (unless the holder's
+token has expired or been answered by then).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dispatch_engine.context import AppContext
+from dispatch_engine.delivery.contacts import seal_contact
+from dispatch_engine.delivery.facts import fatigue_lock_key, fatigue_of
+from dispatch_engine.ingest.rows import ContactIn, Rejection, parse_contact
+from dispatch_engine.models import ContactBatch, Dispatch, Invite, LineupMessage, Policy, new_id
+from dispatch_engine.models.base import table_of
+from dispatch_engine.security.hashing import KeyedHasher
+
+log = structlog.get_logger(__name__)
+CHUNK_RETRIES = 3
+
+
+def keyed_hash(hasher: KeyedHasher, value: str) -> str:
+    """`<key id>:<hex HMAC>`: the key version travels with the hash, for rotation."""
+    return f"{hasher.current_key_id}:{hasher.digest(value)}"
+
+
+def all_keyed_hashes(hasher: KeyedHasher, value: str) -> list[str]:
+    return [f"{key_id}:{digest}" for key_id, digest in hasher.all_digests(value).items()]
+
+
+def new_token() -> str:
+    """An unguessable survey token: 192 random bits, URL-safe."""
+    return secrets.token_urlsafe(24)
+
+
+@dataclass(frozen=True)
+class IngestTarget:
+    """What every row of one file is checked and scheduled against."""
+
+    dispatch: Dispatch
+    policy: Policy
+    lineup: Sequence[LineupMessage]
+    received_at: datetime
+
+    @property
+    def channels(self) -> frozenset[str]:
+        return frozenset(step.channel for step in self.lineup)
+
+    @property
+    def valid_until(self) -> datetime:
+        return self.received_at + timedelta(seconds=self.dispatch.token_validity_seconds)
+
+
+@dataclass
+class IngestCounts:
+    rows: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+async def ingest_stream(
+    context: AppContext,
+    batch_id: str,
+    target: IngestTarget,
+    rows: AsyncIterator[tuple[int, dict[str, Any]]],
+) -> IngestCounts:
+    """Consume rows in chunks of `upload_batch_rows`; returns the totals."""
+    totals = IngestCounts()
+    chunk: list[tuple[int, dict[str, Any]]] = []
+    size = context.settings.upload_batch_rows
+    async for item in rows:
+        chunk.append(item)
+        if len(chunk) >= size:
+            _add(totals, await ingest_chunk(context, batch_id, target, chunk))
+            chunk = []
+    if chunk:
+        _add(totals, await ingest_chunk(context, batch_id, target, chunk))
+    return totals
+
+
+def _add(totals: IngestCounts, counts: IngestCounts) -> None:
+    totals.rows += counts.rows
+    totals.accepted += counts.accepted
+    totals.rejected += counts.rejected
+    totals.duplicates += counts.duplicates
+
+
+async def ingest_chunk(
+    context: AppContext,
+    batch_id: str,
+    target: IngestTarget,
+    chunk: Sequence[tuple[int, dict[str, Any]]],
+) -> IngestCounts:
+    parsed = [
+        parse_contact(number, row, channels=target.channels, uuid_field=target.policy.uuid_field)
+        for number, row in chunk
+    ]
+    for attempt in range(1, CHUNK_RETRIES + 1):
+        try:
+            async with context.sessions() as session, session.begin():
+                return await _store_chunk(session, context, batch_id, target, chunk, parsed)
+        except IntegrityError:
+            # A racing file took an external id or a fatigue lock first: look again.
+            log.info("ingest_chunk_retry", batch=batch_id, attempt=attempt)
+            if attempt == CHUNK_RETRIES:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def _store_chunk(
+    session: AsyncSession,
+    context: AppContext,
+    batch_id: str,
+    target: IngestTarget,
+    chunk: Sequence[tuple[int, dict[str, Any]]],
+    parsed: Sequence[ContactIn | Rejection],
+) -> IngestCounts:
+    counts = IngestCounts(rows=len(chunk))
+    now = context.clock.now()
+    dispatch, policy = target.dispatch, target.policy
+    accepted: list[tuple[int, ContactIn]] = []
+    for (number, _), result in zip(chunk, parsed, strict=True):
+        if isinstance(result, Rejection):
+            counts.rejections.append(result)
+        else:
+            accepted.append((number, result))
+    accepted = await _drop_known_external_ids(session, dispatch.id, accepted, counts)
+    rule1 = fatigue_of(policy).pending_token.enabled
+    hasher = context.hasher
+    uuid_hashes = [keyed_hash(hasher, contact.uuid_value) for _, contact in accepted]
+    locks = await _assign_locks(session, policy, dispatch, uuid_hashes, now) if rule1 else {}
+    first = target.lineup[0] if target.lineup else None
+    invites: list[dict[str, Any]] = []
+    messages: list[dict[str, Any]] = []
+    sandbox = bool(getattr(policy, "is_sandbox", False))
+    for index, ((number, contact), uuid_hash) in enumerate(zip(accepted, uuid_hashes, strict=True)):
+        invite_id = new_id("inv")
+        invites.append(
+            {"id": invite_id, "account_id": dispatch.account_id, "dispatch_id": dispatch.id,
+             "policy_id": policy.id, "questionnaire_id": dispatch.questionnaire_id,
+             "batch_id": batch_id, "row_number": number, "token": new_token(),
+             "external_id": contact.external_id, "sandbox": sandbox, "uuid_hash": uuid_hash,
+             "fatigue_epoch": policy.fatigue_epoch, "fatigue_lock": locks.get(index),
+             "email_hash": keyed_hash(hasher, contact.email) if contact.email else None,
+             "mobile_hash": keyed_hash(hasher, contact.mobile) if contact.mobile else None,
+             "time_zone": contact.time_zone,
+             "contact": seal_contact(context.cipher, invite_id, email=contact.email,
+                                     mobile=contact.mobile, attributes=contact.attributes),
+             "state": "active" if first else "completed", "created_at": now,
+             "received_at": target.received_at, "valid_until": target.valid_until}
+        )  # fmt: skip
+        if first is not None:
+            due = target.received_at + timedelta(seconds=first.delay_seconds)
+            messages.append(
+                {"id": new_id("m"), "invite_id": invite_id, "account_id": dispatch.account_id,
+                 "dispatch_id": dispatch.id, "policy_id": policy.id,
+                 "lineup_message_id": first.id, "position": first.position or 1,
+                 "channel": first.channel, "priority": 0 if sandbox else 1, "state": "pending",
+                 "due_at": due, "not_before": due, "attempts": 0, "created_at": now}
+            )  # fmt: skip
+    if invites:
+        await session.execute(table_of(Invite).insert(), invites)
+    if messages:
+        from dispatch_engine.models import Message
+
+        await session.execute(table_of(Message).insert(), messages)
+    counts.accepted = len(invites)
+    counts.rejected = len(counts.rejections)
+    await _record_progress(session, batch_id, counts)
+    return counts
+
+
+async def _drop_known_external_ids(
+    session: AsyncSession,
+    dispatch_id: str,
+    accepted: list[tuple[int, ContactIn]],
+    counts: IngestCounts,
+) -> list[tuple[int, ContactIn]]:
+    """The same external id twice in one dispatch creates one invite (earlier file or row)."""
+    wanted = {c.external_id for _, c in accepted if c.external_id}
+    known: set[str] = set()
+    if wanted:
+        rows = await session.execute(
+            select(Invite.external_id).where(
+                Invite.dispatch_id == dispatch_id, Invite.external_id.in_(wanted)
+            )
+        )
+        known = {value for value in rows.scalars() if value}
+    kept = []
+    for number, contact in accepted:
+        if contact.external_id and contact.external_id in known:
+            counts.duplicates += 1
+            continue
+        if contact.external_id:
+            known.add(contact.external_id)
+        kept.append((number, contact))
+    return kept
+
+
+async def _assign_locks(
+    session: AsyncSession,
+    policy: Policy,
+    dispatch: Dispatch,
+    uuid_hashes: list[str],
+    now: datetime,
+) -> dict[int, str]:
+    """Row index → pending-token lock, for the first row of each person with no holder."""
+    sandbox = bool(policy.is_sandbox)
+    keys = [fatigue_lock_key(policy.id, policy.fatigue_epoch, sandbox, h) for h in uuid_hashes]
+    if not keys:
+        return {}
+    unique = set(keys)
+    # A lock whose token expired or was answered is stale: release it first.
+    await session.execute(
+        update(Invite)
+        .where(
+            Invite.fatigue_lock.in_(unique),
+            or_(Invite.valid_until <= now, Invite.responded_at.is_not(None)),
+        )
+        .values(fatigue_lock=None)
+        .execution_options(synchronize_session=False)
+    )
+    held = set(
+        (await session.execute(select(Invite.fatigue_lock).where(Invite.fatigue_lock.in_(unique))))
+        .scalars()
+    )  # fmt: skip
+    locks: dict[int, str] = {}
+    for index, key in enumerate(keys):
+        if key not in held:
+            locks[index] = key
+            held.add(key)
+    return locks
+
+
+async def _record_progress(session: AsyncSession, batch_id: str, counts: IngestCounts) -> None:
+    from dispatch_engine.models import RejectedRow
+
+    if counts.rejections:
+        await session.execute(
+            table_of(RejectedRow).insert(),
+            [{"batch_id": batch_id, "row_number": r.row, "field": r.field[:120],
+              "reason": r.reason[:300]} for r in counts.rejections],
+        )  # fmt: skip
+    await session.execute(
+        update(ContactBatch)
+        .where(ContactBatch.id == batch_id)
+        .values(
+            rows_total=ContactBatch.rows_total + counts.rows,
+            accepted=ContactBatch.accepted + counts.accepted,
+            rejected=ContactBatch.rejected + counts.rejected,
+            duplicates=ContactBatch.duplicates + counts.duplicates,
+        )
+        .execution_options(synchronize_session=False)
+    )

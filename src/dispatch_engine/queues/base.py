@@ -1,0 +1,29 @@
+"""The one interface every queue kind implements (sqs, azure_service_bus, local)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    message_id: str  # stable: FIFO dedup id, Service Bus message_id, vendor de-duplication
+    group_id: str  # the invite id: one invite's messages stay ordered on FIFO queues
+    body: bytes
+
+
+@dataclass(frozen=True)
+class SendFailure:
+    message_id: str
+    error: str  # plain words, never a secret or an address
+    retryable: bool
+
+
+class QueueSender(Protocol):
+    """Pushes messages; returns the ones that failed (all others were acknowledged)."""
+
+    async def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendFailure]: ...
+
+    async def aclose(self) -> None: ...

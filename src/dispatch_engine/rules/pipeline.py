@@ -1,0 +1,145 @@
+"""The rule pipeline (R-RUL-1): pure functions over facts looked up in batches.
+
+Order, and why:
+1. paused            — hold, never suppress: a pause must lose nothing.
+2. responded         — the person answered; nothing more of this invite goes out.
+3. token_expired     — the survey link is dead; sending it would be useless.
+4. step_deleted      — the lineup step was deleted; skip to the next step.
+5. no_address        — the contact has no address for this message's channel; skip it.
+6. unsubscribed      — that address asked for nothing more on this channel.
+7. fatigue_pending_token (rule 1) then fatigue_max_invites (rule 2), first message only.
+8. business_window   — outside the policy's hours: defer to the next opening.
+9. dnd               — last, "just before sending": the webhook is asked only about
+                       messages that would otherwise go out now.
+Every rule returns None (pass) or a Decision; the first decision wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from dispatch_engine.rules.base import Decision, Defer, Hold, Pass, Suppress
+from dispatch_engine.rules.business_hours import BusinessHours, next_send_time
+
+
+@dataclass(frozen=True)
+class DndFacts:
+    configured: bool
+    answer: str | None = None  # "allowed" | "dnd" | "unavailable" | None (not asked yet)
+    failures: int = 0  # earlier unavailable answers for this message
+    max_failures: int = 5
+    retry_after: timedelta = timedelta(minutes=1)
+
+
+@dataclass(frozen=True)
+class MessageFacts:
+    """Everything the rules know about one message at decision time."""
+
+    now: datetime
+    channel: str
+    paused_by: str | None  # "dispatch" | "policy" | "account" | "channel" | None
+    responded: bool
+    valid_until: datetime
+    step_deleted: bool
+    has_address: bool
+    unsubscribed: bool
+    first_send: bool  # the invite has sent nothing yet: fatigue applies
+    pending_token_elsewhere: bool  # rule 1: another valid unanswered token of this policy
+    max_invites_reached: bool  # rule 2: N invites in D days already
+    business_hours: BusinessHours
+    contact_zone: str | None  # used when the policy evaluates windows in the contact's zone
+    dnd: DndFacts
+
+
+def paused(f: MessageFacts) -> Decision | None:
+    """Dispatch, policy, account or channel paused: hold the message."""
+    return Hold("paused", f"paused_{f.paused_by}") if f.paused_by else None
+
+
+def responded(f: MessageFacts) -> Decision | None:
+    return Suppress("responded", "responded", next_step=False) if f.responded else None
+
+
+def token_expired(f: MessageFacts) -> Decision | None:
+    if f.now >= f.valid_until:
+        return Suppress("token_expired", "token_expired", next_step=False)
+    return None
+
+
+def step_deleted(f: MessageFacts) -> Decision | None:
+    return Suppress("step_deleted", "step_deleted", next_step=True) if f.step_deleted else None
+
+
+def no_address(f: MessageFacts) -> Decision | None:
+    if not f.has_address:
+        return Suppress("no_address", f"no_{'mobile' if f.channel == 'sms' else 'email'}", True)
+    return None
+
+
+def unsubscribed(f: MessageFacts) -> Decision | None:
+    return Suppress("unsubscribe", "unsubscribed", next_step=True) if f.unsubscribed else None
+
+
+def fatigue_pending_token(f: MessageFacts) -> Decision | None:
+    """Rule 1: no new invite while this policy's earlier token is valid and unanswered."""
+    if f.first_send and f.pending_token_elsewhere:
+        return Suppress("fatigue", "fatigue_pending_token", next_step=False)
+    return None
+
+
+def fatigue_max_invites(f: MessageFacts) -> Decision | None:
+    """Rule 2: no new invite after N invites in D days (questionnaire or all)."""
+    if f.first_send and f.max_invites_reached:
+        return Suppress("fatigue", "fatigue_max_invites", next_step=False)
+    return None
+
+
+def business_window(f: MessageFacts) -> Decision | None:
+    decision = next_send_time(f.now, f.business_hours, f.contact_zone)
+    if decision.deferred:
+        return Defer("business_window", "deferred_business_hours", decision.send_at)
+    return None
+
+
+def dnd(f: MessageFacts) -> Decision | None:
+    """Never 'allowed' on error: an unanswered check is retried, then suppressed."""
+    if not f.dnd.configured or f.dnd.answer == "allowed":
+        return None
+    if f.dnd.answer == "dnd":
+        return Suppress("dnd", "dnd", next_step=True)
+    if f.dnd.failures + 1 >= f.dnd.max_failures:
+        return Suppress("dnd", "dnd_unavailable", next_step=True)
+    return Defer("dnd", "dnd_retry", f.now + f.dnd.retry_after * (2**f.dnd.failures))
+
+
+Rule = Callable[[MessageFacts], Decision | None]
+
+BEFORE_DND: Sequence[Rule] = (
+    paused,
+    responded,
+    token_expired,
+    step_deleted,
+    no_address,
+    unsubscribed,
+    fatigue_pending_token,
+    fatigue_max_invites,
+    business_window,
+)
+RULES: Sequence[Rule] = (*BEFORE_DND, dnd)
+RULE_NAMES: Sequence[str] = tuple(rule.__name__ for rule in RULES)
+
+
+def decide(facts: MessageFacts, rules: Sequence[Rule] = RULES) -> Decision:
+    """The first rule that does not pass decides; a message passes only if all pass."""
+    for rule in rules:
+        decision = rule(facts)
+        if decision is not None:
+            return decision
+    return Pass()
+
+
+def needs_dnd_check(facts: MessageFacts) -> bool:
+    """True when every rule before DND passes and a DND webhook is configured."""
+    return facts.dnd.configured and isinstance(decide(facts, BEFORE_DND), Pass)

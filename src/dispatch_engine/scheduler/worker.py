@@ -1,0 +1,103 @@
+"""The worker: APScheduler drives the claim loop and the outbox relay (R-SCH-1).
+
+It runs in the `worker` process, or inside `serve` (the embedded default) — never in
+`api` processes, so jobs do not run once per web worker. Jobs pass no objects between
+runs and are safe to overlap across processes (claims, leases and fencing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from dispatch_engine.clients.dnd_webhook import DndClient
+from dispatch_engine.clients.guarded_http import GuardedHttpClient
+from dispatch_engine.context import AppContext
+from dispatch_engine.delivery.engine import DeliveryEngine
+from dispatch_engine.delivery.facts import DndSettings
+from dispatch_engine.delivery.relay import OutboxRelay
+from dispatch_engine.queues.factory import SenderCache
+
+log = structlog.get_logger(__name__)
+MAX_ROUNDS_PER_TICK = 200
+
+
+class Worker:
+    def __init__(self, context: AppContext) -> None:
+        settings = context.settings
+        self.context = context
+        self.http = GuardedHttpClient(
+            context.url_policy,
+            connect_timeout=settings.webhook_connect_timeout,
+            read_timeout=settings.webhook_read_timeout,
+            max_response_bytes=64 * 1024,
+            max_concurrency_per_host=settings.dnd_concurrency,
+        )
+        self.engine = DeliveryEngine(
+            context,
+            DndClient(self.http, max_concurrency=settings.dnd_concurrency),
+            dnd=DndSettings(
+                max_failures=settings.dnd_max_failures,
+                retry_after=timedelta(seconds=settings.dnd_retry_seconds),
+            ),
+        )
+        self.senders = SenderCache(context)
+        self.relay = OutboxRelay(context, self.senders)
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self._stopping = False
+
+    async def deliver(self) -> None:
+        """One tick: rounds of claimed batches until nothing is due (or shutdown)."""
+        for _ in range(MAX_ROUNDS_PER_TICK):
+            if self._stopping:
+                return
+            result = await self.engine.run_once()
+            if result.claimed == 0:
+                return
+
+    async def relay_outbox(self) -> None:
+        for _ in range(MAX_ROUNDS_PER_TICK):
+            if self._stopping:
+                return
+            if (await self.relay.run_once()).handled == 0:
+                return
+
+    async def _guarded(self, name: str, job: str) -> None:
+        try:
+            await getattr(self, job)()
+        except Exception as exc:  # a failing round must not kill the scheduler
+            log.error("job_failed", job=name, error_type=type(exc).__name__)
+
+    def start(self) -> None:
+        settings = self.context.settings
+        for job, seconds in (
+            ("deliver", settings.claim_interval_seconds),
+            ("relay_outbox", settings.relay_interval_seconds),
+        ):
+            self.scheduler.add_job(
+                self._guarded,
+                "interval",
+                args=(job, job),
+                seconds=seconds,
+                id=job,
+                max_instances=1,
+                coalesce=True,
+            )
+        self.scheduler.start()
+        log.info("worker_started")
+
+    async def shutdown(self, grace_seconds: float = 10.0) -> None:
+        """Stop claiming, let running jobs finish (bounded), close clients."""
+        self._stopping = True
+        self.scheduler.shutdown(wait=False)
+        deadline = asyncio.get_running_loop().time() + grace_seconds
+        while asyncio.get_running_loop().time() < deadline:
+            if not any(j for j in asyncio.all_tasks() if "_guarded" in repr(j.get_coro())):
+                break
+            await asyncio.sleep(0.05)
+        await self.senders.aclose()
+        await self.http.aclose()
+        log.info("worker_stopped")
