@@ -92,7 +92,8 @@ class Worker:
     async def shutdown(self, grace_seconds: float = 10.0) -> None:
         """Stop claiming, let running jobs finish (bounded), close clients."""
         self._stopping = True
-        self.scheduler.shutdown(wait=False)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         deadline = asyncio.get_running_loop().time() + grace_seconds
         while asyncio.get_running_loop().time() < deadline:
             if not any(j for j in asyncio.all_tasks() if "_guarded" in repr(j.get_coro())):
