@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -33,12 +34,13 @@ REQUIRE_PG = os.environ.get("DISPATCH_TEST_REQUIRE_PG") == "1"
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
 
 
-def _key_ring() -> str:
-    return f"t1:{base64.b64encode(secrets.token_bytes(32)).decode()}"
+def _key_ring(seed: bytes) -> str:
+    """Fixed test keys: every import of this module (and every subprocess) agrees on them."""
+    return f"t1:{base64.b64encode(hashlib.sha256(seed).digest()).decode()}"
 
 
-ENCRYPTION_KEYS = _key_ring()
-HMAC_KEYS = _key_ring()
+ENCRYPTION_KEYS = _key_ring(b"dispatch-engine test encryption key")
+HMAC_KEYS = _key_ring(b"dispatch-engine test hmac key")
 
 
 def _pg_reachable() -> bool:

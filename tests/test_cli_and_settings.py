@@ -272,7 +272,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     port = _free_port()
     env = _env(tmp_path / "data", DISPATCH_PORT=str(port))
     log = (tmp_path / "serve.log").open("w")
-    process = subprocess.Popen(  # noqa: S603
+    process = subprocess.Popen(
         [CLI, "serve"], env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT
     )
     base = f"http://127.0.0.1:{port}"

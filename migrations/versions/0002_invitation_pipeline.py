@@ -275,6 +275,7 @@ def upgrade() -> None:
         sa.Column("sent_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("decided_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("resend_of", sa.String(length=32), nullable=True),
+        sa.Column("handled_by", sa.String(length=64), nullable=True),
         sa.Column(
             "created_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False
         ),

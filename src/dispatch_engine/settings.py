@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -44,6 +46,10 @@ class Settings(BaseSettings):
     resend_threshold_minutes: int = Field(default=60, ge=0)
 
     # Worker.
+    worker_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}",
+        description="Recorded on every message a worker decides (observability, tests).",
+    )
     run_scheduler: bool = True
     claim_batch_size: int = Field(default=500, ge=1, le=10_000)
     claim_lease_seconds: int = Field(default=60, ge=5)

@@ -385,13 +385,19 @@ async def test_refused_requests_write_nothing(
         ("POST", "/v1/api-keys", {"role": "root"}, admin, 422),
         ("POST", "/v1/accounts", {"id": "bad id", "name": "x"}, admin, 422),
         ("POST", "/v1/accounts", {"id": "acme", "name": "Again"}, admin, 409),
-        ("PATCH", "/v1/accounts/acme", {"name": "x", "owner": {"name": "o", "email": "no"}}, admin, 422),
+        (
+            "PATCH",
+            "/v1/accounts/acme",
+            {"name": "x", "owner": {"name": "o", "email": "no"}},
+            admin,
+            422,
+        ),
         ("PATCH", "/v1/accounts/acme", {"name": ""}, admin, 422),
         ("PUT", "/v1/accounts/acme/queue-integration", {"kind": "sqs", "region": "x"}, admin, 422),
         ("DELETE", "/v1/api-keys/key_nope", None, admin, 404),
         ("PATCH", "/v1/accounts/acme", {"name": "x"}, {**admin, "If-Match": '"9"'}, 412),
         ("POST", "/v1/accounts", {"id": "new", "name": "New"}, {}, 401),
-    ]  # fmt: skip
+    ]
     for method, path, body, headers, status in refused:
         response = await client.request(method, path, headers=headers, json=body)
         assert response.status_code == status, f"{method} {path}: {response.text}"

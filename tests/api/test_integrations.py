@@ -161,39 +161,35 @@ async def test_sqs_compatible_endpoint(client: httpx.AsyncClient, admin: dict[st
     assert "testing-secret" not in response.text
 
 
+INVALID_SQS: dict[str, dict[str, Any]] = {
+    "region-mismatch": {"region": "us-east-1"},
+    "bad-region": {"region": "europe"},
+    "upper-region": {"region": "EU-WEST-1"},
+    "no-path": {"queue_url": "https://sqs.eu-west-1.amazonaws.com/"},
+    "no-account": {"queue_url": "https://sqs.eu-west-1.amazonaws.com/invitations"},
+    "short-account": {"queue_url": "https://sqs.eu-west-1.amazonaws.com/123/invitations"},
+    "too-deep": {"queue_url": SQS_URL + "/extra"},
+    "bad-name": {"queue_url": "https://sqs.eu-west-1.amazonaws.com/123456789012/a%20b"},
+    "scheme": {"queue_url": "sqs://eu-west-1/123456789012/q"},
+    "credentials-in-url": {"queue_url": "https://u:p@sqs.eu-west-1.amazonaws.com/123456789012/q"},
+    "http-without-endpoint": {"queue_url": "http://localhost:9324/123456789012/q"},
+    "endpoint-scheme": {"endpoint_url": "ftp://example.com"},
+    "key-without-secret": {"access_key_id": "AKIAIOSFODNN7EXAMPLE"},
+    "secret-without-key": {"secret_access_key": AWS_SECRET},
+    "unknown-field": {"queue_name": "q"},
+}
+
+
 @pytest.mark.usefixtures("acme")
-@pytest.mark.parametrize(
-    "changes",
-    [
-        pytest.param({"region": "us-east-1"}, id="region-mismatch"),
-        pytest.param({"region": "europe"}, id="bad-region"),
-        pytest.param({"region": "EU-WEST-1"}, id="upper-region"),
-        pytest.param({"queue_url": "https://sqs.eu-west-1.amazonaws.com/"}, id="no-path"),
-        pytest.param(
-            {"queue_url": "https://sqs.eu-west-1.amazonaws.com/invitations"}, id="no-acct"
-        ),
-        pytest.param(
-            {"queue_url": "https://sqs.eu-west-1.amazonaws.com/123/invitations"}, id="short-acct"
-        ),
-        pytest.param({"queue_url": SQS_URL + "/extra"}, id="too-deep"),
-        pytest.param({"queue_url": "sqs://eu-west-1/123456789012/q"}, id="scheme"),
-        pytest.param({"queue_url": "http://localhost:9324/123456789012/q"}, id="http-no-endpoint"),
-        pytest.param({"endpoint_url": "ftp://example.com"}, id="endpoint-scheme"),
-        pytest.param({"access_key_id": "AKIAIOSFODNN7EXAMPLE"}, id="key-without-secret"),
-        pytest.param({"secret_access_key": AWS_SECRET}, id="secret-without-key"),
-        pytest.param({"queue_name": "q"}, id="unknown-field"),
-    ],
-)
-async def test_sqs_invalid(
-    client: httpx.AsyncClient, admin: dict[str, str], changes: dict[str, Any]
-) -> None:
-    body = {"kind": "sqs", "queue_url": SQS_URL, "region": "eu-west-1", **changes}
-    response = await _put(client, admin, body)
-    assert response.status_code == 422, response.text
-    problem = response.json()
-    assert problem["type"] == "urn:dispatch-engine:problem:validation-error"
-    assert problem["errors"]
-    assert AWS_SECRET not in response.text
+async def test_sqs_invalid(client: httpx.AsyncClient, admin: dict[str, str]) -> None:
+    for case, changes in INVALID_SQS.items():
+        body = {"kind": "sqs", "queue_url": SQS_URL, "region": "eu-west-1", **changes}
+        response = await _put(client, admin, body)
+        assert response.status_code == 422, f"{case}: {response.text}"
+        problem = response.json()
+        assert problem["type"] == "urn:dispatch-engine:problem:validation-error"
+        assert problem["errors"], case
+        assert AWS_SECRET not in response.text, case
     assert (await client.get(PATH, headers=admin)).status_code == 404
 
 
@@ -241,42 +237,34 @@ async def test_azure_namespace_and_topic(client: httpx.AsyncClient, admin: dict[
     }
 
 
+INVALID_AZURE: dict[str, dict[str, Any]] = {
+    "malformed": {"connection_string": f"Endpoint=https://x/;SharedAccessKey={SB_KEY}"},
+    "no-endpoint": {"connection_string": f"sb://ns/;Key={SB_KEY}"},
+    "no-key-name": {
+        "connection_string": f"Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKey={SB_KEY}"
+    },
+    "queue-and-topic": {"connection_string": SB_CONNECTION, "topic_name": "t"},
+    "connection-string-and-namespace": {
+        "connection_string": SB_CONNECTION,
+        "namespace": "ns-name.servicebus.windows.net",
+    },
+    "neither": {},
+    "bad-namespace": {"namespace": "not a namespace"},
+    "bad-queue-name": {"connection_string": SB_CONNECTION, "queue_name": "in valid"},
+    "unknown-field": {"connection_string": SB_CONNECTION, "region": "eu-west-1"},
+}
+
+
 @pytest.mark.usefixtures("acme")
-@pytest.mark.parametrize(
-    "body",
-    [
-        pytest.param(
-            {"connection_string": f"Endpoint=https://x/;SharedAccessKey={SB_KEY}"}, id="malformed"
-        ),
-        pytest.param({"connection_string": f"sb://ns/;Key={SB_KEY}"}, id="no-endpoint"),
-        pytest.param(
-            {
-                "connection_string": "Endpoint=sb://ns-name.servicebus.windows.net/;"
-                f"SharedAccessKeyName=send;SharedAccessKey={SB_KEY}",
-                "topic_name": "t",
-            },
-            id="queue-and-topic",
-        ),
-        pytest.param(
-            {
-                "connection_string": "Endpoint=sb://ns-name.servicebus.windows.net/;"
-                f"SharedAccessKeyName=send;SharedAccessKey={SB_KEY}",
-                "namespace": "ns-name.servicebus.windows.net",
-            },
-            id="connection-string-and-namespace",
-        ),
-        pytest.param({}, id="neither"),
-        pytest.param({"namespace": "not a namespace"}, id="bad-namespace"),
-    ],
-)
 async def test_azure_invalid_never_echoes_the_secret(
-    client: httpx.AsyncClient, admin: dict[str, str], body: dict[str, Any]
+    client: httpx.AsyncClient, admin: dict[str, str]
 ) -> None:
-    request = {"kind": "azure_service_bus", "queue_name": "inv", **body}
-    response = await _put(client, admin, request)
-    assert response.status_code == 422, response.text
-    assert response.headers["content-type"] == "application/problem+json"
-    assert SB_KEY not in response.text
+    for case, body in INVALID_AZURE.items():
+        request = {"kind": "azure_service_bus", "queue_name": "inv", **body}
+        response = await _put(client, admin, request)
+        assert response.status_code == 422, f"{case}: {response.text}"
+        assert response.headers["content-type"] == "application/problem+json"
+        assert SB_KEY not in response.text, case
     assert (await client.get(PATH, headers=admin)).status_code == 404
 
 

@@ -3,6 +3,8 @@ lineup and duration rules they rely on."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from sqlalchemy import text
 
 from dispatch_engine import models
 from dispatch_engine.api.app import create_app
@@ -870,6 +873,90 @@ async def test_edits_with_if_match_star_are_accepted(
         assert response.status_code == 200, (method, url, response.text)
         assert response.json()["version"] == expected
         assert response.headers["ETag"] == f'"{expected}"'
+
+
+async def _concurrently(
+    context: AppContext, *requests: Awaitable[httpx.Response]
+) -> list[httpx.Response]:
+    """Run requests so that each has read the policy before any of them commits.
+
+    SQLite serialises writers (BEGIN IMMEDIATE), so plain concurrency is enough there. On
+    PostgreSQL the audit table is held locked until every request is waiting on a lock,
+    which happens only after each has read the policy and tried to write.
+    """
+    if context.engine.dialect.name != "postgresql":
+        return list(await asyncio.gather(*requests))
+    async with context.engine.connect() as watcher, context.engine.begin() as locker:
+        await locker.execute(text("LOCK TABLE audit_log IN EXCLUSIVE MODE"))
+        tasks = [asyncio.ensure_future(r) for r in requests]
+        for _ in range(500):
+            waiting = (
+                await watcher.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+            ).scalar_one()
+            await watcher.commit()
+            if waiting >= len(tasks) or any(t.done() for t in tasks):
+                break
+            await asyncio.sleep(0.01)
+    return list(await asyncio.gather(*tasks))
+
+
+def _xfail_on_postgresql(context: AppContext, request: pytest.FixtureRequest, reason: str) -> None:
+    if context.engine.dialect.name == "postgresql":
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
+
+
+async def test_concurrent_edits_with_the_same_etag_let_only_one_through(
+    client: httpx.AsyncClient,
+    acme: dict[str, str],
+    context: AppContext,
+    request: pytest.FixtureRequest,
+) -> None:
+    _xfail_on_postgresql(
+        context,
+        request,
+        "BUG: api/routes/policies.py patch_policy (and the other If-Match edits) check the "
+        "version read by services.policies.get_policy without a row lock or a conditional "
+        "UPDATE, and services.policies._touch sets version in Python, so on PostgreSQL two "
+        'edits sent with the same If-Match "1" both succeed (lost update, both get version 2) '
+        "instead of one getting 412",
+    )
+    policy = await create_policy(client, acme)
+    url = f"{POLICIES}/{policy['id']}"
+    responses = await _concurrently(
+        context,
+        client.patch(url, headers={**acme, **match(policy)}, json={"name": "From A"}),
+        client.patch(url, headers={**acme, **match(policy)}, json={"name": "From B"}),
+    )
+    assert sorted(r.status_code for r in responses) == [200, 412], [r.text for r in responses]
+    winner = next(r.json() for r in responses if r.status_code == 200)
+    assert await fetch(client, acme, policy["id"]) == {**winner}
+    assert len(await audit_of(client, acme, policy["id"])) == 2
+
+
+async def test_concurrent_inserts_keep_positions_1_to_n(
+    client: httpx.AsyncClient,
+    acme: dict[str, str],
+    context: AppContext,
+    request: pytest.FixtureRequest,
+) -> None:
+    _xfail_on_postgresql(
+        context,
+        request,
+        "BUG: services/policies.py insert_lineup_message computes the new position from "
+        "live_lineup without locking the policy, so on PostgreSQL two concurrent appends "
+        "both take position n+1 (positions 1,2,3,4,4) and the version is bumped only once",
+    )
+    policy = await create_policy(client, acme)
+    responses = await _concurrently(
+        context,
+        insert(client, acme, policy["id"], channel="sms", delay="PT2H"),
+        insert(client, acme, policy["id"], channel="email", delay="PT3H"),
+    )
+    accepted = [r for r in responses if r.status_code == 201]
+    assert accepted, [r.text for r in responses]
+    read = await fetch(client, acme, policy["id"])
+    assert [m["position"] for m in read["lineup"]] == list(range(1, 4 + len(accepted)))
+    assert read["version"] == 1 + len(accepted)
 
 
 async def test_every_edit_bumps_the_version(

@@ -223,7 +223,12 @@ class _BatchWriter:
         self.invite_updates.setdefault(invite.id, {"b_id": invite.id}).update(values)
 
     def apply(self, message: Message, decision: Decision) -> None:
-        base = {"b_id": message.id, "claim_token": None, "lease_until": None}
+        base = {
+            "b_id": message.id,
+            "claim_token": None,
+            "lease_until": None,
+            "handled_by": self.context.settings.worker_id,
+        }
         invite = self.facts.invites[message.invite_id]
         if isinstance(decision, Pass):
             self._send(message, invite)
@@ -343,6 +348,7 @@ class _BatchWriter:
                     sent_at=bindparam("sent_at"), decided_at=bindparam("decided_at"),
                     not_before=bindparam("not_before"), attempts=bindparam("attempts"),
                     claim_token=bindparam("claim_token"), lease_until=bindparam("lease_until"),
+                    handled_by=bindparam("handled_by"),
                 ),
                 self.message_updates,
             )  # fmt: skip

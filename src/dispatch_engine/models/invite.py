@@ -104,6 +104,7 @@ class Message(Base):
     sent_at: Mapped[datetime | None] = mapped_column(default=None)
     decided_at: Mapped[datetime | None] = mapped_column(default=None)
     resend_of: Mapped[str | None] = mapped_column(String(32), default=None)
+    handled_by: Mapped[str | None] = mapped_column(String(64), default=None)  # worker id
     created_at: Mapped[datetime]
 
 

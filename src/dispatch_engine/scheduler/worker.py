@@ -8,6 +8,7 @@ runs and are safe to overlap across processes (claims, leases and fencing).
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import timedelta
 
 import structlog
@@ -47,6 +48,8 @@ class Worker:
         self.senders = SenderCache(context)
         self.relay = OutboxRelay(context, self.senders)
         self.scheduler = AsyncIOScheduler(timezone="UTC")
+        # "skipped: maximum number of running instances" is the intended back-pressure.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
         self._stopping = False
 
     async def deliver(self) -> None:
