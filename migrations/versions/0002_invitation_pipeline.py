@@ -41,11 +41,6 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_contact_batches")),
     )
-    with op.batch_alter_table("contact_batches", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_contact_batches_account_id"), ["account_id"], unique=False
-        )
-
     op.create_table(
         "fatigue_ledger",
         sa.Column(
@@ -86,6 +81,57 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("account_id", "key", name=op.f("pk_idempotency_keys")),
     )
     op.create_table(
+        "invites",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("account_id", sa.String(length=64), nullable=False),
+        sa.Column("dispatch_id", sa.String(length=32), nullable=False),
+        sa.Column("policy_id", sa.String(length=32), nullable=False),
+        sa.Column("questionnaire_id", sa.String(length=200), nullable=False),
+        sa.Column("batch_id", sa.String(length=32), nullable=True),
+        sa.Column("row_number", sa.Integer(), nullable=True),
+        sa.Column("token", sa.String(length=64), nullable=False),
+        sa.Column("external_id", sa.String(length=200), nullable=True),
+        sa.Column("sandbox", sa.Boolean(), nullable=False),
+        sa.Column("uuid_hash", sa.String(length=80), nullable=False),
+        sa.Column("fatigue_epoch", sa.Integer(), nullable=False),
+        sa.Column("fatigue_lock", sa.String(length=200), nullable=True),
+        sa.Column("email_hash", sa.String(length=80), nullable=True),
+        sa.Column("mobile_hash", sa.String(length=80), nullable=True),
+        sa.Column("time_zone", sa.String(length=64), nullable=True),
+        sa.Column("contact", sa.Text(), nullable=True),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("end_reason", sa.String(length=40), nullable=True),
+        sa.Column(
+            "created_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False
+        ),
+        sa.Column(
+            "received_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False
+        ),
+        sa.Column(
+            "valid_until", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False
+        ),
+        sa.Column(
+            "first_sent_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=True
+        ),
+        sa.Column(
+            "responded_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=True
+        ),
+        sa.Column("ended_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("erased_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_invites")),
+        sa.UniqueConstraint("fatigue_lock", name=op.f("uq_invites_fatigue_lock")),
+        sa.UniqueConstraint("token", name=op.f("uq_invites_token")),
+    )
+    with op.batch_alter_table("invites", schema=None) as batch_op:
+        batch_op.create_index(
+            "uq_invites_dispatch_external_id",
+            ["dispatch_id", "external_id"],
+            unique=True,
+            sqlite_where=sa.text("external_id IS NOT NULL"),
+            postgresql_where=sa.text("external_id IS NOT NULL"),
+        )
+
+    op.create_table(
         "local_queue",
         sa.Column(
             "id",
@@ -112,6 +158,49 @@ def upgrade() -> None:
             "ix_local_queue_account_visible", ["account_id", "visible_at", "id"], unique=False
         )
         batch_op.create_index(batch_op.f("ix_local_queue_receipt"), ["receipt"], unique=False)
+
+    op.create_table(
+        "messages",
+        sa.Column("id", sa.String(length=32), nullable=False),
+        sa.Column("invite_id", sa.String(length=32), nullable=False),
+        sa.Column("account_id", sa.String(length=64), nullable=False),
+        sa.Column("dispatch_id", sa.String(length=32), nullable=False),
+        sa.Column("policy_id", sa.String(length=32), nullable=False),
+        sa.Column("lineup_message_id", sa.String(length=32), nullable=False),
+        sa.Column("position", sa.Integer(), nullable=False),
+        sa.Column("channel", sa.String(length=8), nullable=False),
+        sa.Column("priority", sa.Integer(), nullable=False),
+        sa.Column("state", sa.String(length=16), nullable=False),
+        sa.Column("rule", sa.String(length=40), nullable=True),
+        sa.Column("reason", sa.String(length=200), nullable=True),
+        sa.Column("due_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False),
+        sa.Column(
+            "not_before", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False
+        ),
+        sa.Column("claim_token", sa.String(length=32), nullable=True),
+        sa.Column(
+            "lease_until", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=True
+        ),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("sent_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("decided_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("resend_of", sa.String(length=32), nullable=True),
+        sa.Column("handled_by", sa.String(length=64), nullable=True),
+        sa.Column(
+            "created_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_messages")),
+    )
+    with op.batch_alter_table("messages", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_messages_claimable",
+            ["priority", "not_before", "due_at", "id"],
+            unique=False,
+            sqlite_where=sa.text("state IN ('pending', 'deferred')"),
+            postgresql_where=sa.text("state IN ('pending', 'deferred')"),
+        )
+        batch_op.create_index("ix_messages_dispatch_state", ["dispatch_id", "state"], unique=False)
+        batch_op.create_index("ix_messages_invite", ["invite_id"], unique=False)
 
     op.create_table(
         "operator_pauses",
@@ -189,138 +278,11 @@ def upgrade() -> None:
             "account_id", "channel", "address_hash", name=op.f("pk_unsubscribes")
         ),
     )
-    op.create_table(
-        "invites",
-        sa.Column("id", sa.String(length=32), nullable=False),
-        sa.Column("account_id", sa.String(length=64), nullable=False),
-        sa.Column("dispatch_id", sa.String(length=32), nullable=False),
-        sa.Column("policy_id", sa.String(length=32), nullable=False),
-        sa.Column("questionnaire_id", sa.String(length=200), nullable=False),
-        sa.Column("batch_id", sa.String(length=32), nullable=True),
-        sa.Column("row_number", sa.Integer(), nullable=True),
-        sa.Column("token", sa.String(length=64), nullable=False),
-        sa.Column("external_id", sa.String(length=200), nullable=True),
-        sa.Column("sandbox", sa.Boolean(), nullable=False),
-        sa.Column("uuid_hash", sa.String(length=80), nullable=False),
-        sa.Column("fatigue_epoch", sa.Integer(), nullable=False),
-        sa.Column("fatigue_lock", sa.String(length=200), nullable=True),
-        sa.Column("email_hash", sa.String(length=80), nullable=True),
-        sa.Column("mobile_hash", sa.String(length=80), nullable=True),
-        sa.Column("time_zone", sa.String(length=64), nullable=True),
-        sa.Column("contact", sa.Text(), nullable=True),
-        sa.Column("state", sa.String(length=16), nullable=False),
-        sa.Column("end_reason", sa.String(length=40), nullable=True),
-        sa.Column(
-            "created_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False
-        ),
-        sa.Column(
-            "received_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False
-        ),
-        sa.Column(
-            "valid_until", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False
-        ),
-        sa.Column(
-            "first_sent_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=True
-        ),
-        sa.Column(
-            "responded_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=True
-        ),
-        sa.Column("ended_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("erased_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["account_id"], ["accounts.id"], name=op.f("fk_invites_account_id_accounts")
-        ),
-        sa.ForeignKeyConstraint(
-            ["dispatch_id"], ["dispatches.id"], name=op.f("fk_invites_dispatch_id_dispatches")
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_invites")),
-        sa.UniqueConstraint("fatigue_lock", name=op.f("uq_invites_fatigue_lock")),
-        sa.UniqueConstraint("token", name=op.f("uq_invites_token")),
-    )
-    with op.batch_alter_table("invites", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_invites_account_id"), ["account_id"], unique=False)
-        batch_op.create_index("ix_invites_batch", ["batch_id"], unique=False)
-        batch_op.create_index("ix_invites_policy_uuid", ["policy_id", "uuid_hash"], unique=False)
-        batch_op.create_index(
-            "uq_invites_dispatch_external_id",
-            ["dispatch_id", "external_id"],
-            unique=True,
-            sqlite_where=sa.text("external_id IS NOT NULL"),
-            postgresql_where=sa.text("external_id IS NOT NULL"),
-        )
-
-    op.create_table(
-        "messages",
-        sa.Column("id", sa.String(length=32), nullable=False),
-        sa.Column("invite_id", sa.String(length=32), nullable=False),
-        sa.Column("account_id", sa.String(length=64), nullable=False),
-        sa.Column("dispatch_id", sa.String(length=32), nullable=False),
-        sa.Column("policy_id", sa.String(length=32), nullable=False),
-        sa.Column("lineup_message_id", sa.String(length=32), nullable=False),
-        sa.Column("position", sa.Integer(), nullable=False),
-        sa.Column("channel", sa.String(length=8), nullable=False),
-        sa.Column("priority", sa.Integer(), nullable=False),
-        sa.Column("state", sa.String(length=16), nullable=False),
-        sa.Column("rule", sa.String(length=40), nullable=True),
-        sa.Column("reason", sa.String(length=200), nullable=True),
-        sa.Column("due_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column(
-            "not_before", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False
-        ),
-        sa.Column("claim_token", sa.String(length=32), nullable=True),
-        sa.Column(
-            "lease_until", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=True
-        ),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("sent_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("decided_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=True),
-        sa.Column("resend_of", sa.String(length=32), nullable=True),
-        sa.Column("handled_by", sa.String(length=64), nullable=True),
-        sa.Column(
-            "created_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False
-        ),
-        sa.ForeignKeyConstraint(
-            ["invite_id"], ["invites.id"], name=op.f("fk_messages_invite_id_invites")
-        ),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_messages")),
-    )
-    with op.batch_alter_table("messages", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_messages_claimable",
-            ["priority", "not_before", "due_at", "id"],
-            unique=False,
-            sqlite_where=sa.text("state IN ('pending', 'deferred')"),
-            postgresql_where=sa.text("state IN ('pending', 'deferred')"),
-        )
-        batch_op.create_index("ix_messages_dispatch_state", ["dispatch_id", "state"], unique=False)
-        batch_op.create_index("ix_messages_invite", ["invite_id"], unique=False)
-
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
-    with op.batch_alter_table("messages", schema=None) as batch_op:
-        batch_op.drop_index("ix_messages_invite")
-        batch_op.drop_index("ix_messages_dispatch_state")
-        batch_op.drop_index(
-            "ix_messages_claimable",
-            sqlite_where=sa.text("state IN ('pending', 'deferred')"),
-            postgresql_where=sa.text("state IN ('pending', 'deferred')"),
-        )
-
-    op.drop_table("messages")
-    with op.batch_alter_table("invites", schema=None) as batch_op:
-        batch_op.drop_index(
-            "uq_invites_dispatch_external_id",
-            sqlite_where=sa.text("external_id IS NOT NULL"),
-            postgresql_where=sa.text("external_id IS NOT NULL"),
-        )
-        batch_op.drop_index("ix_invites_policy_uuid")
-        batch_op.drop_index("ix_invites_batch")
-        batch_op.drop_index(batch_op.f("ix_invites_account_id"))
-
-    op.drop_table("invites")
     op.drop_table("unsubscribes")
     op.drop_table("rejected_rows")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
@@ -332,18 +294,33 @@ def downgrade() -> None:
 
     op.drop_table("outbox")
     op.drop_table("operator_pauses")
+    with op.batch_alter_table("messages", schema=None) as batch_op:
+        batch_op.drop_index("ix_messages_invite")
+        batch_op.drop_index("ix_messages_dispatch_state")
+        batch_op.drop_index(
+            "ix_messages_claimable",
+            sqlite_where=sa.text("state IN ('pending', 'deferred')"),
+            postgresql_where=sa.text("state IN ('pending', 'deferred')"),
+        )
+
+    op.drop_table("messages")
     with op.batch_alter_table("local_queue", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_local_queue_receipt"))
         batch_op.drop_index("ix_local_queue_account_visible")
 
     op.drop_table("local_queue")
+    with op.batch_alter_table("invites", schema=None) as batch_op:
+        batch_op.drop_index(
+            "uq_invites_dispatch_external_id",
+            sqlite_where=sa.text("external_id IS NOT NULL"),
+            postgresql_where=sa.text("external_id IS NOT NULL"),
+        )
+
+    op.drop_table("invites")
     op.drop_table("idempotency_keys")
     with op.batch_alter_table("fatigue_ledger", schema=None) as batch_op:
         batch_op.drop_index("ix_fatigue_ledger_hash_sent")
 
     op.drop_table("fatigue_ledger")
-    with op.batch_alter_table("contact_batches", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_contact_batches_account_id"))
-
     op.drop_table("contact_batches")
     # ### end Alembic commands ###

@@ -19,7 +19,10 @@ from dispatch_engine.models import LocalQueueMessage, Message, OutboxEntry
 from tests.conftest import ENCRYPTION_KEYS, HMAC_KEYS, setup_account
 
 CLI = str(Path(sys.executable).with_name("dispatch-engine"))
-ALL_WEEK = {d: [{"start": "00:00", "end": "24:00"}] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+ALL_WEEK = {
+    d: [{"start": "00:00", "end": "24:00"}]
+    for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+}
 CONTACTS = 3000
 
 

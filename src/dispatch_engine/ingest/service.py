@@ -20,15 +20,25 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.context import AppContext
+from dispatch_engine.db.bulk import existing_values, insert_rows, member_of
 from dispatch_engine.delivery.contacts import seal_contact
 from dispatch_engine.delivery.facts import fatigue_lock_key, fatigue_of
 from dispatch_engine.ingest.rows import ContactIn, Rejection, parse_contact
-from dispatch_engine.models import ContactBatch, Dispatch, Invite, LineupMessage, Policy, new_id
+from dispatch_engine.models import (
+    ContactBatch,
+    Dispatch,
+    Invite,
+    LineupMessage,
+    Message,
+    Policy,
+    RejectedRow,
+    new_id,
+)
 from dispatch_engine.models.base import table_of
 from dispatch_engine.security.hashing import KeyedHasher
 
@@ -177,12 +187,8 @@ async def _store_chunk(
                  "channel": first.channel, "priority": 0 if sandbox else 1, "state": "pending",
                  "due_at": due, "not_before": due, "attempts": 0, "created_at": now}
             )  # fmt: skip
-    if invites:
-        await session.execute(table_of(Invite).insert(), invites)
-    if messages:
-        from dispatch_engine.models import Message
-
-        await session.execute(table_of(Message).insert(), messages)
+    await insert_rows(session, table_of(Invite), invites)
+    await insert_rows(session, table_of(Message), messages)
     counts.accepted = len(invites)
     counts.rejected = len(counts.rejections)
     await _record_progress(session, batch_id, counts)
@@ -197,14 +203,9 @@ async def _drop_known_external_ids(
 ) -> list[tuple[int, ContactIn]]:
     """The same external id twice in one dispatch creates one invite (earlier file or row)."""
     wanted = {c.external_id for _, c in accepted if c.external_id}
-    known: set[str] = set()
-    if wanted:
-        rows = await session.execute(
-            select(Invite.external_id).where(
-                Invite.dispatch_id == dispatch_id, Invite.external_id.in_(wanted)
-            )
-        )
-        known = {value for value in rows.scalars() if value}
+    known = await existing_values(
+        session, Invite.external_id, wanted, Invite.dispatch_id == dispatch_id
+    )
     kept = []
     for number, contact in accepted:
         if contact.external_id and contact.external_id in known:
@@ -233,16 +234,13 @@ async def _assign_locks(
     await session.execute(
         update(Invite)
         .where(
-            Invite.fatigue_lock.in_(unique),
+            member_of(session, Invite.fatigue_lock, unique),
             or_(Invite.valid_until <= now, Invite.responded_at.is_not(None)),
         )
         .values(fatigue_lock=None)
         .execution_options(synchronize_session=False)
     )
-    held = set(
-        (await session.execute(select(Invite.fatigue_lock).where(Invite.fatigue_lock.in_(unique))))
-        .scalars()
-    )  # fmt: skip
+    held = await existing_values(session, Invite.fatigue_lock, unique)
     locks: dict[int, str] = {}
     for index, key in enumerate(keys):
         if key not in held:
@@ -252,14 +250,12 @@ async def _assign_locks(
 
 
 async def _record_progress(session: AsyncSession, batch_id: str, counts: IngestCounts) -> None:
-    from dispatch_engine.models import RejectedRow
-
-    if counts.rejections:
-        await session.execute(
-            table_of(RejectedRow).insert(),
-            [{"batch_id": batch_id, "row_number": r.row, "field": r.field[:120],
-              "reason": r.reason[:300]} for r in counts.rejections],
-        )  # fmt: skip
+    await insert_rows(
+        session,
+        table_of(RejectedRow),
+        [{"batch_id": batch_id, "row_number": r.row, "field": r.field[:120],
+          "reason": r.reason[:300]} for r in counts.rejections],
+    )  # fmt: skip
     await session.execute(
         update(ContactBatch)
         .where(ContactBatch.id == batch_id)

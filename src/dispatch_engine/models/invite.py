@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, text
+from sqlalchemy import Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from dispatch_engine.models.base import Base, BigIntPK
@@ -29,13 +29,11 @@ class Invite(Base):
             sqlite_where=text("external_id IS NOT NULL"),
             postgresql_where=text("external_id IS NOT NULL"),
         ),
-        Index("ix_invites_policy_uuid", "policy_id", "uuid_hash"),
-        Index("ix_invites_batch", "batch_id"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    account_id: Mapped[str] = mapped_column(String(64), ForeignKey("accounts.id"), index=True)
-    dispatch_id: Mapped[str] = mapped_column(String(32), ForeignKey("dispatches.id"))
+    account_id: Mapped[str] = mapped_column(String(64))
+    dispatch_id: Mapped[str] = mapped_column(String(32))
     policy_id: Mapped[str] = mapped_column(String(32))
     questionnaire_id: Mapped[str] = mapped_column(String(200))
     batch_id: Mapped[str | None] = mapped_column(String(32), default=None)
@@ -85,7 +83,7 @@ class Message(Base):
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    invite_id: Mapped[str] = mapped_column(String(32), ForeignKey("invites.id"))
+    invite_id: Mapped[str] = mapped_column(String(32))
     account_id: Mapped[str] = mapped_column(String(64))
     dispatch_id: Mapped[str] = mapped_column(String(32))
     policy_id: Mapped[str] = mapped_column(String(32))
@@ -143,7 +141,7 @@ class ContactBatch(Base):
     __tablename__ = "contact_batches"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    account_id: Mapped[str] = mapped_column(String(64), index=True)
+    account_id: Mapped[str] = mapped_column(String(64))
     dispatch_id: Mapped[str] = mapped_column(String(32))
     status: Mapped[str] = mapped_column(String(16), default="processing")
     content_type: Mapped[str] = mapped_column(String(40))

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 import re
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -139,15 +139,15 @@ class FieldCipher:
 
     def encrypt_json(self, obj: Mapping[str, Any], *, aad: bytes = b"") -> str:
         """Encrypt a JSON object (dict) as one field."""
-        text = json.dumps(dict(obj), separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+        text = orjson.dumps(dict(obj), option=orjson.OPT_SORT_KEYS).decode()
         return self.encrypt(text, aad=aad)
 
     def decrypt_json(self, token: str, *, aad: bytes = b"") -> dict[str, Any]:
         """Decrypt a field produced by :meth:`encrypt_json`."""
         text = self.decrypt(token, aad=aad)
         try:
-            obj = json.loads(text)
-        except ValueError:
+            obj = orjson.loads(text)
+        except orjson.JSONDecodeError:
             raise DecryptionError("decrypted value is not JSON") from None
         if not isinstance(obj, dict):
             raise DecryptionError("decrypted value is not a JSON object")

@@ -1,0 +1,127 @@
+"""Ingest benchmark: a generated CSV streamed over HTTP into a running service.
+
+Prints contacts/s accepted end to end and the service's RSS growth, next to the raw
+ceiling measured in the same run: asyncpg `copy_records_to_table` of the same number of
+rows into a copy of the invites table (SQLite: executemany into that copy).
+
+    .venv/bin/python bench/ingest.py --rows 1000000            # PostgreSQL
+    .venv/bin/python bench/ingest.py --rows 200000 --db sqlite
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from bench.common import (
+    create_database,
+    drop_database,
+    env_for,
+    free_port,
+    migrate_and_key,
+    peak_rss_mb,
+    raw_dsn,
+    rss_mb,
+    setup_dispatch,
+    start_api,
+)
+
+CHUNK = 64 * 1024
+
+
+async def csv_body(rows: int) -> AsyncIterator[bytes]:
+    buffer = bytearray(b"email,mobile,external_id,first_name,plan\n")
+    for i in range(rows):
+        buffer += b"person%d@example.com,+3361%07d,ext-%d,Name%d,gold\n" % (i, i % 10_000_000, i, i)
+        if len(buffer) >= CHUNK:
+            yield bytes(buffer)
+            buffer.clear()
+    if buffer:
+        yield bytes(buffer)
+
+
+async def ceiling_pg(url: str, rows: int) -> float:
+    """Raw COPY of `rows` invite-shaped records into an indexed copy of the invites table."""
+    connection = await asyncpg.connect(raw_dsn(url))
+    try:
+        await connection.execute("CREATE TABLE bench_invites (LIKE invites INCLUDING ALL)")
+        now = datetime.now(UTC)
+        columns = ["id", "account_id", "dispatch_id", "policy_id", "questionnaire_id", "token",
+                   "external_id", "sandbox", "uuid_hash", "fatigue_epoch", "email_hash",
+                   "contact", "state", "created_at", "received_at", "valid_until"]  # fmt: skip
+        started = time.perf_counter()
+        step = 50_000
+        for offset in range(0, rows, step):
+            records = [
+                (f"inv_{secrets.token_hex(10)}", "bench", "d", "p", "q", secrets.token_urlsafe(24),
+                 f"ext-{i}", False, f"k:{i:064x}", 1, f"k:{i:064x}", "x" * 180, "active", now,
+                 now, now + timedelta(days=30))
+                for i in range(offset, min(rows, offset + step))
+            ]  # fmt: skip
+            await connection.copy_records_to_table("bench_invites", records=records, columns=columns)
+        return rows / (time.perf_counter() - started)
+    finally:
+        await connection.execute("DROP TABLE IF EXISTS bench_invites")
+        await connection.close()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--db", choices=["pg", "sqlite"], default="pg")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="de-bench-"))
+    url, pg_name = await create_database("postgresql" if args.db == "pg" else "sqlite", workdir)
+    env = env_for(url, workdir, DISPATCH_RUN_SCHEDULER="false")
+    try:
+        key = migrate_and_key(env)
+        port = free_port()
+        api = start_api(env, port)
+        headers = {"Authorization": f"Bearer {key}"}
+        try:
+            async with httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{port}", timeout=None
+            ) as http:
+                _, dispatch = await setup_dispatch(
+                    http, headers,
+                    policy={"name": "Bench", "lineup": [{"channel": "email", "delay": "PT0S"},
+                                                         {"channel": "sms", "delay": "P2D"}]},
+                )  # fmt: skip
+                baseline = rss_mb(api.pid)
+                started = time.perf_counter()
+                response = await http.post(
+                    f"/v1/accounts/bench/dispatches/{dispatch}/contacts",
+                    headers={**headers, "Content-Type": "text/csv"},
+                    content=csv_body(args.rows),
+                )
+                elapsed = time.perf_counter() - started
+                response.raise_for_status()
+                counts = response.json()["counts"]
+            peak = peak_rss_mb(api.pid)
+        finally:
+            api.terminate()
+            api.wait(10)
+        rate = counts["accepted"] / elapsed
+        print(f"ingest ({args.db}): {counts['accepted']:,} of {args.rows:,} contacts accepted "
+              f"in {elapsed:.1f} s = {rate:,.0f} contacts/s")  # fmt: skip
+        print(f"service RSS: {baseline:.0f} MB before, peak {peak:.0f} MB "
+              f"(growth {peak - baseline:.0f} MB)")  # fmt: skip
+        if args.db == "pg":
+            ceiling = await ceiling_pg(url, args.rows)
+            print(f"ceiling: asyncpg COPY into an indexed invites copy = {ceiling:,.0f} rows/s; "
+                  f"ratio {rate / ceiling:.2f}")  # fmt: skip
+    finally:
+        await drop_database(pg_name)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

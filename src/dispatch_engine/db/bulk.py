@@ -1,0 +1,72 @@
+"""Set-based helpers that keep hot paths to a few round trips.
+
+On PostgreSQL, `IN (…)` with thousands of values renders a new statement each time
+(parsed and planned again); `= ANY($1)` with one array parameter is a single prepared
+statement. Bulk inserts use COPY there. SQLite gets the portable forms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, String, Table, any_, bindparam, exists, func, select
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import InstrumentedAttribute
+
+
+def dialect_of(session: AsyncSession) -> str:
+    return session.get_bind().dialect.name
+
+
+def member_of(
+    session: AsyncSession,
+    column: InstrumentedAttribute[Any] | ColumnElement[Any],
+    values: Collection[Any],
+) -> ColumnElement[bool]:
+    """`column IN values`, as `= ANY(array)` on PostgreSQL (one cached statement)."""
+    if dialect_of(session) == "postgresql":
+        return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
+    return column.in_(list(values))
+
+
+async def existing_values(
+    session: AsyncSession,
+    column: InstrumentedAttribute[Any],
+    values: Collection[str],
+    *conditions: ColumnElement[bool],
+) -> set[str]:
+    """Which of `values` exist in `column` (under `conditions`), probing the index per value.
+
+    On PostgreSQL the values are joined from `unnest($1)`, so the planner walks the index
+    once per value instead of scanning every row of, say, a million-invite dispatch.
+    """
+    if not values:
+        return set()
+    if dialect_of(session) == "postgresql":
+        probe = select(func.unnest(bindparam(None, list(values), type_=ARRAY(String)))).subquery(
+            "probe"
+        )
+        value = probe.c[0]
+        query = select(value).where(exists().where(column == value, *conditions))
+    else:
+        query = select(column).where(column.in_(list(values)), *conditions)
+    return {v for v in (await session.execute(query)).scalars() if v is not None}
+
+
+async def insert_rows(session: AsyncSession, table: Table, rows: Sequence[dict[str, Any]]) -> None:
+    """Insert many rows in the caller's transaction: COPY on PostgreSQL, executemany else."""
+    if not rows:
+        return
+    if dialect_of(session) != "postgresql":
+        await session.execute(table.insert(), list(rows))
+        return
+    columns = list(rows[0])
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    await driver.copy_records_to_table(
+        table.name, records=[tuple(row[c] for c in columns) for row in rows], columns=columns
+    )

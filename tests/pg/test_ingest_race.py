@@ -1,0 +1,262 @@
+"""Contact files racing on PostgreSQL (R-INV-1, R-INV-2).
+
+Files that all contain the same person are posted at the same time, through one ASGI app
+(one engine, one connection per request) and through two app instances with engines of
+their own. Whatever the interleaving, exactly one invite may hold the person's fatigue
+rule 1 lock, every upload must succeed, and every row posted must become an invite. Each
+race is repeated with fresh people so that a lost race is likely to show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from dispatch_engine.api.app import create_app
+from dispatch_engine.context import AppContext, build_context
+from dispatch_engine.ingest.service import keyed_hash
+from dispatch_engine.models import Invite
+from tests.conftest import create_policy, make_settings, setup_account, templates_for
+
+ROUNDS = 5
+FILLER = 30  # other people in every file, so each transaction stays open a little while
+
+
+@pytest.fixture
+def pg_only(context: AppContext) -> None:
+    if context.engine.dialect.name != "postgresql":
+        pytest.skip("racing transactions need PostgreSQL")
+
+
+@pytest.fixture
+async def second_client(
+    pg_only: None, context: AppContext, tmp_path: Path
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Another app instance on the same database with an engine (and pool) of its own."""
+    other = build_context(
+        make_settings(context.settings.database_url, tmp_path / "second"), context.clock
+    )
+    assert other.engine is not context.engine
+    app = create_app(other.settings, context=other)
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://second"
+        ) as http:
+            yield http
+    finally:
+        await other.aclose()
+
+
+async def make_dispatch(
+    client: httpx.AsyncClient, admin: dict[str, str], policy: dict[str, Any], questionnaire: str
+) -> str:
+    response = await client.post(
+        "/v1/accounts/acme/dispatches",
+        headers=admin,
+        json={
+            "questionnaire_id": questionnaire,
+            "policy_id": policy["id"],
+            "token_validity": "P14D",
+            "message_templates": templates_for(policy),
+        },
+    )
+    assert response.status_code == 201, response.text
+    dispatch_id: str = response.json()["id"]
+    return dispatch_id
+
+
+def racing_file(round_no: int, file_no: int, email: str) -> tuple[bytes, int]:
+    """A CSV with the shared person at a different place in every file; (body, rows)."""
+    lines = [
+        f"filler-{round_no}-{file_no}-{k}@example.com,x-{round_no}-{file_no}-{k}"
+        for k in range(FILLER)
+    ]
+    lines.insert((file_no * 7) % FILLER, f"{email},shared-{round_no}-{file_no}")
+    return ("email,external_id\n" + "\n".join(lines) + "\n").encode(), len(lines)
+
+
+async def holders_of(context: AppContext, policy_id: str, email: str) -> tuple[int, int]:
+    """(invites, lock holders) of one person under a policy."""
+    uuid_hash = keyed_hash(context.hasher, email)
+    async with context.sessions() as session:
+        rows = await session.execute(
+            select(
+                func.count(),
+                func.count(Invite.fatigue_lock),
+            ).where(Invite.policy_id == policy_id, Invite.uuid_hash == uuid_hash)
+        )
+        total, holders = rows.one()
+    return int(total), int(holders)
+
+
+async def invite_count(context: AppContext, dispatch_ids: list[str]) -> int:
+    async with context.sessions() as session:
+        query = select(func.count()).select_from(Invite).where(Invite.dispatch_id.in_(dispatch_ids))
+        return int((await session.execute(query)).scalar_one())
+
+
+async def race(
+    context: AppContext,
+    clients: list[httpx.AsyncClient],
+    admin: dict[str, str],
+    policy_id: str,
+    dispatch_ids: list[str],
+    files: int,
+    tag: str,
+) -> None:
+    """ROUNDS races of `files` uploads of one person each; checks every round."""
+    expected = await invite_count(context, dispatch_ids)
+    for round_no in range(ROUNDS):
+        email = f"racer-{tag}-{round_no}@example.com"
+        bodies = [racing_file(round_no, f, email) for f in range(files)]
+        responses = await asyncio.gather(
+            *(
+                clients[f % len(clients)].post(
+                    f"/v1/accounts/acme/dispatches/{dispatch_ids[f % len(dispatch_ids)]}/contacts",
+                    headers={**admin, "Content-Type": "text/csv"},
+                    content=body,
+                )
+                for f, (body, _) in enumerate(bodies)
+            )
+        )
+        for response, (_, rows) in zip(responses, bodies, strict=True):
+            assert response.status_code == 202, response.text
+            body = response.json()
+            assert body["status"] == "completed"
+            assert body["counts"] == {
+                "rows": rows,
+                "accepted": rows,
+                "rejected": 0,
+                "duplicates": 0,
+            }
+        expected += sum(rows for _, rows in bodies)
+        assert await invite_count(context, dispatch_ids) == expected
+        total, holders = await holders_of(context, policy_id, email)
+        assert total == files, f"round {round_no}"
+        assert holders == 1, f"round {round_no}: {holders} invites hold {email}'s lock"
+        for f in range(files):
+            assert await holders_of(context, policy_id, f"filler-{round_no}-{f}-0@example.com") == (
+                1,
+                1,
+            )
+
+
+@pytest.fixture
+async def race_setup(
+    pg_only: None, client: httpx.AsyncClient, admin: dict[str, str]
+) -> tuple[str, list[str]]:
+    await setup_account(client, admin)
+    policy = await create_policy(client, admin)
+    dispatches = [
+        await make_dispatch(client, admin, policy, "q-race-1"),
+        await make_dispatch(client, admin, policy, "q-race-2"),
+    ]
+    return policy["id"], dispatches
+
+
+@pytest.mark.parametrize("files", [2, 5])
+async def test_racing_files_through_one_app_give_one_lock_holder(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    context: AppContext,
+    race_setup: tuple[str, list[str]],
+    files: int,
+) -> None:
+    policy_id, dispatches = race_setup
+    await race(context, [client], admin, policy_id, dispatches[:1], files, f"one-{files}")
+
+
+@pytest.mark.parametrize("files", [2, 5])
+async def test_racing_files_through_two_apps_give_one_lock_holder(
+    client: httpx.AsyncClient,
+    second_client: httpx.AsyncClient,
+    admin: dict[str, str],
+    context: AppContext,
+    race_setup: tuple[str, list[str]],
+    files: int,
+) -> None:
+    policy_id, dispatches = race_setup
+    await race(
+        context, [client, second_client], admin, policy_id, dispatches, files, f"two-{files}"
+    )
+
+
+async def test_racing_files_with_the_same_external_id_give_one_invite(
+    client: httpx.AsyncClient,
+    second_client: httpx.AsyncClient,
+    admin: dict[str, str],
+    context: AppContext,
+    race_setup: tuple[str, list[str]],
+) -> None:
+    _, dispatches = race_setup
+    clients = [client, second_client]
+    for round_no in range(ROUNDS):
+        external_id = f"same-{round_no}"
+        responses = await asyncio.gather(
+            *(
+                clients[f % 2].post(
+                    f"/v1/accounts/acme/dispatches/{dispatches[0]}/contacts",
+                    headers={**admin, "Content-Type": "text/csv"},
+                    content=(
+                        f"email,external_id\nsame-{round_no}-{f}@example.com,{external_id}\n"
+                    ).encode(),
+                )
+                for f in range(4)
+            )
+        )
+        assert [r.status_code for r in responses] == [202] * 4, [r.text for r in responses]
+        counts = [r.json()["counts"] for r in responses]
+        assert sum(c["accepted"] for c in counts) == 1
+        assert sum(c["duplicates"] for c in counts) == 3
+        found = await client.get(
+            "/v1/accounts/acme/invites",
+            headers=admin,
+            params={"external_id": external_id, "dispatch": dispatches[0]},
+        )
+        assert len(found.json()) == 1
+
+
+async def test_racing_replays_of_one_idempotency_key_create_one_batch(
+    client: httpx.AsyncClient,
+    second_client: httpx.AsyncClient,
+    admin: dict[str, str],
+    context: AppContext,
+    race_setup: tuple[str, list[str]],
+) -> None:
+    _, dispatches = race_setup
+    clients = [client, second_client]
+    for round_no in range(ROUNDS):
+        body, rows = racing_file(round_no, 0, f"idem-{round_no}@example.com")
+        before = await invite_count(context, dispatches)
+        responses = await asyncio.gather(
+            *(
+                clients[f % 2].post(
+                    f"/v1/accounts/acme/dispatches/{dispatches[0]}/contacts",
+                    headers={
+                        **admin,
+                        "Content-Type": "text/csv",
+                        "Idempotency-Key": f"race-{round_no}",
+                    },
+                    content=body,
+                )
+                for f in range(4)
+            )
+        )
+        statuses = sorted(r.status_code for r in responses)
+        assert set(statuses) <= {202, 409}, [r.text for r in responses]
+        fresh = [
+            r for r in responses if r.status_code == 202 and "Idempotent-Replayed" not in r.headers
+        ]
+        assert len(fresh) == 1
+        for response in responses:
+            if response.status_code == 202:
+                assert response.json() == fresh[0].json()
+            else:
+                assert response.json()["type"].endswith(":idempotency-in-flight")
+        assert await invite_count(context, dispatches) == before + rows
