@@ -10,8 +10,10 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from typing import Any
 
+import asyncpg
 from sqlalchemy import ColumnElement, String, Table, any_, bindparam, exists, func, select
 from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -67,6 +69,10 @@ async def insert_rows(session: AsyncSession, table: Table, rows: Sequence[dict[s
     raw = await connection.get_raw_connection()
     driver = raw.driver_connection
     assert driver is not None
-    await driver.copy_records_to_table(
-        table.name, records=[tuple(row[c] for c in columns) for row in rows], columns=columns
-    )
+    try:
+        await driver.copy_records_to_table(
+            table.name, records=[tuple(row[c] for c in columns) for row in rows], columns=columns
+        )
+    except asyncpg.IntegrityConstraintViolationError as exc:
+        # Same exception type as the ORM paths, so callers retry races in one place.
+        raise IntegrityError(f"COPY {table.name}", None, exc) from exc
