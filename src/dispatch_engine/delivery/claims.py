@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dispatch_engine.db.bulk import member_of
 from dispatch_engine.models import Message
 
 CLAIMABLE_STATES = ("pending", "deferred")
@@ -46,7 +47,7 @@ async def claim_due_messages(
     if ids:
         await session.execute(
             update(Message)
-            .where(Message.id.in_(ids))
+            .where(member_of(session, Message.id, ids))
             .values(claim_token=token, lease_until=now + lease)
             .execution_options(synchronize_session=False)
         )

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.clients.dnd_webhook import DndClient, DndQuery
 from dispatch_engine.context import AppContext
+from dispatch_engine.db.bulk import insert_rows
 from dispatch_engine.delivery.claims import claim_due_messages, still_owned
 from dispatch_engine.delivery.contacts import open_contact
 from dispatch_engine.delivery.facts import (
@@ -352,12 +353,9 @@ class _BatchWriter:
                 ),
                 self.message_updates,
             )  # fmt: skip
-        if self.new_messages:
-            await session.execute(messages.insert(), self.new_messages)
-        if self.outbox:
-            await session.execute(table_of(OutboxEntry).insert(), self.outbox)
-        if self.ledger:
-            await session.execute(table_of(FatigueLedger).insert(), self.ledger)
+        await insert_rows(session, messages, self.new_messages)
+        await insert_rows(session, table_of(OutboxEntry), self.outbox)
+        await insert_rows(session, table_of(FatigueLedger), self.ledger)
         await self._flush_invites(session)
 
     async def _flush_invites(self, session: AsyncSession) -> None:

@@ -11,6 +11,7 @@ from typing import Protocol, TypeVar
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dispatch_engine.db.bulk import member_of
 from dispatch_engine.models import (
     Dispatch,
     FatigueLedger,
@@ -56,7 +57,7 @@ async def load_batch_facts(session: AsyncSession, ids: Sequence[str]) -> BatchFa
         (
             await session.execute(
                 select(Message)
-                .where(Message.id.in_(ids))
+                .where(member_of(session, Message.id, ids))
                 .order_by(Message.priority, Message.not_before, Message.due_at, Message.id)
             )
         ).scalars()
@@ -64,10 +65,16 @@ async def load_batch_facts(session: AsyncSession, ids: Sequence[str]) -> BatchFa
     invite_ids = {m.invite_id for m in messages}
     dispatch_ids = {m.dispatch_id for m in messages}
     invites = _by_id(
-        (await session.execute(select(Invite).where(Invite.id.in_(invite_ids)))).scalars()
+        (
+            await session.execute(select(Invite).where(member_of(session, Invite.id, invite_ids)))
+        ).scalars()
     )
     dispatches = _by_id(
-        (await session.execute(select(Dispatch).where(Dispatch.id.in_(dispatch_ids)))).scalars()
+        (
+            await session.execute(
+                select(Dispatch).where(member_of(session, Dispatch.id, dispatch_ids))
+            )
+        ).scalars()
     )
     policy_ids = {d.policy_id for d in dispatches.values()} | {m.policy_id for m in messages}
     policies = _by_id(
@@ -120,7 +127,7 @@ async def load_unsubscribes(
     hashes = {h for _, _, h in wanted}
     rows = await session.execute(
         select(Unsubscribe.account_id, Unsubscribe.channel, Unsubscribe.address_hash).where(
-            Unsubscribe.address_hash.in_(hashes)
+            member_of(session, Unsubscribe.address_hash, hashes)
         )
     )
     return {(a, c, h) for a, c, h in rows.all()} & wanted
@@ -130,7 +137,9 @@ async def load_lock_holders(session: AsyncSession, keys: set[str]) -> dict[str, 
     """Fatigue rule 1: which invite holds each person's pending-token lock."""
     if not keys:
         return {}
-    rows = await session.execute(select(Invite).where(Invite.fatigue_lock.in_(keys)))
+    rows = await session.execute(
+        select(Invite).where(member_of(session, Invite.fatigue_lock, keys))
+    )
     return {invite.fatigue_lock: invite for invite in rows.scalars() if invite.fatigue_lock}
 
 
@@ -142,7 +151,7 @@ async def load_ledger(
         return {}
     rows = await session.execute(
         select(FatigueLedger).where(
-            FatigueLedger.uuid_hash.in_(hashes), FatigueLedger.sent_at >= since
+            member_of(session, FatigueLedger.uuid_hash, hashes), FatigueLedger.sent_at >= since
         )
     )
     ledger: dict[str, list[FatigueLedger]] = defaultdict(list)
