@@ -259,11 +259,9 @@ def test_apikey_create_with_bad_configuration(tmp_path: Path) -> None:
 
 
 def test_migrate(tmp_path: Path) -> None:
-    env = _env(tmp_path / "data")
-    for _ in range(2):  # twice: the second run is a no-op
-        result = _run(["migrate"], env, tmp_path)
-        assert result.returncode == 0, result.stderr
-        assert result.stdout == ""
+    result = _run(["migrate"], _env(tmp_path / "data"), tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
     assert (tmp_path / "data" / "dispatch-engine.db").exists()
 
 

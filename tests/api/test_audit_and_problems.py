@@ -248,12 +248,19 @@ async def test_audit_since_until(client: httpx.AsyncClient, history: dict[str, A
         assert response.json()["field"] == name
 
 
-@pytest.mark.parametrize("limit", [1, 5, 12, 100])
-async def test_audit_pagination(
-    client: httpx.AsyncClient, history: dict[str, Any], limit: int
-) -> None:
+async def test_audit_pagination(client: httpx.AsyncClient, history: dict[str, Any]) -> None:
     admin = history["admin"]
     everything = await _audit(client, admin, limit=1000)
+    for limit in (1, 5, 12, 100):
+        await _page_through(client, admin, limit, everything)
+
+
+async def _page_through(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    limit: int,
+    everything: list[dict[str, Any]],
+) -> None:
     seen: list[dict[str, Any]] = []
     cursor: str | None = None
     pages = 0

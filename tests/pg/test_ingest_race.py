@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from dispatch_engine.api.app import create_app
 from dispatch_engine.context import AppContext, build_context
+from dispatch_engine.ingest import service
 from dispatch_engine.ingest.service import keyed_hash
 from dispatch_engine.models import Invite
 from tests.conftest import create_policy, make_settings, setup_account, templates_for
@@ -260,3 +261,81 @@ async def test_racing_replays_of_one_idempotency_key_create_one_batch(
             else:
                 assert response.json()["type"].endswith(":idempotency-in-flight")
         assert await invite_count(context, dispatches) == before + rows
+
+
+def hold_first_calls(monkeypatch: pytest.MonkeyPatch, name: str, parties: int) -> list[int]:
+    """Make the first `parties` calls of `service.<name>` wait for each other after looking
+    at the database, so every racer decides before any of them inserts (a lost race, every
+    time). Later calls (the retries) pass straight through. Returns the call counter."""
+    original = getattr(service, name)
+    barrier = asyncio.Barrier(parties)
+    calls = [0]
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        result = await original(*args, **kwargs)
+        if calls[0] <= parties:
+            await asyncio.wait_for(barrier.wait(), 10)
+        return result
+
+    monkeypatch.setattr(service, name, held)
+    return calls
+
+
+@pytest.mark.parametrize("files", [2, 3])
+async def test_a_forced_lost_lock_race_is_retried_not_doubled(
+    client: httpx.AsyncClient,
+    second_client: httpx.AsyncClient,
+    admin: dict[str, str],
+    context: AppContext,
+    race_setup: tuple[str, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+    files: int,
+) -> None:
+    policy_id, dispatches = race_setup
+    calls = hold_first_calls(monkeypatch, "_assign_locks", files)
+    email = "forced@example.com"
+    clients = [client, second_client]
+    responses = await asyncio.gather(
+        *(
+            clients[f % 2].post(
+                f"/v1/accounts/acme/dispatches/{dispatches[f % 2]}/contacts",
+                headers={**admin, "Content-Type": "text/csv"},
+                content=f"email,external_id\n{email},forced-{f}\n".encode(),
+            )
+            for f in range(files)
+        )
+    )
+    assert [r.status_code for r in responses] == [202] * files, [r.text for r in responses]
+    assert all(r.json()["counts"]["accepted"] == 1 for r in responses)
+    assert calls[0] == files + (files - 1)  # every loser looked again once
+    assert await holders_of(context, policy_id, email) == (files, 1)
+
+
+async def test_a_forced_lost_external_id_race_counts_a_duplicate(
+    client: httpx.AsyncClient,
+    second_client: httpx.AsyncClient,
+    admin: dict[str, str],
+    context: AppContext,
+    race_setup: tuple[str, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, dispatches = race_setup
+    calls = hold_first_calls(monkeypatch, "_drop_known_external_ids", 2)
+    responses = await asyncio.gather(
+        *(
+            http.post(
+                f"/v1/accounts/acme/dispatches/{dispatches[0]}/contacts",
+                headers={**admin, "Content-Type": "text/csv"},
+                content=f"email,external_id\nforced-{n}@example.com,same-id\n".encode(),
+            )
+            for n, http in enumerate([client, second_client])
+        )
+    )
+    assert [r.status_code for r in responses] == [202, 202], [r.text for r in responses]
+    counts = sorted(
+        (r.json()["counts"]["accepted"], r.json()["counts"]["duplicates"]) for r in responses
+    )
+    assert counts == [(0, 1), (1, 0)]
+    assert calls[0] == 3
+    assert await invite_count(context, dispatches[:1]) == 1

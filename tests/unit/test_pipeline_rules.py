@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -197,7 +198,7 @@ def test_dnd_unavailable_defers_with_growing_backoff_then_suppresses() -> None:
         untils.append(decision.until)
     assert untils == [MONDAY_10 + retry * 2**n for n in range(4)]
     delays = [u - MONDAY_10 for u in untils]
-    assert all(b > a for a, b in zip(delays, delays[1:], strict=False))
+    assert all(b > a for a, b in itertools.pairwise(delays))
     last = decide(facts(dnd={"answer": "unavailable", "failures": 4, "max_failures": 5}))
     assert last == Suppress("dnd", "dnd_unavailable", next_step=True)
     beyond = decide(facts(dnd={"answer": "unavailable", "failures": 9, "max_failures": 5}))
@@ -388,9 +389,7 @@ def test_decide_passes_iff_every_rule_passes(f: MessageFacts) -> None:
     first = next((r for _, r in results if r is not None), None)
     assert decision == (first if first is not None else Pass())
     # DND is asked exactly when it is configured and every earlier rule passes.
-    assert needs_dnd_check(f) == (
-        f.dnd.configured and all(rule(f) is None for rule in BEFORE_DND)
-    )
+    assert needs_dnd_check(f) == (f.dnd.configured and all(rule(f) is None for rule in BEFORE_DND))
     # Deferrals always point to the future; holds only come from a pause.
     if isinstance(decision, Defer):
         assert decision.until > f.now

@@ -13,21 +13,21 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.clients.dnd_webhook import DndClient, DndQuery
 from dispatch_engine.context import AppContext
-from dispatch_engine.db.bulk import insert_rows
+from dispatch_engine.db.bulk import insert_rows, member_of
 from dispatch_engine.delivery.claims import claim_due_messages, still_owned
 from dispatch_engine.delivery.contacts import open_contact
 from dispatch_engine.delivery.facts import (
     DndSettings,
     current_step,
     fatigue_lock_key,
-    fatigue_of,
     message_facts,
+    rules_for,
 )
 from dispatch_engine.delivery.lookups import (
     BatchFacts,
@@ -36,7 +36,7 @@ from dispatch_engine.delivery.lookups import (
     load_lock_holders,
     load_unsubscribes,
 )
-from dispatch_engine.models import FatigueLedger, Invite, Message, OutboxEntry, new_id
+from dispatch_engine.models import FatigueLedger, Invite, Message, OutboxEntry, Policy, new_id
 from dispatch_engine.models.base import table_of
 from dispatch_engine.rules.base import Decision, Defer, Hold, Pass, Suppress
 from dispatch_engine.rules.pipeline import MessageFacts, decide, needs_dnd_check
@@ -117,7 +117,7 @@ class DeliveryEngine:
                 policy = facts.policies.get(dispatch.policy_id, policy)
             if policy is None or invite.first_sent_at is not None:
                 continue
-            rules = fatigue_of(policy)
+            rules = rules_for(facts, policy).fatigue
             if rules.pending_token.enabled:
                 lock_keys.add(
                     fatigue_lock_key(
@@ -137,7 +137,7 @@ class DeliveryEngine:
     ) -> dict[str, str]:
         """DND answers for the messages that would otherwise go out now (outside any
         transaction: no row lock is held while a webhook is slow)."""
-        if self.dnd_client is None:
+        if self.dnd_client is None or not await self._any_dnd(session, ids):
             return {}
         async with session.begin():
             facts = await self._facts(session, ids, now)
@@ -164,6 +164,15 @@ class DeliveryEngine:
         return {
             mid: answer.status.value for (mid, _, _), answer in zip(requests, answers, strict=True)
         }
+
+    async def _any_dnd(self, session: AsyncSession, ids: list[str]) -> bool:
+        """One cheap query: does any claimed message's policy have a DND webhook at all?"""
+        async with session.begin():
+            policy_ids = select(Message.policy_id).where(member_of(session, Message.id, ids))
+            webhooks = await session.execute(
+                select(Policy.dnd_webhooks).where(Policy.id.in_(policy_ids.distinct()))
+            )
+            return any(any(hooks.values()) for hooks in webhooks.scalars() if hooks)
 
     async def _decide_and_write(
         self,
@@ -306,7 +315,8 @@ class _BatchWriter:
             )  # fmt: skip
             invite.first_sent_at = self.now
             values: dict[str, Any] = {"first_sent_at": self.now}
-            if fatigue_of(policy).pending_token.enabled and invite.fatigue_lock is None:
+            pending_token = rules_for(self.facts, policy).fatigue.pending_token.enabled
+            if pending_token and invite.fatigue_lock is None:
                 key = fatigue_lock_key(
                     policy.id, policy.fatigue_epoch, invite.sandbox, invite.uuid_hash
                 )

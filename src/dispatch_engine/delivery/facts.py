@@ -40,6 +40,27 @@ def fatigue_of(policy: Policy) -> FatigueRules:
 
 
 @dataclass(frozen=True)
+class PolicyRules:
+    """A policy's parsed rules, built once per policy per batch (not once per message)."""
+
+    fatigue: FatigueRules
+    hours: BusinessHours
+    contact_zone_applies: bool
+
+    @classmethod
+    def of(cls, policy: Policy) -> PolicyRules:
+        hours, contact_zone = business_hours_for(policy)
+        return cls(fatigue_of(policy), hours, contact_zone)
+
+
+def rules_for(facts: BatchFacts, policy: Policy) -> PolicyRules:
+    rules: PolicyRules | None = facts.rules.get(policy.id)
+    if rules is None:
+        rules = facts.rules[policy.id] = PolicyRules.of(policy)
+    return rules
+
+
+@dataclass(frozen=True)
 class DndSettings:
     max_failures: int = 5
     retry_after: timedelta = timedelta(minutes=1)
@@ -99,8 +120,8 @@ def message_facts(
     invite = facts.invites[message.invite_id]
     dispatch = facts.dispatches.get(message.dispatch_id)
     policy = facts.policies[dispatch.policy_id if dispatch else message.policy_id]
-    rules = fatigue_of(policy)
-    hours, contact_zone_applies = business_hours_for(policy)
+    parsed = rules_for(facts, policy)
+    rules, hours, contact_zone_applies = parsed.fatigue, parsed.hours, parsed.contact_zone_applies
     address_hash = invite.email_hash if message.channel == "email" else invite.mobile_hash
     first_send = invite.first_sent_at is None
     pending_elsewhere = False

@@ -6,7 +6,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -39,6 +39,7 @@ class BatchFacts:
     unsubscribed: set[tuple[str, str, str]] = field(default_factory=set)
     lock_holders: dict[str, Invite] = field(default_factory=dict)
     ledger: dict[str, list[FatigueLedger]] = field(default_factory=dict)
+    rules: dict[str, Any] = field(default_factory=dict)  # policy id → PolicyRules (facts.py)
 
 
 class _HasId(Protocol):
