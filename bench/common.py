@@ -19,10 +19,14 @@ import httpx
 PG_ADMIN = os.environ.get("DISPATCH_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 CLI = str(Path(sys.executable).with_name("dispatch-engine"))
 KEYS = {
-    "DISPATCH_ENCRYPTION_KEYS": "b1:" + base64.b64encode(hashlib.sha256(b"bench-enc").digest()).decode(),
+    "DISPATCH_ENCRYPTION_KEYS": "b1:"
+    + base64.b64encode(hashlib.sha256(b"bench-enc").digest()).decode(),
     "DISPATCH_HMAC_KEYS": "b1:" + base64.b64encode(hashlib.sha256(b"bench-mac").digest()).decode(),
 }
-ALL_WEEK = {d: [{"start": "00:00", "end": "24:00"}] for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
+ALL_WEEK = {
+    d: [{"start": "00:00", "end": "24:00"}]
+    for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+}
 
 
 async def create_database(kind: str, workdir: Path) -> tuple[str, str | None]:
@@ -75,9 +79,11 @@ def migrate_and_key(env: dict[str, str]) -> str:
 
 def start_api(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [CLI, "api", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
+        [CLI, "api", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -109,9 +115,7 @@ async def setup_dispatch(
 ) -> tuple[str, str]:
     """Account `bench` with a local queue, the given policy and a dispatch on it."""
     await http.post("/v1/accounts", headers=headers, json={"id": "bench", "name": "Bench"})
-    await http.put(
-        "/v1/accounts/bench/queue-integration", headers=headers, json={"kind": "local"}
-    )
+    await http.put("/v1/accounts/bench/queue-integration", headers=headers, json={"kind": "local"})
     created = await http.post("/v1/accounts/bench/policies", headers=headers, json=policy)
     created.raise_for_status()
     body = created.json()

@@ -56,28 +56,57 @@ NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)  # a Wednesday noon
 
 async def seed(context: Any, rows: int, dnd_url: str | None) -> None:
     """An account, a policy with every rule on, a dispatch and `rows` due first messages."""
-    fatigue = {"pending_token": {"enabled": True},
-               "max_invites": {"enabled": True, "count": 3, "days": 30, "scope": "all"}}  # fmt: skip
+    fatigue = {
+        "pending_token": {"enabled": True},
+        "max_invites": {"enabled": True, "count": 3, "days": 30, "scope": "all"},
+    }
     async with context.sessions() as session, session.begin():
         session.add(Account(id="bench", name="Bench", created_at=NOW, updated_at=NOW))
         await session.flush()
-        session.add(QueueIntegration(account_id="bench", kind="local", created_at=NOW,
-                                     updated_at=NOW))  # fmt: skip
-        session.add(Policy(id="pol_bench", account_id="bench", name="B", name_key="b",
-                           uuid_field="email", fatigue=fatigue,
-                           business_rules={"time_zone": "Europe/Berlin",
-                                           "days": {d: [{"start": "08:00", "end": "20:00"}]
-                                                    for d in ALL_WEEK},
-                                           "use_contact_time_zone": False},
-                           dnd_webhooks={"email": dnd_url, "sms": None},
-                           created_at=NOW, updated_at=NOW))  # fmt: skip
+        session.add(
+            QueueIntegration(account_id="bench", kind="local", created_at=NOW, updated_at=NOW)
+        )
+        session.add(
+            Policy(
+                id="pol_bench",
+                account_id="bench",
+                name="B",
+                name_key="b",
+                uuid_field="email",
+                fatigue=fatigue,
+                business_rules={
+                    "time_zone": "Europe/Berlin",
+                    "days": {d: [{"start": "08:00", "end": "20:00"}] for d in ALL_WEEK},
+                    "use_contact_time_zone": False,
+                },
+                dnd_webhooks={"email": dnd_url, "sms": None},
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
         await session.flush()
-        session.add(LineupMessage(id="msg_1", policy_id="pol_bench", position=1, channel="email",
-                                  delay_seconds=0, created_at=NOW))  # fmt: skip
-        session.add(Dispatch(id="dsp_bench", account_id="bench", policy_id="pol_bench",
-                             questionnaire_id="q", token_validity_seconds=30 * 86400,
-                             message_templates={"msg_1": "tpl-1"}, created_at=NOW,
-                             updated_at=NOW))  # fmt: skip
+        session.add(
+            LineupMessage(
+                id="msg_1",
+                policy_id="pol_bench",
+                position=1,
+                channel="email",
+                delay_seconds=0,
+                created_at=NOW,
+            )
+        )
+        session.add(
+            Dispatch(
+                id="dsp_bench",
+                account_id="bench",
+                policy_id="pol_bench",
+                questionnaire_id="q",
+                token_validity_seconds=30 * 86400,
+                message_templates={"msg_1": "tpl-1"},
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
     step = 20_000
     for offset in range(0, rows, step):
         invites, messages, unsubscribes, ledger = [], [], [], []
@@ -86,34 +115,83 @@ async def seed(context: Any, rows: int, dnd_url: str | None) -> None:
             invite_id = new_id("inv")
             uuid_hash = keyed_hash(context.hasher, email)
             invites.append(
-                {"id": invite_id, "account_id": "bench", "dispatch_id": "dsp_bench",
-                 "policy_id": "pol_bench", "questionnaire_id": "q", "batch_id": None,
-                 "row_number": i, "token": new_token(), "external_id": None, "sandbox": False,
-                 "uuid_hash": uuid_hash, "fatigue_epoch": 1,
-                 "fatigue_lock": fatigue_lock_key("pol_bench", 1, False, uuid_hash),
-                 "email_hash": uuid_hash, "mobile_hash": None, "time_zone": None,
-                 "contact": seal_contact(context.cipher, invite_id, email=email, mobile=None,
-                                         attributes={"first_name": f"P{i}"}),
-                 "state": "active", "end_reason": None, "created_at": NOW, "received_at": NOW,
-                 "valid_until": NOW + timedelta(days=30), "first_sent_at": None,
-                 "responded_at": None, "ended_at": None, "erased_at": None}
-            )  # fmt: skip
+                {
+                    "id": invite_id,
+                    "account_id": "bench",
+                    "dispatch_id": "dsp_bench",
+                    "policy_id": "pol_bench",
+                    "questionnaire_id": "q",
+                    "batch_id": None,
+                    "row_number": i,
+                    "token": new_token(),
+                    "external_id": None,
+                    "sandbox": False,
+                    "uuid_hash": uuid_hash,
+                    "fatigue_epoch": 1,
+                    "fatigue_lock": fatigue_lock_key("pol_bench", 1, False, uuid_hash),
+                    "email_hash": uuid_hash,
+                    "mobile_hash": None,
+                    "time_zone": None,
+                    "contact": seal_contact(
+                        context.cipher,
+                        invite_id,
+                        email=email,
+                        mobile=None,
+                        attributes={"first_name": f"P{i}"},
+                    ),
+                    "state": "active",
+                    "end_reason": None,
+                    "created_at": NOW,
+                    "received_at": NOW,
+                    "valid_until": NOW + timedelta(days=30),
+                    "first_sent_at": None,
+                    "responded_at": None,
+                    "ended_at": None,
+                    "erased_at": None,
+                }
+            )
             messages.append(
-                {"id": new_id("m"), "invite_id": invite_id, "account_id": "bench",
-                 "dispatch_id": "dsp_bench", "policy_id": "pol_bench", "lineup_message_id": "msg_1",
-                 "position": 1, "channel": "email", "priority": 1, "state": "pending",
-                 "due_at": NOW, "not_before": NOW, "attempts": 0, "created_at": NOW}
-            )  # fmt: skip
+                {
+                    "id": new_id("m"),
+                    "invite_id": invite_id,
+                    "account_id": "bench",
+                    "dispatch_id": "dsp_bench",
+                    "policy_id": "pol_bench",
+                    "lineup_message_id": "msg_1",
+                    "position": 1,
+                    "channel": "email",
+                    "priority": 1,
+                    "state": "pending",
+                    "due_at": NOW,
+                    "not_before": NOW,
+                    "attempts": 0,
+                    "created_at": NOW,
+                }
+            )
             if i % 100 == 0:  # 1 % unsubscribed
-                unsubscribes.append({"account_id": "bench", "channel": "email",
-                                     "address_hash": uuid_hash, "created_at": NOW,
-                                     "source": "bench"})  # fmt: skip
+                unsubscribes.append(
+                    {
+                        "account_id": "bench",
+                        "channel": "email",
+                        "address_hash": uuid_hash,
+                        "created_at": NOW,
+                        "source": "bench",
+                    }
+                )
             if i % 50 == 0:  # 2 % already have 3 invites this month (rule 2 suppresses)
                 for k in range(3):
-                    ledger.append({"account_id": "bench", "policy_id": "other",
-                                   "fatigue_epoch": 1, "questionnaire_id": "q-old",
-                                   "invite_id": f"old{i}-{k}", "uuid_hash": uuid_hash,
-                                   "sandbox": False, "sent_at": NOW - timedelta(days=k + 1)})  # fmt: skip
+                    ledger.append(
+                        {
+                            "account_id": "bench",
+                            "policy_id": "other",
+                            "fatigue_epoch": 1,
+                            "questionnaire_id": "q-old",
+                            "invite_id": f"old{i}-{k}",
+                            "uuid_hash": uuid_hash,
+                            "sandbox": False,
+                            "sent_at": NOW - timedelta(days=k + 1),
+                        }
+                    )
         async with context.sessions() as session, session.begin():
             await insert_rows(session, table_of(Invite), invites)
             await insert_rows(session, table_of(Message), messages)
@@ -141,23 +219,34 @@ async def ceiling_pg(url: str, batch: int) -> tuple[int, float]:
                     " SELECT id FROM messages WHERE state IN ('pending','deferred')"
                     " AND not_before <= $2 ORDER BY priority, not_before, due_at, id"
                     " LIMIT $3 FOR UPDATE SKIP LOCKED) RETURNING id, account_id, invite_id",
-                    secrets.token_hex(16), NOW, batch,
-                )  # fmt: skip
+                    secrets.token_hex(16),
+                    NOW,
+                    batch,
+                )
             if not rows:
                 break
             async with connection.transaction():
                 await connection.execute(
                     "UPDATE messages SET state='sent', sent_at=$2, claim_token=NULL, "
                     "lease_until=NULL WHERE id = ANY($1::varchar[])",
-                    [r["id"] for r in rows], NOW,
-                )  # fmt: skip
+                    [r["id"] for r in rows],
+                    NOW,
+                )
                 await connection.copy_records_to_table(
                     "outbox",
-                    records=[(r["id"], r["account_id"], r["invite_id"], body, NOW, NOW, 0)
-                             for r in rows],
-                    columns=["message_id", "account_id", "invite_id", "body", "created_at",
-                             "next_attempt_at", "attempts"],
-                )  # fmt: skip
+                    records=[
+                        (r["id"], r["account_id"], r["invite_id"], body, NOW, NOW, 0) for r in rows
+                    ],
+                    columns=[
+                        "message_id",
+                        "account_id",
+                        "invite_id",
+                        "body",
+                        "created_at",
+                        "next_attempt_at",
+                        "attempts",
+                    ],
+                )
             done += len(rows)
         return done, done / (time.perf_counter() - started)
     finally:
@@ -170,8 +259,13 @@ def start_dnd_server(delay_ms: float) -> tuple[str, uvicorn.Server]:
             return
         await receive()
         await asyncio.sleep(delay_ms / 1000)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json")]})  # fmt: skip
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": b'{"dnd": false}'})
 
     port = free_port()
@@ -196,9 +290,12 @@ async def main() -> None:
         await asyncio.to_thread(upgrade, url)
         os.environ.update(KEYS)
         settings = Settings(
-            database_url=url, data_dir=workdir, webhook_allow_http=True,
-            webhook_allowlist=["127.0.0.1/32"], dnd_concurrency=256,
-        )  # fmt: skip
+            database_url=url,
+            data_dir=workdir,
+            webhook_allow_http=True,
+            webhook_allowlist=["127.0.0.1/32"],
+            dnd_concurrency=256,
+        )
         dnd_url = None
         if args.dnd_ms is not None:
             dnd_url, server = start_dnd_server(args.dnd_ms)
@@ -219,13 +316,17 @@ async def main() -> None:
         await worker.shutdown(0)
         rate = result.claimed / elapsed
         dnd = f", DND webhook answering in {args.dnd_ms:g} ms" if args.dnd_ms is not None else ""
-        print(f"pipeline ({args.db}{dnd}): {result.claimed:,} messages decided in {elapsed:.1f} s "
-              f"= {rate:,.0f} messages/s; outcomes {dict(result.outcomes)}")  # fmt: skip
+        print(
+            f"pipeline ({args.db}{dnd}): {result.claimed:,} messages decided in {elapsed:.1f} s "
+            f"= {rate:,.0f} messages/s; outcomes {dict(result.outcomes)}"
+        )
         await context.aclose()
         if args.db == "pg" and args.dnd_ms is None:
             done, ceiling = await ceiling_pg(url, args.batch)
-            print(f"ceiling: raw SKIP LOCKED claim + mark sent + COPY outbox of {done:,} rows = "
-                  f"{ceiling:,.0f} rows/s; ratio {rate / ceiling:.2f}")  # fmt: skip
+            print(
+                f"ceiling: raw SKIP LOCKED claim + mark sent + COPY outbox of {done:,} rows = "
+                f"{ceiling:,.0f} rows/s; ratio {rate / ceiling:.2f}"
+            )
     finally:
         if server is not None:
             server.should_exit = True

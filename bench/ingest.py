@@ -55,19 +55,51 @@ async def ceiling_pg(url: str, rows: int) -> float:
     try:
         await connection.execute("CREATE TABLE bench_invites (LIKE invites INCLUDING ALL)")
         now = datetime.now(UTC)
-        columns = ["id", "account_id", "dispatch_id", "policy_id", "questionnaire_id", "token",
-                   "external_id", "sandbox", "uuid_hash", "fatigue_epoch", "email_hash",
-                   "contact", "state", "created_at", "received_at", "valid_until"]  # fmt: skip
+        columns = [
+            "id",
+            "account_id",
+            "dispatch_id",
+            "policy_id",
+            "questionnaire_id",
+            "token",
+            "external_id",
+            "sandbox",
+            "uuid_hash",
+            "fatigue_epoch",
+            "email_hash",
+            "contact",
+            "state",
+            "created_at",
+            "received_at",
+            "valid_until",
+        ]
         started = time.perf_counter()
         step = 50_000
         for offset in range(0, rows, step):
             records = [
-                (f"inv_{secrets.token_hex(10)}", "bench", "d", "p", "q", secrets.token_urlsafe(24),
-                 f"ext-{i}", False, f"k:{i:064x}", 1, f"k:{i:064x}", "x" * 180, "active", now,
-                 now, now + timedelta(days=30))
+                (
+                    f"inv_{secrets.token_hex(10)}",
+                    "bench",
+                    "d",
+                    "p",
+                    "q",
+                    secrets.token_urlsafe(24),
+                    f"ext-{i}",
+                    False,
+                    f"k:{i:064x}",
+                    1,
+                    f"k:{i:064x}",
+                    "x" * 180,
+                    "active",
+                    now,
+                    now,
+                    now + timedelta(days=30),
+                )
                 for i in range(offset, min(rows, offset + step))
-            ]  # fmt: skip
-            await connection.copy_records_to_table("bench_invites", records=records, columns=columns)
+            ]
+            await connection.copy_records_to_table(
+                "bench_invites", records=records, columns=columns
+            )
         return rows / (time.perf_counter() - started)
     finally:
         await connection.execute("DROP TABLE IF EXISTS bench_invites")
@@ -88,14 +120,18 @@ async def main() -> None:
         api = start_api(env, port)
         headers = {"Authorization": f"Bearer {key}"}
         try:
-            async with httpx.AsyncClient(
-                base_url=f"http://127.0.0.1:{port}", timeout=None
-            ) as http:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=None) as http:
                 _, dispatch = await setup_dispatch(
-                    http, headers,
-                    policy={"name": "Bench", "lineup": [{"channel": "email", "delay": "PT0S"},
-                                                         {"channel": "sms", "delay": "P2D"}]},
-                )  # fmt: skip
+                    http,
+                    headers,
+                    policy={
+                        "name": "Bench",
+                        "lineup": [
+                            {"channel": "email", "delay": "PT0S"},
+                            {"channel": "sms", "delay": "P2D"},
+                        ],
+                    },
+                )
                 baseline = rss_mb(api.pid)
                 started = time.perf_counter()
                 response = await http.post(
@@ -111,14 +147,20 @@ async def main() -> None:
             api.terminate()
             api.wait(10)
         rate = counts["accepted"] / elapsed
-        print(f"ingest ({args.db}): {counts['accepted']:,} of {args.rows:,} contacts accepted "
-              f"in {elapsed:.1f} s = {rate:,.0f} contacts/s")  # fmt: skip
-        print(f"service RSS: {baseline:.0f} MB before, peak {peak:.0f} MB "
-              f"(growth {peak - baseline:.0f} MB)")  # fmt: skip
+        print(
+            f"ingest ({args.db}): {counts['accepted']:,} of {args.rows:,} contacts accepted "
+            f"in {elapsed:.1f} s = {rate:,.0f} contacts/s"
+        )
+        print(
+            f"service RSS: {baseline:.0f} MB before, peak {peak:.0f} MB "
+            f"(growth {peak - baseline:.0f} MB)"
+        )
         if args.db == "pg":
             ceiling = await ceiling_pg(url, args.rows)
-            print(f"ceiling: asyncpg COPY into an indexed invites copy = {ceiling:,.0f} rows/s; "
-                  f"ratio {rate / ceiling:.2f}")  # fmt: skip
+            print(
+                f"ceiling: asyncpg COPY into an indexed invites copy = {ceiling:,.0f} rows/s; "
+                f"ratio {rate / ceiling:.2f}"
+            )
     finally:
         await drop_database(pg_name)
 

@@ -123,6 +123,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("token", name=op.f("uq_invites_token")),
     )
     with op.batch_alter_table("invites", schema=None) as batch_op:
+        batch_op.create_index("ix_invites_dispatch_state", ["dispatch_id", "state"], unique=False)
         batch_op.create_index(
             "uq_invites_dispatch_external_id",
             ["dispatch_id", "external_id"],
@@ -199,7 +200,9 @@ def upgrade() -> None:
             sqlite_where=sa.text("state IN ('pending', 'deferred')"),
             postgresql_where=sa.text("state IN ('pending', 'deferred')"),
         )
-        batch_op.create_index("ix_messages_dispatch_state", ["dispatch_id", "state"], unique=False)
+        batch_op.create_index(
+            "ix_messages_dispatch_state_reason", ["dispatch_id", "state", "reason"], unique=False
+        )
         batch_op.create_index("ix_messages_invite", ["invite_id"], unique=False)
 
     op.create_table(
@@ -296,7 +299,7 @@ def downgrade() -> None:
     op.drop_table("operator_pauses")
     with op.batch_alter_table("messages", schema=None) as batch_op:
         batch_op.drop_index("ix_messages_invite")
-        batch_op.drop_index("ix_messages_dispatch_state")
+        batch_op.drop_index("ix_messages_dispatch_state_reason")
         batch_op.drop_index(
             "ix_messages_claimable",
             sqlite_where=sa.text("state IN ('pending', 'deferred')"),
@@ -315,6 +318,7 @@ def downgrade() -> None:
             sqlite_where=sa.text("external_id IS NOT NULL"),
             postgresql_where=sa.text("external_id IS NOT NULL"),
         )
+        batch_op.drop_index("ix_invites_dispatch_state")
 
     op.drop_table("invites")
     op.drop_table("idempotency_keys")

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     relay_backoff_seconds: float = Field(default=2.0, gt=0)
     relay_backoff_max_seconds: float = Field(default=300.0, gt=0)
     delayed_after_seconds: int = Field(default=900, ge=1)
+    maintenance_interval_seconds: float = Field(default=60.0, gt=0)
     upload_batch_rows: int = Field(default=2_000, ge=1, le=50_000)
 
     @field_validator("webhook_allowlist", mode="before")

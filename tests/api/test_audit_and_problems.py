@@ -253,6 +253,10 @@ async def test_audit_pagination(client: httpx.AsyncClient, history: dict[str, An
     everything = await _audit(client, admin, limit=1000)
     for limit in (1, 5, 12, 100):
         await _page_through(client, admin, limit, everything)
+    # Filters hold across pages.
+    acme = await _audit(client, admin, account="acme")
+    assert len(acme) == 5
+    await _page_through(client, admin, 2, acme, account="acme")
 
 
 async def _page_through(
@@ -260,12 +264,13 @@ async def _page_through(
     admin: dict[str, str],
     limit: int,
     everything: list[dict[str, Any]],
+    **filters: str,
 ) -> None:
     seen: list[dict[str, Any]] = []
     cursor: str | None = None
     pages = 0
     while True:
-        params: dict[str, Any] = {"limit": limit}
+        params: dict[str, Any] = {"limit": limit, **filters}
         if cursor:
             params["cursor"] = cursor
         response = await client.get("/v1/admin/audit", headers=admin, params=params)
@@ -279,8 +284,8 @@ async def _page_through(
             break
         assert pages < 20
     assert [i["id"] for i in seen] == [i["id"] for i in everything]
-    assert len({i["id"] for i in seen}) == 12
-    assert pages == -(-12 // limit)  # ceil: no empty trailing page
+    assert len({i["id"] for i in seen}) == len(everything)
+    assert pages == -(-len(everything) // limit)  # ceil: no empty trailing page
 
 
 async def test_audit_pagination_with_equal_timestamps(

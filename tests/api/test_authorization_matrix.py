@@ -80,6 +80,31 @@ ROUTES: list[tuple[str, str, Any, set[str], bool]] = [
     ("GET", "/v1/accounts/{account}/invites?token={token}", None, READ, True),
     ("GET", "/v1/accounts/{account}/queue/messages", None, READ, True),
     ("POST", "/v1/accounts/{account}/queue/ack", {"receipts": ["nope"]}, READ, True),
+    ("GET", "/v1/accounts/{account}/dispatches/{dispatch}/stats", None, READ, True),
+    (
+        "POST",
+        "/v1/accounts/{account}/policies/{policy}/preview",
+        {"posted_at": "2026-03-02T09:00:00Z"},
+        READ,
+        True,
+    ),
+    (
+        "POST",
+        "/v1/accounts/{account}/events",
+        {"type": "unsubscribe", "channel": "email", "address": "x@example.com"},
+        CONFIG,
+        True,
+    ),
+    (
+        "DELETE",
+        "/v1/accounts/{account}/unsubscribes",
+        {"channel": "email", "address": "x@example.com"},
+        OPERATOR,
+        True,
+    ),
+    ("POST", "/v1/admin/pauses", {"scope": "channel", "target": "sms"}, OPERATOR, False),
+    ("GET", "/v1/admin/pauses", None, OPERATOR, False),
+    ("DELETE", "/v1/admin/pauses/{pause}", None, OPERATOR, False),
     ("GET", "/v1/admin/audit", None, OPERATOR, False),
 ]
 
@@ -108,7 +133,7 @@ async def test_every_route_is_in_the_matrix(context: AppContext) -> None:
         (m, p.replace("{account}", "{account_id}").replace("{policy}", "{policy_id}")
          .replace("{message}", "{message_id}").replace("{dispatch}", "{dispatch_id}")
          .replace("{spare_key}", "{key_id}").replace("{batch}", "{batch_id}")
-         .replace("{invite}", "{invite_id}").split("?")[0])
+         .replace("{invite}", "{invite_id}").replace("{pause}", "{pause_id}").split("?")[0])
         for m, p, *_ in ROUTES
     }  # fmt: skip
     assert declared == templated
@@ -157,6 +182,11 @@ async def test_authorization_matrix(
 
     for method, template, body, allowed, scoped in ROUTES:
         spare = (await client.post("/v1/api-keys", headers=admin, json={"role": "operator"})).json()
+        pause = (
+            await client.post(
+                "/v1/admin/pauses", headers=admin, json={"scope": "account", "target": "other"}
+            )
+        ).json()
         policy_now = (
             await client.get(f"/v1/accounts/acme/policies/{policy['id']}", headers=admin)
         ).json()
@@ -169,6 +199,7 @@ async def test_authorization_matrix(
             "batch": batch["batch"],
             "invite": invite["id"],
             "token": invite["token"],
+            "pause": pause.get("id") or pause.get("pause", ""),
             "role": role,
         }
         path = _fill(template, ids)

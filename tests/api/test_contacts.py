@@ -300,12 +300,22 @@ async def test_row_numbers_count_blank_lines_and_multi_line_fields_like_a_spread
         'bob@example.com,c-2,"two\r\nlines, quoted"\r\n'  # row 4 (one record, two lines)
         "broken,c-3,x\r\n"  # row 5
         ",c-4,x\r\n"  # row 6
+        "cy@example.com,c-5,x,secret-extra\r\n"  # row 7: more cells than the header
+        "di@example.com,c-6,x,,\r\n"  # row 8: stray trailing delimiters are fine
+        'ed@example.com,c-7,"never closed\r\n'  # row 9: quote open at the end of the file
     )
     response = await post_csv(client, acme, dispatch["id"], csv)
     assert response.status_code == 202, response.text
     body = response.json()
-    assert body["counts"] == counts(4, 2, rejected=2)
-    assert [(r["row"], r["field"]) for r in body["rejected_rows"]] == [(5, "email"), (6, "email")]
+    assert body["counts"] == counts(7, 3, rejected=4)
+    assert [(r["row"], r["field"]) for r in body["rejected_rows"]] == [
+        (5, "email"),
+        (6, "email"),
+        (7, "row"),
+        (9, "row"),
+    ]
+    assert "secret-extra" not in response.text
+    assert "never closed" not in response.text
 
 
 async def test_rejected_rows_are_paginated_exactly_once_in_order(
@@ -702,11 +712,23 @@ async def test_unknown_dispatch_and_other_accounts_dispatch_are_404(
     assert_problem(other_json, 404, "not-found")
     assert await count_rows(context, Invite, theirs["id"]) == 0
     # Nor does acme read globex's batches.
-    mine = await post_csv(client, acme, theirs["id"], "email\nann@example.com\n", account="globex")
+    mine = await post_csv(
+        client, acme, theirs["id"], "email,external_id\nann@example.com,g-1\n", account="globex"
+    )
     assert mine.status_code == 202, mine.text
     response = await client.get(f"{ACME}/batches/{mine.json()['batch']}", headers=acme)
     assert_problem(response, 404, "not-found")
     assert_problem(await client.get(f"{ACME}/batches/bat_missing", headers=acme), 404, "not-found")
+    # …nor globex's invites, by token, external id or id.
+    (theirs_invite,) = (
+        await client.get("/v1/accounts/globex/invites", headers=acme, params={"external_id": "g-1"})
+    ).json()
+    for params in ({"token": theirs_invite["token"]}, {"external_id": "g-1"}):
+        found = await client.get(f"{ACME}/invites", headers=acme, params=params)
+        assert found.status_code == 200
+        assert found.json() == []
+    response = await client.get(f"{ACME}/invites/{theirs_invite['id']}", headers=acme)
+    assert_problem(response, 404, "not-found")
 
 
 async def test_duplicate_header_name_fails_the_file_and_the_batch(
@@ -890,6 +912,55 @@ async def test_a_large_csv_streamed_in_small_chunks_is_fully_accepted(
             }
 
 
+async def test_rows_are_stored_and_pollable_while_the_file_is_still_arriving(
+    client: httpx.AsyncClient, acme: dict[str, str], context: AppContext
+) -> None:
+    _, dispatch = await make_dispatch(client, acme)
+    chunk_rows = context.settings.upload_batch_rows
+    first_part = chunk_rows + chunk_rows // 4
+    head = "email,external_id,name,segment\r\n" + "".join(
+        streamed_row(i) for i in range(first_part)
+    )
+    tail = "".join(streamed_row(i) for i in range(first_part, first_part + 10))
+    paused, release = asyncio.Event(), asyncio.Event()
+
+    async def body() -> AsyncIterator[bytes]:
+        data = head.encode()
+        for start in range(0, len(data), PIECE):
+            yield data[start : start + PIECE]
+        paused.set()
+        await release.wait()
+        yield tail.encode()
+
+    upload = asyncio.create_task(
+        client.post(
+            f"{ACME}/dispatches/{dispatch['id']}/contacts",
+            headers={**acme, **CSV},
+            content=body(),
+        )
+    )
+    try:
+        await asyncio.wait_for(paused.wait(), 30)
+        async with context.engine.connect() as connection:
+            (batch_id,) = (
+                await connection.execute(
+                    text("SELECT id FROM contact_batches WHERE dispatch_id = :d"),
+                    {"d": dispatch["id"]},
+                )
+            ).one()
+        batch = await get_batch(client, acme, batch_id)
+        assert batch["status"] == "processing"
+        assert batch["counts"] == counts(chunk_rows, chunk_rows)
+        assert batch["finished_at"] is None
+        assert await count_rows(context, Invite, dispatch["id"]) == chunk_rows
+    finally:
+        release.set()
+    response = await upload
+    assert response.status_code == 202, response.text
+    assert response.json()["batch"] == batch_id
+    assert response.json()["counts"] == counts(first_part + 10, first_part + 10)
+
+
 # --- fatigue rule 1 (R-INV-2) ------------------------------------------------------------------------
 
 
@@ -954,6 +1025,29 @@ async def test_lock_follows_the_uuid_field(
     )
     response = await post_csv(client, acme, dispatch["id"], csv)
     assert response.status_code == 202, response.text
+    holders = {i.external_id for i in await lock_holders(context, dispatch["id"])}
+    assert holders == {"c-1", "c-3"}
+
+
+async def test_mobile_as_uuid_field_is_normalised_before_locking(
+    client: httpx.AsyncClient, acme: dict[str, str], context: AppContext
+) -> None:
+    _, dispatch = await make_dispatch(
+        client,
+        acme,
+        lineup=[{"channel": "sms", "delay": "PT0S"}],
+        fatigue={"uuid_field": "mobile"},
+    )
+    contacts = [
+        {"mobile": "+33612345678", "external_id": "c-1"},
+        {"mobile": "+33 6 12 34 56 78", "external_id": "c-2", "email": "x@example.com"},
+        {"mobile": "+1 415 555 2671", "external_id": "c-3"},
+        {"email": "only@example.com", "external_id": "c-4"},
+    ]
+    response = await post_json(client, acme, dispatch["id"], contacts)
+    assert response.status_code == 202, response.text
+    assert response.json()["counts"] == counts(4, 3, rejected=1)
+    assert response.json()["rejected_rows"][0]["row"] == 4
     holders = {i.external_id for i in await lock_holders(context, dispatch["id"])}
     assert holders == {"c-1", "c-3"}
 

@@ -160,7 +160,7 @@ async def test_list_puts_sandbox_first_and_read_returns_etag(
     assert response.headers["ETag"] == '"1"'
     read = response.json()
     assert read == second
-    assert first["id"] != second["id"]
+    assert listed[1]["id"] == first["id"]
 
     missing = await client.get(f"{POLICIES}/pol_nope", headers=acme)
     assert_problem(missing, 404, "not-found")

@@ -11,14 +11,17 @@ from dispatch_engine import __version__
 from dispatch_engine.api.problems import install_problem_handlers
 from dispatch_engine.api.routes import (
     accounts,
+    admin_pauses,
     api_keys,
     audit,
     contacts,
     dispatches,
+    events,
     health,
     invites,
     local_queue,
     policies,
+    preview,
 )
 from dispatch_engine.clock import Clock
 from dispatch_engine.context import AppContext, build_context
@@ -67,10 +70,13 @@ def create_app(
         api_keys,
         accounts,
         policies,
+        preview,
         dispatches,
         contacts,
         invites,
+        events,
         local_queue,
+        admin_pauses,
         audit,
     ):
         app.include_router(module.router)

@@ -27,6 +27,7 @@ from dispatch_engine.delivery.facts import (
     current_step,
     fatigue_lock_key,
     message_facts,
+    policy_of,
     rules_for,
 )
 from dispatch_engine.delivery.lookups import (
@@ -154,7 +155,7 @@ class DeliveryEngine:
                     continue
                 contact = open_contact(self.context.cipher, invite.id, invite.contact)
                 address = contact["email"] if message.channel == "email" else contact["mobile"]
-                policy = facts.policies[message.policy_id]
+                policy = policy_of(facts, message)
                 url = policy.dnd_webhooks[message.channel]
                 query = DndQuery(message.channel, address, message.account_id, policy.id)
                 requests.append((message.id, url, query))
@@ -203,8 +204,9 @@ class DeliveryEngine:
             if isinstance(decision, Pass) and mf.first_send:
                 # Later first messages of the same person in this batch see this send.
                 invite = facts.invites[message.invite_id]
-                sent_in_batch[(invite.uuid_hash, invite.questionnaire_id)] += 1
-                sent_in_batch[(invite.uuid_hash, None)] += 1
+                person = f"{int(invite.sandbox)}:{invite.uuid_hash}"  # sandbox kept apart
+                sent_in_batch[(person, invite.questionnaire_id)] += 1
+                sent_in_batch[(person, None)] += 1
             writer.apply(message, decision)
         await writer.flush(session)
         return RoundResult(claimed=len(ids), outcomes=writer.outcomes)
@@ -227,6 +229,7 @@ class _BatchWriter:
         self.outbox: list[dict[str, Any]] = []
         self.ledger: list[dict[str, Any]] = []
         self.invite_updates: dict[str, dict[str, Any]] = {}
+        self.stale_locks: list[str] = []
         self.outcomes: Counter[str] = Counter()
 
     def _invite_update(self, invite: Invite, **values: Any) -> None:
@@ -243,18 +246,32 @@ class _BatchWriter:
         if isinstance(decision, Pass):
             self._send(message, invite)
             self.message_updates.append(
-                {**base, "state": "sent", "rule": None, "reason": None, "sent_at": self.now,
-                 "decided_at": self.now, "not_before": message.not_before,
-                 "attempts": message.attempts}
-            )  # fmt: skip
+                {
+                    **base,
+                    "state": "sent",
+                    "rule": None,
+                    "reason": None,
+                    "sent_at": self.now,
+                    "decided_at": self.now,
+                    "not_before": message.not_before,
+                    "attempts": message.attempts,
+                }
+            )
             self.outcomes["sent"] += 1
             self._schedule_next(message, invite)
         elif isinstance(decision, Suppress):
             self.message_updates.append(
-                {**base, "state": "suppressed", "rule": decision.rule, "reason": decision.reason,
-                 "sent_at": None, "decided_at": self.now, "not_before": message.not_before,
-                 "attempts": message.attempts}
-            )  # fmt: skip
+                {
+                    **base,
+                    "state": "suppressed",
+                    "rule": decision.rule,
+                    "reason": decision.reason,
+                    "sent_at": None,
+                    "decided_at": self.now,
+                    "not_before": message.not_before,
+                    "attempts": message.attempts,
+                }
+            )
             self.outcomes[decision.reason] += 1
             if decision.next_step:
                 self._schedule_next(message, invite)
@@ -263,17 +280,31 @@ class _BatchWriter:
         elif isinstance(decision, Defer):
             attempts = message.attempts + (1 if decision.rule == "dnd" else 0)
             self.message_updates.append(
-                {**base, "state": "deferred", "rule": decision.rule, "reason": decision.reason,
-                 "sent_at": None, "decided_at": self.now, "not_before": decision.until,
-                 "attempts": attempts}
-            )  # fmt: skip
+                {
+                    **base,
+                    "state": "deferred",
+                    "rule": decision.rule,
+                    "reason": decision.reason,
+                    "sent_at": None,
+                    "decided_at": self.now,
+                    "not_before": decision.until,
+                    "attempts": attempts,
+                }
+            )
             self.outcomes[decision.reason] += 1
         elif isinstance(decision, Hold):
             self.message_updates.append(
-                {**base, "state": "held", "rule": decision.rule, "reason": decision.reason,
-                 "sent_at": None, "decided_at": self.now, "not_before": message.not_before,
-                 "attempts": message.attempts}
-            )  # fmt: skip
+                {
+                    **base,
+                    "state": "held",
+                    "rule": decision.rule,
+                    "reason": decision.reason,
+                    "sent_at": None,
+                    "decided_at": self.now,
+                    "not_before": message.not_before,
+                    "attempts": message.attempts,
+                }
+            )
             self.outcomes["held"] += 1
 
     def _send(self, message: Message, invite: Invite) -> None:
@@ -301,18 +332,30 @@ class _BatchWriter:
             resend_of=message.resend_of,
         )
         self.outbox.append(
-            {"message_id": message.id, "account_id": message.account_id,
-             "invite_id": invite.id, "body": encode_message(body), "created_at": self.now,
-             "next_attempt_at": self.now, "attempts": 0}
-        )  # fmt: skip
+            {
+                "message_id": message.id,
+                "account_id": message.account_id,
+                "invite_id": invite.id,
+                "body": encode_message(body),
+                "created_at": self.now,
+                "next_attempt_at": self.now,
+                "attempts": 0,
+            }
+        )
         if invite.first_sent_at is None:
-            policy = self.facts.policies[message.policy_id]
+            policy = policy_of(self.facts, message)
             self.ledger.append(
-                {"account_id": message.account_id, "policy_id": policy.id,
-                 "fatigue_epoch": policy.fatigue_epoch, "questionnaire_id": invite.questionnaire_id,
-                 "invite_id": invite.id, "uuid_hash": invite.uuid_hash, "sandbox": invite.sandbox,
-                 "sent_at": self.now}
-            )  # fmt: skip
+                {
+                    "account_id": message.account_id,
+                    "policy_id": policy.id,
+                    "fatigue_epoch": policy.fatigue_epoch,
+                    "questionnaire_id": invite.questionnaire_id,
+                    "invite_id": invite.id,
+                    "uuid_hash": invite.uuid_hash,
+                    "sandbox": invite.sandbox,
+                    "sent_at": self.now,
+                }
+            )
             invite.first_sent_at = self.now
             values: dict[str, Any] = {"first_sent_at": self.now}
             pending_token = rules_for(self.facts, policy).fatigue.pending_token.enabled
@@ -320,6 +363,13 @@ class _BatchWriter:
                 key = fatigue_lock_key(
                     policy.id, policy.fatigue_epoch, invite.sandbox, invite.uuid_hash
                 )
+                holder = self.facts.lock_holders.get(key)
+                if holder is not None and holder.id != invite.id:
+                    # The rules passed, so that holder's token expired or was answered:
+                    # its stale lock is handed over (released first, in flush()).
+                    self.stale_locks.append(holder.id)
+                    holder.fatigue_lock = None
+                self.facts.lock_holders[key] = invite
                 values["fatigue_lock"] = key
                 invite.fatigue_lock = key
             self._invite_update(invite, **values)
@@ -335,12 +385,23 @@ class _BatchWriter:
         nxt = following[0]
         due = self.now + timedelta(seconds=nxt.delay_seconds)
         self.new_messages.append(
-            {"id": new_id("m"), "invite_id": invite.id, "account_id": message.account_id,
-             "dispatch_id": message.dispatch_id, "policy_id": message.policy_id,
-             "lineup_message_id": nxt.id, "position": nxt.position or 0, "channel": nxt.channel,
-             "priority": message.priority, "state": "pending", "due_at": due, "not_before": due,
-             "attempts": 0, "created_at": self.now}
-        )  # fmt: skip
+            {
+                "id": new_id("m"),
+                "invite_id": invite.id,
+                "account_id": message.account_id,
+                "dispatch_id": message.dispatch_id,
+                "policy_id": message.policy_id,
+                "lineup_message_id": nxt.id,
+                "position": nxt.position or 0,
+                "channel": nxt.channel,
+                "priority": message.priority,
+                "state": "pending",
+                "due_at": due,
+                "not_before": due,
+                "attempts": 0,
+                "created_at": self.now,
+            }
+        )
 
     def _end_invite(self, invite: Invite, reason: str) -> None:
         values: dict[str, Any] = {"state": "ended", "end_reason": reason, "ended_at": self.now}
@@ -355,14 +416,19 @@ class _BatchWriter:
                 update(messages)
                 .where(messages.c.id == bindparam("b_id"))
                 .values(
-                    state=bindparam("state"), rule=bindparam("rule"), reason=bindparam("reason"),
-                    sent_at=bindparam("sent_at"), decided_at=bindparam("decided_at"),
-                    not_before=bindparam("not_before"), attempts=bindparam("attempts"),
-                    claim_token=bindparam("claim_token"), lease_until=bindparam("lease_until"),
+                    state=bindparam("state"),
+                    rule=bindparam("rule"),
+                    reason=bindparam("reason"),
+                    sent_at=bindparam("sent_at"),
+                    decided_at=bindparam("decided_at"),
+                    not_before=bindparam("not_before"),
+                    attempts=bindparam("attempts"),
+                    claim_token=bindparam("claim_token"),
+                    lease_until=bindparam("lease_until"),
                     handled_by=bindparam("handled_by"),
                 ),
                 self.message_updates,
-            )  # fmt: skip
+            )
         await insert_rows(session, messages, self.new_messages)
         await insert_rows(session, table_of(OutboxEntry), self.outbox)
         await insert_rows(session, table_of(FatigueLedger), self.ledger)
@@ -370,6 +436,10 @@ class _BatchWriter:
 
     async def _flush_invites(self, session: AsyncSession) -> None:
         invites = table_of(Invite)
+        if self.stale_locks:
+            await session.execute(
+                update(invites).where(invites.c.id.in_(self.stale_locks)).values(fatigue_lock=None)
+            )
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for values in self.invite_updates.values():
             groups.setdefault(tuple(sorted(k for k in values if k != "b_id")), []).append(values)

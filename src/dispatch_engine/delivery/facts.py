@@ -66,6 +66,12 @@ class DndSettings:
     retry_after: timedelta = timedelta(minutes=1)
 
 
+def policy_of(facts: BatchFacts, message: Message) -> Policy:
+    """The policy that governs a message now: its dispatch's (dispatches can move)."""
+    dispatch = facts.dispatches.get(message.dispatch_id)
+    return facts.policies[dispatch.policy_id if dispatch else message.policy_id]
+
+
 def current_step(facts: BatchFacts, message: Message) -> LineupMessage | None:
     step = facts.steps.get(message.lineup_message_id)
     return step if step is not None and step.deleted_at is None else None
@@ -86,9 +92,13 @@ def paused_by(facts: BatchFacts, message: Message) -> str | None:
 
 
 def rule2_reached(
-    facts: BatchFacts, invite: Invite, policy: Policy, rules: FatigueRules, now: datetime,
+    facts: BatchFacts,
+    invite: Invite,
+    policy: Policy,
+    rules: FatigueRules,
+    now: datetime,
     sent_in_batch: Counter[tuple[str, str | None]],
-) -> bool:  # fmt: skip
+) -> bool:
     """N invites in D days for this person (this questionnaire or all), across policies.
 
     Sends of this policy from before its current fatigue epoch no longer count.
@@ -104,7 +114,7 @@ def rule2_reached(
         and (questionnaire is None or row.questionnaire_id == questionnaire)
         and not (row.policy_id == policy.id and row.fatigue_epoch != policy.fatigue_epoch)
     )
-    count += sent_in_batch[(invite.uuid_hash, questionnaire)]
+    count += sent_in_batch[(f"{int(invite.sandbox)}:{invite.uuid_hash}", questionnaire)]
     return count >= limit.count
 
 
@@ -118,8 +128,7 @@ def message_facts(
     sent_in_batch: Counter[tuple[str, str | None]],
 ) -> MessageFacts:
     invite = facts.invites[message.invite_id]
-    dispatch = facts.dispatches.get(message.dispatch_id)
-    policy = facts.policies[dispatch.policy_id if dispatch else message.policy_id]
+    policy = policy_of(facts, message)
     parsed = rules_for(facts, policy)
     rules, hours, contact_zone_applies = parsed.fatigue, parsed.hours, parsed.contact_zone_applies
     address_hash = invite.email_hash if message.channel == "email" else invite.mobile_hash

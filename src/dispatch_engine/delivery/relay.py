@@ -143,10 +143,15 @@ class OutboxRelay:
         failed_messages: list[dict[str, Any]] = []
         for row in rows:
             if row.id in skipped:
-                retry.append({"b_id": row.id, "attempts": row.attempts,
-                              "next_attempt_at": now + timedelta(seconds=30),
-                              "last_error": "no queue sender for this integration kind yet",
-                              "failed_at": None})  # fmt: skip
+                retry.append(
+                    {
+                        "b_id": row.id,
+                        "attempts": row.attempts,
+                        "next_attempt_at": now + timedelta(seconds=30),
+                        "last_error": "no queue sender for this integration kind yet",
+                        "failed_at": None,
+                    }
+                )
                 continue
             failure = failures.get(row.message_id)
             if failure is None:
@@ -154,10 +159,15 @@ class OutboxRelay:
                 continue
             attempts = row.attempts + 1
             give_up = not failure.retryable or attempts >= self.max_attempts
-            retry.append({"b_id": row.id, "attempts": attempts,
-                          "next_attempt_at": now + backoff(attempts, self.base, self.cap),
-                          "last_error": failure.error[:1000],
-                          "failed_at": now if give_up else None})  # fmt: skip
+            retry.append(
+                {
+                    "b_id": row.id,
+                    "attempts": attempts,
+                    "next_attempt_at": now + backoff(attempts, self.base, self.cap),
+                    "last_error": failure.error[:1000],
+                    "failed_at": now if give_up else None,
+                }
+            )
             if give_up:
                 failed_messages.append({"b_id": row.message_id, "reason": failure.error[:200]})
                 result.failed += 1
@@ -175,13 +185,18 @@ class OutboxRelay:
             result.delivered = len(delivered)
         if retry:
             await session.execute(
-                update(table).where(fence).values(
-                    attempts=bindparam("attempts"), next_attempt_at=bindparam("next_attempt_at"),
-                    last_error=bindparam("last_error"), failed_at=bindparam("failed_at"),
-                    claim_token=None, lease_until=None,
+                update(table)
+                .where(fence)
+                .values(
+                    attempts=bindparam("attempts"),
+                    next_attempt_at=bindparam("next_attempt_at"),
+                    last_error=bindparam("last_error"),
+                    failed_at=bindparam("failed_at"),
+                    claim_token=None,
+                    lease_until=None,
                 ),
                 retry,
-            )  # fmt: skip
+            )
         if failed_messages:
             messages = table_of(Message)
             await session.execute(

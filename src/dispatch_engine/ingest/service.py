@@ -97,13 +97,16 @@ async def ingest_stream(
     totals = IngestCounts()
     chunk: list[tuple[int, dict[str, Any]]] = []
     size = context.settings.upload_batch_rows
-    async for item in rows:
-        chunk.append(item)
-        if len(chunk) >= size:
+    try:
+        async for item in rows:
+            chunk.append(item)
+            if len(chunk) >= size:
+                _add(totals, await ingest_chunk(context, batch_id, target, chunk))
+                chunk = []
+    finally:
+        # Rows read before an unreadable part of the file are stored, whatever the chunk size.
+        if chunk:
             _add(totals, await ingest_chunk(context, batch_id, target, chunk))
-            chunk = []
-    if chunk:
-        _add(totals, await ingest_chunk(context, batch_id, target, chunk))
     return totals
 
 
@@ -165,28 +168,56 @@ async def _store_chunk(
     for index, ((number, contact), uuid_hash) in enumerate(zip(accepted, uuid_hashes, strict=True)):
         invite_id = new_id("inv")
         invites.append(
-            {"id": invite_id, "account_id": dispatch.account_id, "dispatch_id": dispatch.id,
-             "policy_id": policy.id, "questionnaire_id": dispatch.questionnaire_id,
-             "batch_id": batch_id, "row_number": number, "token": new_token(),
-             "external_id": contact.external_id, "sandbox": sandbox, "uuid_hash": uuid_hash,
-             "fatigue_epoch": policy.fatigue_epoch, "fatigue_lock": locks.get(index),
-             "email_hash": keyed_hash(hasher, contact.email) if contact.email else None,
-             "mobile_hash": keyed_hash(hasher, contact.mobile) if contact.mobile else None,
-             "time_zone": contact.time_zone,
-             "contact": seal_contact(context.cipher, invite_id, email=contact.email,
-                                     mobile=contact.mobile, attributes=contact.attributes),
-             "state": "active" if first else "completed", "created_at": now,
-             "received_at": target.received_at, "valid_until": target.valid_until}
-        )  # fmt: skip
+            {
+                "id": invite_id,
+                "account_id": dispatch.account_id,
+                "dispatch_id": dispatch.id,
+                "policy_id": policy.id,
+                "questionnaire_id": dispatch.questionnaire_id,
+                "batch_id": batch_id,
+                "row_number": number,
+                "token": new_token(),
+                "external_id": contact.external_id,
+                "sandbox": sandbox,
+                "uuid_hash": uuid_hash,
+                "fatigue_epoch": policy.fatigue_epoch,
+                "fatigue_lock": locks.get(index),
+                "email_hash": keyed_hash(hasher, contact.email) if contact.email else None,
+                "mobile_hash": keyed_hash(hasher, contact.mobile) if contact.mobile else None,
+                "time_zone": contact.time_zone,
+                "contact": seal_contact(
+                    context.cipher,
+                    invite_id,
+                    email=contact.email,
+                    mobile=contact.mobile,
+                    attributes=contact.attributes,
+                ),
+                "state": "active" if first else "completed",
+                "created_at": now,
+                "received_at": target.received_at,
+                "valid_until": target.valid_until,
+            }
+        )
         if first is not None:
             due = target.received_at + timedelta(seconds=first.delay_seconds)
             messages.append(
-                {"id": new_id("m"), "invite_id": invite_id, "account_id": dispatch.account_id,
-                 "dispatch_id": dispatch.id, "policy_id": policy.id,
-                 "lineup_message_id": first.id, "position": first.position or 1,
-                 "channel": first.channel, "priority": 0 if sandbox else 1, "state": "pending",
-                 "due_at": due, "not_before": due, "attempts": 0, "created_at": now}
-            )  # fmt: skip
+                {
+                    "id": new_id("m"),
+                    "invite_id": invite_id,
+                    "account_id": dispatch.account_id,
+                    "dispatch_id": dispatch.id,
+                    "policy_id": policy.id,
+                    "lineup_message_id": first.id,
+                    "position": first.position or 1,
+                    "channel": first.channel,
+                    "priority": 0 if sandbox else 1,
+                    "state": "pending",
+                    "due_at": due,
+                    "not_before": due,
+                    "attempts": 0,
+                    "created_at": now,
+                }
+            )
     await insert_rows(session, table_of(Invite), invites)
     await insert_rows(session, table_of(Message), messages)
     counts.accepted = len(invites)
@@ -253,9 +284,16 @@ async def _record_progress(session: AsyncSession, batch_id: str, counts: IngestC
     await insert_rows(
         session,
         table_of(RejectedRow),
-        [{"batch_id": batch_id, "row_number": r.row, "field": r.field[:120],
-          "reason": r.reason[:300]} for r in counts.rejections],
-    )  # fmt: skip
+        [
+            {
+                "batch_id": batch_id,
+                "row_number": r.row,
+                "field": r.field[:120],
+                "reason": r.reason[:300],
+            }
+            for r in counts.rejections
+        ],
+    )
     await session.execute(
         update(ContactBatch)
         .where(ContactBatch.id == batch_id)

@@ -29,6 +29,7 @@ class Invite(Base):
             sqlite_where=text("external_id IS NOT NULL"),
             postgresql_where=text("external_id IS NOT NULL"),
         ),
+        Index("ix_invites_dispatch_state", "dispatch_id", "state"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -79,7 +80,7 @@ class Message(Base):
             postgresql_where=text("state IN ('pending', 'deferred')"),
         ),
         Index("ix_messages_invite", "invite_id"),
-        Index("ix_messages_dispatch_state", "dispatch_id", "state"),
+        Index("ix_messages_dispatch_state_reason", "dispatch_id", "state", "reason"),
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

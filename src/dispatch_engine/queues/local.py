@@ -38,11 +38,17 @@ class LocalQueueSender:
                 ).scalars()
             )
             rows = [
-                {"account_id": self.account_id, "message_id": m.message_id, "body": m.body,
-                 "enqueued_at": now, "visible_at": now, "receive_count": 0}
+                {
+                    "account_id": self.account_id,
+                    "message_id": m.message_id,
+                    "body": m.body,
+                    "enqueued_at": now,
+                    "visible_at": now,
+                    "receive_count": 0,
+                }
                 for m in messages
                 if m.message_id not in existing
-            ]  # fmt: skip
+            ]
             if rows:
                 await session.execute(table_of(LocalQueueMessage).insert(), rows)
         return []

@@ -21,6 +21,7 @@ from dispatch_engine.delivery.engine import DeliveryEngine
 from dispatch_engine.delivery.facts import DndSettings
 from dispatch_engine.delivery.relay import OutboxRelay
 from dispatch_engine.queues.factory import SenderCache
+from dispatch_engine.scheduler.maintenance import erase_finished_contacts, expire_tokens
 
 log = structlog.get_logger(__name__)
 MAX_ROUNDS_PER_TICK = 200
@@ -68,6 +69,18 @@ class Worker:
             if (await self.relay.run_once()).handled == 0:
                 return
 
+    async def maintain(self) -> None:
+        """Expire tokens, then erase contact data that can no longer be needed."""
+        now = self.context.clock.now()
+        async with self.context.sessions() as session, session.begin():
+            await expire_tokens(session, now)
+        for _ in range(MAX_ROUNDS_PER_TICK):
+            if self._stopping:
+                return
+            async with self.context.sessions() as session, session.begin():
+                if await erase_finished_contacts(session, now) == 0:
+                    return
+
     async def _guarded(self, name: str, job: str) -> None:
         try:
             await getattr(self, job)()
@@ -79,6 +92,7 @@ class Worker:
         for job, seconds in (
             ("deliver", settings.claim_interval_seconds),
             ("relay_outbox", settings.relay_interval_seconds),
+            ("maintain", settings.maintenance_interval_seconds),
         ):
             self.scheduler.add_job(
                 self._guarded,

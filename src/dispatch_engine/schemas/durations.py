@@ -20,7 +20,8 @@ def parse_duration(text: str) -> int:
         raise ValueError("must be an ISO 8601 duration string such as PT1H or P3D")
     match = _DURATION.match(text.strip().upper())
     if not match:
-        if re.match(r"^P.*(\d+Y|\d+M.*T|^P\d+M)", text.strip().upper()):
+        date_part = text.strip().upper().split("T", 1)[0]
+        if re.search(r"\d+[YM]", date_part):
             raise ValueError("years and months are not allowed; use days (P30D)")
         raise ValueError(f"{text!r} is not an ISO 8601 duration such as PT1H or P3D")
     return sum(int(value) * _UNITS[name] for name, value in match.groupdict().items() if value)

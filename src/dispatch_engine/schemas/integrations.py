@@ -17,6 +17,21 @@ from dispatch_engine.schemas.common import StrictModel
 _REGION = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d{1,2}$")
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 _AWS_QUEUE_HOST = re.compile(r"^sqs\.([a-z0-9-]+)\.amazonaws\.com(\.cn)?$")
+_LEGACY_QUEUE_HOST = re.compile(r"^(?:([a-z0-9-]+)\.)?queue\.amazonaws\.com(\.cn)?$")
+
+
+def _aws_region_of(host: str) -> str | None:
+    """The region an AWS queue host names (also the legacy REGION.queue.amazonaws.com form;
+    bare queue.amazonaws.com is us-east-1), or None for other hosts."""
+    match = _AWS_QUEUE_HOST.match(host)
+    if match:
+        return match.group(1)
+    legacy = _LEGACY_QUEUE_HOST.match(host)
+    if legacy:
+        return legacy.group(1) or "us-east-1"
+    return None
+
+
 _SB_ENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,259}$")
 _SB_NAMESPACE = re.compile(r"^[A-Za-z][A-Za-z0-9-]{4,48}[A-Za-z0-9]\.servicebus\.[a-z0-9.]+$")
 
@@ -69,10 +84,10 @@ class SqsIntegrationIn(StrictModel):
         name = parts[1].removesuffix(".fifo")
         if not _QUEUE_NAME.match(name):
             raise ValueError("queue name: 1-80 letters, digits, '-' or '_' (plus .fifo)")
-        host = _AWS_QUEUE_HOST.match(parsed.hostname or "")
-        if host and host.group(1) != self.region:
-            raise ValueError(f"queue_url is in region {host.group(1)} but region is {self.region}")
-        if not host and self.endpoint_url is None and parsed.scheme != "https":
+        host_region = _aws_region_of(parsed.hostname or "")
+        if host_region and host_region != self.region:
+            raise ValueError(f"queue_url is in region {host_region} but region is {self.region}")
+        if not host_region and self.endpoint_url is None and parsed.scheme != "https":
             raise ValueError("queue_url must be https unless endpoint_url is given")
         if (self.access_key_id is None) != (self.secret_access_key is None):
             raise ValueError("give both access_key_id and secret_access_key, or neither")

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.errors import Conflict
@@ -48,7 +49,13 @@ async def create_account(session: AsyncSession, body: AccountCreate, now: dateti
         updated_at=now,
     )
     session.add(account)
-    await session.flush()
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:  # a racing create of the same id won
+        raise Conflict(
+            f"account '{body.id}' already exists", slug="account-exists", field_name="id"
+        ) from None
     session.add(new_sandbox_policy(account.id, now))
     await session.flush()
     return account

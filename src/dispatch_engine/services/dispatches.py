@@ -14,6 +14,7 @@ from dispatch_engine.models import Dispatch, LineupMessage, Policy, new_id
 from dispatch_engine.rules.lineup import total_delay, validity_problem
 from dispatch_engine.schemas.dispatches import DispatchCreate, DispatchOut
 from dispatch_engine.schemas.durations import format_duration, parse_duration
+from dispatch_engine.services import retiming
 from dispatch_engine.services.policies import get_account, live_lineup, live_lineups
 
 MANUAL_PAUSE = "manual"
@@ -46,8 +47,10 @@ def dispatch_snapshot(dispatch: Dispatch, lineup: Sequence[LineupMessage]) -> di
     return dispatch_out(dispatch, lineup).model_dump(mode="json")
 
 
-async def get_dispatch(session: AsyncSession, account_id: str, dispatch_id: str) -> Dispatch:
-    dispatch = await session.get(Dispatch, dispatch_id)
+async def get_dispatch(
+    session: AsyncSession, account_id: str, dispatch_id: str, *, lock: bool = False
+) -> Dispatch:
+    dispatch = await session.get(Dispatch, dispatch_id, with_for_update=lock or None)
     if dispatch is None or dispatch.account_id != account_id:
         raise NotFound(f"dispatch '{dispatch_id}'")
     return dispatch
@@ -67,7 +70,9 @@ async def list_dispatches(
 
 
 async def _usable_policy(session: AsyncSession, account_id: str, policy_id: str) -> Policy:
-    policy = await session.get(Policy, policy_id)
+    """The policy a dispatch will use, row-locked so a concurrent lineup edit waits for the
+    dispatch to exist (and then pauses it) instead of missing it."""
+    policy = await session.get(Policy, policy_id, with_for_update=True)
     if policy is None or policy.account_id != account_id:
         raise ValidationFailed("policy_id", "no such policy in this account")
     if policy.deleted_at is not None:
@@ -208,7 +213,7 @@ async def resume_dispatch(
     session: AsyncSession, dispatch: Dispatch, now: datetime
 ) -> list[LineupMessage]:
     """Re-enable only when runnable: live policy, a template per lineup message, validity."""
-    policy = await session.get(Policy, dispatch.policy_id)
+    policy = await session.get(Policy, dispatch.policy_id, with_for_update=True)
     if policy is None or policy.deleted_at is not None:
         raise Conflict(
             "the dispatch's policy was deleted; move it to another policy (PATCH policy_id) "
@@ -237,4 +242,6 @@ async def resume_dispatch(
         dispatch.paused_at = None
         dispatch.version += 1
         dispatch.updated_at = now
+        await session.flush()
+        await retiming.release_held(session, retiming.of_dispatches([dispatch.id]))
     return lineup

@@ -49,7 +49,7 @@ async def put_integration(
     now: datetime,
 ) -> tuple[QueueIntegration, dict[str, Any] | None]:
     """Create or replace the whole integration (PUT semantics: secrets are sent again)."""
-    await get_account(session, account_id)
+    await get_account(session, account_id, lock=True)  # one PUT per account at a time
     config, secrets = _split(body)
     existing = await session.get(QueueIntegration, account_id)
     before = integration_snapshot(existing) if existing else None

@@ -26,6 +26,7 @@ from dispatch_engine.schemas.policies import (
     PolicyOut,
 )
 from dispatch_engine.security.ssrf import UnsafeUrlError, UrlPolicy, validate_url
+from dispatch_engine.services import retiming
 from dispatch_engine.services.dispatch_pauses import dispatches_of_policy, pause_active_dispatches
 
 SANDBOX_NAME = "Sandbox"
@@ -105,16 +106,21 @@ def _parse_section(model: type[SectionT], name: str, data: Mapping[str, Any]) ->
 # --- reads ----------------------------------------------------------------------------------
 
 
-async def get_account(session: AsyncSession, account_id: str) -> Account:
-    account = await session.get(Account, account_id)
+async def get_account(session: AsyncSession, account_id: str, *, lock: bool = False) -> Account:
+    """The account; `lock` takes its row lock (PostgreSQL) so concurrent edits serialise."""
+    account = await session.get(Account, account_id, with_for_update=lock or None)
     if account is None:
         raise NotFound(f"account '{account_id}'")
     return account
 
 
-async def get_policy(session: AsyncSession, account_id: str, policy_id: str) -> Policy:
-    """A live (not deleted) policy of the account; 404 otherwise."""
-    policy = await session.get(Policy, policy_id)
+async def get_policy(
+    session: AsyncSession, account_id: str, policy_id: str, *, lock: bool = False
+) -> Policy:
+    """A live (not deleted) policy of the account; 404 otherwise. Edits pass `lock=True`:
+    the row lock makes If-Match checks, position arithmetic and dispatch creation on the
+    same policy happen one at a time (SQLite already runs one writer at a time)."""
+    policy = await session.get(Policy, policy_id, with_for_update=lock or None)
     if policy is None or policy.account_id != account_id or policy.deleted_at is not None:
         raise NotFound(f"policy '{policy_id}'")
     return policy
@@ -193,7 +199,7 @@ def policy_out(
             for m in lineup
         ],
         total_delay=format_duration(total_delay([m.delay_seconds for m in lineup])),
-        fatigue=FatigueRules.model_validate(policy.fatigue),
+        fatigue=FatigueRules.model_validate({**policy.fatigue, "uuid_field": policy.uuid_field}),
         business_rules=BusinessRules.model_validate(policy.business_rules),
         dnd_webhooks=DndWebhooks.model_validate(policy.dnd_webhooks),
         created_at=policy.created_at,
@@ -340,7 +346,9 @@ async def patch_policy(
             merged[key] = value  # `days` replaces whole: a missing day means closed
         rules = _parse_section(BusinessRules, "business_rules", merged)
         business_hours_of(rules)
-        policy.business_rules = rules.model_dump(mode="json")
+        if rules.model_dump(mode="json") != policy.business_rules:
+            policy.business_rules = rules.model_dump(mode="json")
+            await retiming.redo_business_deferrals(session, policy.id)
     if patch.get("dnd_webhooks") is not None:
         dnd = _parse_section(
             DndWebhooks, "dnd_webhooks", _merge(policy.dnd_webhooks, patch["dnd_webhooks"])
@@ -358,10 +366,17 @@ async def delete_policy(session: AsyncSession, policy: Policy, now: datetime) ->
     return await pause_active_dispatches(session, policy.id, "policy_deleted", now)
 
 
-def set_policy_status(policy: Policy, status: str, now: datetime) -> None:
+async def set_policy_status(
+    session: AsyncSession, policy: Policy, status: str, now: datetime
+) -> None:
+    """Pause holds every message of the policy's dispatches; resume lets them go, subject to
+    the rules at that time."""
     if policy.status != status:
         policy.status = status
         _touch(policy, now)
+        if status == "active":
+            await session.flush()
+            await retiming.release_held(session, retiming.of_policy(policy.id))
 
 
 async def _shift_positions(
@@ -452,7 +467,8 @@ async def edit_lineup_message(
     check_delays(delays)
     if channel is not None:
         message.channel = channel
-    if delay is not None:
+    if delay is not None and delay != message.delay_seconds:
+        await retiming.retime_step(session, message.id, message.delay_seconds, delay)
         message.delay_seconds = delay
     _touch(policy, now)
     return await _pause_for_short_validity(session, policy.id, delays, now)
@@ -469,6 +485,7 @@ async def delete_lineup_message(
     message.deleted_at = now
     message.position = None
     await session.flush()
+    await retiming.skip_deleted_step(session, message.id, now)
     await _shift_positions(session, policy.id, position + 1, -1)
     _touch(policy, now)
 
@@ -481,7 +498,9 @@ async def copy_to_sandbox(
         raise Conflict("this policy is the sandbox already", slug="already-sandbox")
     sandbox = (
         await session.execute(
-            select(Policy).where(Policy.account_id == source.account_id, Policy.is_sandbox)
+            select(Policy)
+            .where(Policy.account_id == source.account_id, Policy.is_sandbox)
+            .with_for_update()
         )
     ).scalar_one()
     for old in await live_lineup(session, sandbox.id):

@@ -72,7 +72,7 @@ async def patch_account(
 ) -> AccountOut:
     """Edit name and contacts. If-Match is checked when sent."""
     async with session.begin():
-        account = await load_account(session, account_id)
+        account = await load_account(session, account_id, lock=True)
         check_if_match(if_match, account.version, required=False)
         before = service.account_snapshot(account)
         patch = body.model_dump(exclude_unset=True)

@@ -56,6 +56,12 @@ async def _target(context: AppContext, account_id: str, dispatch_id: str) -> Ing
             )
         lineup = await live_lineup(session, policy.id)
         session.expunge_all()
+    if not lineup:
+        raise Conflict(
+            "the dispatch's policy has no lineup messages, so there is nothing to send; "
+            "add a lineup message first",
+            slug="empty-lineup",
+        )
     return IngestTarget(dispatch, policy, lineup, context.clock.now())
 
 
@@ -64,8 +70,10 @@ async def _json_rows(body: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, dic
     async for chunk in body:
         data.extend(chunk)
         if len(data) > MAX_JSON_BYTES:
-            raise ValidationFailed("body", f"JSON bodies are limited to {MAX_JSON_BYTES} bytes; "
-                                   "send large files as text/csv")  # fmt: skip
+            raise ValidationFailed(
+                "body",
+                f"JSON bodies are limited to {MAX_JSON_BYTES} bytes; send large files as text/csv",
+            )
     try:
         document = orjson.loads(bytes(data))
     except orjson.JSONDecodeError:
@@ -154,8 +162,10 @@ async def post_contacts(
         raise DomainError(
             detail="send contacts as text/csv or application/json",
             errors=[FieldError("Content-Type", "must be text/csv or application/json")],
-            status=415, slug="unsupported-media-type", title="Unsupported media type",
-        )  # fmt: skip
+            status=415,
+            slug="unsupported-media-type",
+            title="Unsupported media type",
+        )
     target = await _target(context, account_id, dispatch_id)
     body = idempotency.HashingStream(request.stream(), f"{dispatch_id}\x00{media}")
     if idempotency_key:
@@ -163,7 +173,12 @@ async def post_contacts(
         if record is not None:
             await body.drain()
             code, stored = idempotency.check_replay(record, body.hexdigest())
-            return JSONResponse(stored, status_code=code, headers={"Idempotent-Replayed": "true"})
+            return JSONResponse(
+                stored,
+                status_code=code,
+                headers={"Idempotent-Replayed": "true"},
+                media_type="application/problem+json" if code >= 400 else "application/json",
+            )
     try:
         return await _ingest(actor, account_id, dispatch_id, media, target, body, idempotency_key)
     except BaseException:
@@ -185,11 +200,23 @@ async def _ingest(
     batch_id = new_id("bat")
     async with context.sessions() as session, session.begin():
         session.add(
-            ContactBatch(id=batch_id, account_id=account_id, dispatch_id=dispatch_id,
-                         status="processing", content_type=media, created_at=target.received_at)
-        )  # fmt: skip
-        actor.audit(session, "contacts.upload", "batch", batch_id, account_id=account_id,
-                    after={"dispatch": dispatch_id, "content_type": media})  # fmt: skip
+            ContactBatch(
+                id=batch_id,
+                account_id=account_id,
+                dispatch_id=dispatch_id,
+                status="processing",
+                content_type=media,
+                created_at=target.received_at,
+            )
+        )
+        actor.audit(
+            session,
+            "contacts.upload",
+            "batch",
+            batch_id,
+            account_id=account_id,
+            after={"dispatch": dispatch_id, "content_type": media},
+        )
     rows = iter_csv_rows(aiter(body)) if media == "text/csv" else _json_rows(aiter(body))
     outcome, error = "completed", None
     try:
@@ -208,11 +235,15 @@ async def _ingest(
     code = 202 if outcome == "completed" else 422
     if code == 422:
         out.update(
-            {"type": "urn:dispatch-engine:problem:contact-file-unreadable",
-             "title": "Contact file unreadable", "status": 422,
-             "detail": f"{error}; rows before it were stored (see counts)",
-             "field": "body", "reason": error}
-        )  # fmt: skip
+            {
+                "type": "urn:dispatch-engine:problem:contact-file-unreadable",
+                "title": "Contact file unreadable",
+                "status": 422,
+                "detail": f"{error}; rows before it were stored (see counts)",
+                "field": "body",
+                "reason": error,
+            }
+        )
     if idempotency_key:
         await idempotency.finish(context, account_id, idempotency_key, body.hexdigest(), code, out)
     media_type = "application/json" if code == 202 else "application/problem+json"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Body, Header, Response, status
+from pydantic import BaseModel, Field
+from sqlalchemy import func, select
 
 from dispatch_engine.api.deps import (
     ConfigActor,
@@ -10,6 +12,7 @@ from dispatch_engine.api.deps import (
     ReadActor,
     SessionDep,
 )
+from dispatch_engine.models import Invite, Message
 from dispatch_engine.schemas.dispatches import (
     DispatchCreate,
     DispatchOut,
@@ -82,7 +85,7 @@ async def patch_dispatch(
 ) -> DispatchOut:
     """Move to another policy, change validity, add or remove templates (If-Match optional)."""
     async with session.begin():
-        dispatch = await service.get_dispatch(session, account_id, dispatch_id)
+        dispatch = await service.get_dispatch(session, account_id, dispatch_id, lock=True)
         check_if_match(if_match, dispatch.version, required=False)
         before = service.dispatch_snapshot(dispatch, await live_lineup(session, dispatch.policy_id))
         lineup = await service.patch_dispatch(
@@ -102,6 +105,44 @@ async def patch_dispatch(
     return out
 
 
+class DispatchStats(BaseModel):
+    dispatch: str
+    invites: dict[str, int] = Field(description="Invites by state, and `total`.")
+    messages: dict[str, int] = Field(description="Messages by state, and `total`.")
+    reasons: dict[str, dict[str, int]] = Field(
+        description="For messages not sent: state → reason → count."
+    )
+
+
+@router.get("/{dispatch_id}/stats", response_model=DispatchStats)
+async def dispatch_stats(
+    account_id: str, dispatch_id: str, actor: ReadActor, session: SessionDep
+) -> DispatchStats:
+    """Counts by outcome, from indexed aggregates (index-only scans on PostgreSQL)."""
+    async with session.begin():
+        await service.get_dispatch(session, account_id, dispatch_id)
+        invite_rows = await session.execute(
+            select(Invite.state, func.count())
+            .where(Invite.dispatch_id == dispatch_id)
+            .group_by(Invite.state)
+        )
+        message_rows = await session.execute(
+            select(Message.state, Message.reason, func.count())
+            .where(Message.dispatch_id == dispatch_id)
+            .group_by(Message.state, Message.reason)
+        )
+    invites = {state: count for state, count in invite_rows.all()}
+    messages: dict[str, int] = {}
+    reasons: dict[str, dict[str, int]] = {}
+    for state, reason, count in message_rows.all():
+        messages[state] = messages.get(state, 0) + count
+        if reason:
+            reasons.setdefault(state, {})[reason] = count
+    invites["total"] = sum(invites.values())
+    messages["total"] = sum(messages.values())
+    return DispatchStats(dispatch=dispatch_id, invites=invites, messages=messages, reasons=reasons)
+
+
 @router.post("/{dispatch_id}/pause", response_model=DispatchOut)
 async def pause_dispatch(
     account_id: str,
@@ -113,7 +154,7 @@ async def pause_dispatch(
     """Pause this dispatch only; its messages are held, not dropped."""
     request = body or PauseRequest()
     async with session.begin():
-        dispatch = await service.get_dispatch(session, account_id, dispatch_id)
+        dispatch = await service.get_dispatch(session, account_id, dispatch_id, lock=True)
         before = {"status": dispatch.status, "pause_reason": dispatch.pause_reason}
         service.pause_dispatch(dispatch, request.reason, actor.now())
         actor.audit(
@@ -141,7 +182,7 @@ async def resume_dispatch(
     token validity is too short for the lineup."""
     request = body or PauseRequest()
     async with session.begin():
-        dispatch = await service.get_dispatch(session, account_id, dispatch_id)
+        dispatch = await service.get_dispatch(session, account_id, dispatch_id, lock=True)
         before = {"status": dispatch.status, "pause_reason": dispatch.pause_reason}
         lineup = await service.resume_dispatch(session, dispatch, actor.now())
         actor.audit(

@@ -135,7 +135,8 @@ async def find_invites(
         query = query.where(Invite.dispatch_id == dispatch)
     async with session.begin():
         invites = list(
-            (await session.execute(query.order_by(Invite.created_at, Invite.id).limit(limit)))
-            .scalars()
-        )  # fmt: skip
+            (
+                await session.execute(query.order_by(Invite.created_at, Invite.id).limit(limit))
+            ).scalars()
+        )
         return await _with_messages(session, invites)

@@ -9,10 +9,11 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 
 from dispatch_engine.api.deps import ReadActor, SessionDep
 from dispatch_engine.models import LocalQueueMessage
+from dispatch_engine.models.base import table_of
 from dispatch_engine.schemas.common import StrictModel
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/queue", tags=["local queue"])
@@ -57,26 +58,31 @@ async def receive(
         if session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
         rows = list((await session.execute(query)).scalars())
-        out = []
-        for row in rows:
-            receipt = secrets.token_urlsafe(24)
-            await session.execute(
-                update(LocalQueueMessage)
-                .where(LocalQueueMessage.id == row.id)
-                .values(
-                    receipt=receipt,
-                    visible_at=now + timedelta(seconds=visibility),
-                    receive_count=LocalQueueMessage.receive_count + 1,
-                )
+        visible_at = now + timedelta(seconds=visibility)
+        out = [
+            QueuedMessage(
+                receipt=secrets.token_urlsafe(24),
+                message_id=row.message_id,
+                receive_count=row.receive_count + 1,
+                enqueued_at=row.enqueued_at,
+                body=orjson.loads(row.body),
             )
-            out.append(
-                QueuedMessage(
-                    receipt=receipt,
-                    message_id=row.message_id,
-                    receive_count=row.receive_count + 1,
-                    enqueued_at=row.enqueued_at,
-                    body=orjson.loads(row.body),
-                )
+            for row in rows
+        ]
+        if out:
+            table = table_of(LocalQueueMessage)
+            await session.execute(
+                update(table)
+                .where(table.c.id == bindparam("b_id"))
+                .values(
+                    receipt=bindparam("receipt"),
+                    visible_at=visible_at,
+                    receive_count=bindparam("count"),
+                ),
+                [
+                    {"b_id": row.id, "receipt": item.receipt, "count": item.receive_count}
+                    for row, item in zip(rows, out, strict=True)
+                ],
             )
         return out
 

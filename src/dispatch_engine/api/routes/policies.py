@@ -104,7 +104,7 @@ async def patch_policy(
 ) -> PolicyOut:
     """Rename; edit fatigue, business rules or DND webhooks (merge). Needs If-Match."""
     async with session.begin():
-        policy = await service.get_policy(session, account_id, policy_id)
+        policy = await service.get_policy(session, account_id, policy_id, lock=True)
         check_if_match(if_match, policy.version, required=True)
         before = await _snapshot(session, policy)
         await service.patch_policy(
@@ -129,7 +129,7 @@ async def delete_policy(
 ) -> PolicyOut:
     """Delete (cannot be undone). Its dispatches pause (`policy_deleted`) until moved."""
     async with session.begin():
-        policy = await service.get_policy(session, account_id, policy_id)
+        policy = await service.get_policy(session, account_id, policy_id, lock=True)
         check_if_match(if_match, policy.version, required=True)
         before = await _snapshot(session, policy)
         paused = await service.delete_policy(session, policy, actor.now())
@@ -154,9 +154,9 @@ async def _set_status(
     response: Response,
 ) -> PolicyOut:
     async with session.begin():
-        policy = await service.get_policy(session, account_id, policy_id)
+        policy = await service.get_policy(session, account_id, policy_id, lock=True)
         before = {"status": policy.status}
-        service.set_policy_status(policy, new_status, actor.now())
+        await service.set_policy_status(session, policy, new_status, actor.now())
         actor.audit(
             session,
             f"policy.{'pause' if new_status == 'paused' else 'resume'}",
@@ -192,7 +192,7 @@ async def copy_to_sandbox(
 ) -> PolicyOut:
     """Copy lineup, fatigue, business and DND settings onto the sandbox; returns the sandbox."""
     async with session.begin():
-        source = await service.get_policy(session, account_id, policy_id)
+        source = await service.get_policy(session, account_id, policy_id, lock=True)
         sandbox, paused = await service.copy_to_sandbox(session, source, actor.now())
         await _audit(actor, session, "policy.copy_to_sandbox", sandbox, {"source": source.id})
         return await _out(session, sandbox, response, paused)
@@ -216,7 +216,7 @@ async def insert_lineup_message(
     """Insert a message (default: at the end). Every dispatch of the policy is paused
     (`lineup_changed`) until it has a template for it; `paused_dispatches` lists them."""
     async with session.begin():
-        policy = await service.get_policy(session, account_id, policy_id)
+        policy = await service.get_policy(session, account_id, policy_id, lock=True)
         check_if_match(if_match, policy.version, required=False)
         before = await _snapshot(session, policy)
         message, paused = await service.insert_lineup_message(
@@ -244,7 +244,7 @@ async def edit_lineup_message(
 ) -> PolicyOut:
     """Edit channel or delay; takes effect at once for messages not yet sent. Needs If-Match."""
     async with session.begin():
-        policy = await service.get_policy(session, account_id, policy_id)
+        policy = await service.get_policy(session, account_id, policy_id, lock=True)
         message = await service.get_lineup_message(session, policy, message_id)
         check_if_match(if_match, policy.version, required=True)
         before = await _snapshot(session, policy)
@@ -270,7 +270,7 @@ async def delete_lineup_message(
 ) -> PolicyOut:
     """Delete a step (cannot be undone): invites skip it and move on. Needs If-Match."""
     async with session.begin():
-        policy = await service.get_policy(session, account_id, policy_id)
+        policy = await service.get_policy(session, account_id, policy_id, lock=True)
         message = await service.get_lineup_message(session, policy, message_id)
         check_if_match(if_match, policy.version, required=True)
         before = await _snapshot(session, policy)

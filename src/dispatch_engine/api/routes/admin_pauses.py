@@ -1,0 +1,139 @@
+"""`/v1/admin/pauses`: operators hold a whole account, or a channel for every account."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from fastapi import APIRouter, Query, Response, status
+from pydantic import BaseModel, Field, model_validator
+from sqlalchemy import select
+
+from dispatch_engine.api.deps import OperatorActor, SessionDep
+from dispatch_engine.errors import Conflict, NotFound
+from dispatch_engine.models import Message, OperatorPause, new_id
+from dispatch_engine.schemas.common import StrictModel
+from dispatch_engine.services import retiming
+from dispatch_engine.services.policies import get_account
+
+router = APIRouter(prefix="/v1/admin/pauses", tags=["admin"])
+
+
+class PauseIn(StrictModel):
+    """Dispatches and policies pause through their own `…/pause` endpoints."""
+
+    scope: Literal["account", "channel"]
+    target: str = Field(min_length=1, max_length=64, description="Account id, or email / sms")
+    incident: str | None = Field(default=None, max_length=64)
+    reason: str | None = Field(default=None, max_length=200)
+
+    @model_validator(mode="after")
+    def _channel(self) -> PauseIn:
+        if self.scope == "channel" and self.target not in ("email", "sms"):
+            raise ValueError("a channel pause targets 'email' or 'sms'")
+        return self
+
+
+class PauseOut(BaseModel):
+    id: str
+    scope: str
+    target: str
+    incident: str | None
+    reason: str | None
+    created_at: datetime
+    created_by: str | None
+    lifted_at: datetime | None
+    lifted_by: str | None
+
+
+def _out(pause: OperatorPause) -> PauseOut:
+    return PauseOut.model_validate(pause, from_attributes=True)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=PauseOut)
+async def create_pause(body: PauseIn, actor: OperatorActor, session: SessionDep) -> PauseOut:
+    """Hold every message in scope at once (state `held`); nothing is lost or sent."""
+    async with session.begin():
+        if body.scope == "account":
+            await get_account(session, body.target)
+        active = (
+            await session.execute(
+                select(OperatorPause).where(
+                    OperatorPause.scope == body.scope,
+                    OperatorPause.target == body.target,
+                    OperatorPause.lifted_at.is_(None),
+                )
+            )
+        ).scalar_one_or_none()
+        if active is not None:
+            raise Conflict(
+                f"{body.scope} '{body.target}' is already paused by {active.id}",
+                slug="already-paused",
+                pause=active.id,
+            )
+        pause = OperatorPause(
+            id=new_id("pau"),
+            scope=body.scope,
+            target=body.target,
+            incident=body.incident,
+            reason=body.reason,
+            created_at=actor.now(),
+            created_by=actor.principal.key_id,
+        )
+        session.add(pause)
+        await session.flush()
+        out = _out(pause)
+        actor.audit(
+            session,
+            "pause.create",
+            "pause",
+            pause.id,
+            account_id=body.target if body.scope == "account" else None,
+            incident=body.incident,
+            after=out.model_dump(mode="json"),
+        )
+    return out
+
+
+@router.get("", response_model=list[PauseOut])
+async def list_pauses(
+    actor: OperatorActor,
+    session: SessionDep,
+    include_lifted: bool = Query(default=False),
+) -> list[PauseOut]:
+    query = select(OperatorPause).order_by(OperatorPause.created_at, OperatorPause.id)
+    if not include_lifted:
+        query = query.where(OperatorPause.lifted_at.is_(None))
+    async with session.begin():
+        return [_out(p) for p in (await session.execute(query)).scalars()]
+
+
+@router.delete("/{pause_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def lift_pause(pause_id: str, actor: OperatorActor, session: SessionDep) -> Response:
+    """Resume: held messages go out subject to the rules at that time."""
+    async with session.begin():
+        pause = await session.get(OperatorPause, pause_id)
+        if pause is None:
+            raise NotFound(f"pause '{pause_id}'")
+        if pause.lifted_at is None:
+            before = _out(pause).model_dump(mode="json")
+            pause.lifted_at = actor.now()
+            pause.lifted_by = actor.principal.key_id
+            condition = (
+                Message.account_id == pause.target
+                if pause.scope == "account"
+                else Message.channel == pause.target
+            )
+            await session.flush()
+            await retiming.release_held(session, condition)
+            actor.audit(
+                session,
+                "pause.lift",
+                "pause",
+                pause.id,
+                account_id=pause.target if pause.scope == "account" else None,
+                incident=pause.incident,
+                before=before,
+                after=_out(pause).model_dump(mode="json"),
+            )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

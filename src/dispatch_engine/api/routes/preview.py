@@ -1,0 +1,116 @@
+"""`POST …/policies/{policy}/preview` (R-RUL-3): when each lineup message would go out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fastapi import APIRouter
+from pydantic import AwareDatetime, BaseModel, Field
+
+from dispatch_engine.api.deps import ReadActor, SessionDep
+from dispatch_engine.errors import ValidationFailed
+from dispatch_engine.schemas.common import StrictModel
+from dispatch_engine.schemas.durations import format_duration, parse_duration
+from dispatch_engine.schemas.policies import BusinessRules, LineupMessageIn
+from dispatch_engine.services import policies as service
+from dispatch_engine.services.preview import preview_lineup
+
+router = APIRouter(prefix="/v1/accounts/{account_id}/policies", tags=["policies"])
+
+
+class ProposedPolicy(StrictModel):
+    lineup: list[LineupMessageIn] = Field(min_length=1, max_length=100)
+    business_rules: BusinessRules = Field(default_factory=BusinessRules)
+
+
+class PreviewIn(StrictModel):
+    posted_at: AwareDatetime = Field(description="When the contact file would be received.")
+    time_zone: str | None = Field(
+        default=None,
+        description="The contact's time zone (used when the policy evaluates windows in "
+        "the contact's zone).",
+    )
+    policy: ProposedPolicy | None = Field(
+        default=None, description="Preview these settings instead of the saved ones."
+    )
+
+
+class PreviewWindow(BaseModel):
+    start: datetime
+    end: datetime
+    time_zone: str
+
+
+class PreviewMessage(BaseModel):
+    position: int
+    lineup_message_id: str | None
+    channel: str
+    delay: str
+    due_at: datetime = Field(description="When the message comes due by its delay.")
+    send_at: datetime = Field(description="When it would go out.")
+    deferred: bool
+    reason: str | None = Field(description="`deferred_business_hours` when the window moved it.")
+    window: PreviewWindow = Field(description="The business window it goes out in.")
+
+
+class PreviewOut(BaseModel):
+    policy: str
+    proposed: bool
+    posted_at: datetime
+    messages: list[PreviewMessage]
+
+
+def _valid_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+@router.post("/{policy_id}/preview", response_model=PreviewOut)
+async def preview_policy(
+    account_id: str, policy_id: str, body: PreviewIn, actor: ReadActor, session: SessionDep
+) -> PreviewOut:
+    """When each lineup message of a contact posted at `posted_at` would go out, and why —
+    for the saved policy or proposed settings. Uses the pipeline's rules; writes nothing."""
+    if body.time_zone is not None and not _valid_zone(body.time_zone):
+        raise ValidationFailed("time_zone", "not an IANA time zone")
+    async with session.begin():
+        policy = await service.get_policy(session, account_id, policy_id)
+        saved = await service.live_lineup(session, policy.id)
+    ids: list[str | None]
+    steps: list[tuple[str, int]]
+    if body.policy is not None:
+        steps = [(m.channel, parse_duration(m.delay)) for m in body.policy.lineup]
+        service.check_delays([delay for _, delay in steps], "policy.lineup")
+        rules = body.policy.business_rules
+        ids = [None] * len(steps)
+    else:
+        steps = [(m.channel, m.delay_seconds) for m in saved]
+        rules = BusinessRules.model_validate(policy.business_rules)
+        ids = [m.id for m in saved]
+    hours = service.business_hours_of(rules)
+    zone = body.time_zone if rules.use_contact_time_zone else None
+    return PreviewOut(
+        policy=policy.id,
+        proposed=body.policy is not None,
+        posted_at=body.posted_at,
+        messages=[
+            PreviewMessage(
+                position=step.position,
+                lineup_message_id=ids[step.position - 1],
+                channel=step.channel,
+                delay=format_duration(step.delay_seconds),
+                due_at=step.due_at,
+                send_at=step.send_at,
+                deferred=step.deferred,
+                reason=step.reason,
+                window=PreviewWindow(
+                    start=step.window_start, end=step.window_end, time_zone=step.window_zone
+                ),
+            )
+            for step in preview_lineup(body.posted_at, steps, hours, zone)
+        ],
+    )

@@ -1,0 +1,86 @@
+"""Maintenance jobs: token expiry and erasure of contact data (R-INV-3, R-INV-5).
+
+Both are idempotent and set-based, so several workers may run them at once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import and_, delete, exists, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dispatch_engine.models import Invite, Message, OutboxEntry
+
+WAITING = ("pending", "deferred", "held")
+# An invite keeps its contact while any of its messages may still need the address:
+# waiting, failed or delayed (operators may resend those), or not yet pushed to the queue.
+KEEPS_CONTACT = ("pending", "deferred", "held", "failed", "delayed")
+ERASE_BATCH = 5_000
+
+
+async def expire_tokens(session: AsyncSession, now: datetime) -> int:
+    """Invites whose token expired: waiting messages end `token_expired`, rule 1 lets go."""
+    expired = select(Invite.id).where(
+        Invite.valid_until <= now, Invite.state.in_(("active", "completed"))
+    )
+    await session.execute(
+        update(Message)
+        .where(Message.invite_id.in_(expired), Message.state.in_(WAITING))
+        .values(
+            state="suppressed",
+            rule="token_expired",
+            reason="token_expired",
+            decided_at=now,
+            claim_token=None,
+            lease_until=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    result = await session.execute(
+        update(Invite)
+        .where(Invite.valid_until <= now, Invite.state.in_(("active", "completed")))
+        .values(state="expired", end_reason="token_expired", ended_at=now, fatigue_lock=None)
+        .execution_options(synchronize_session=False)
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def erase_finished_contacts(session: AsyncSession, now: datetime) -> int:
+    """Erase addresses and attributes of invites that can send nothing more.
+
+    What stays: hashes, times, states and reasons — what counts and fatigue need. The
+    delivered outbox rows of those invites (they carry the address) go too.
+    """
+    candidates = list(
+        (
+            await session.execute(
+                select(Invite.id)
+                .where(
+                    Invite.contact.is_not(None),
+                    Invite.state.in_(("ended", "expired", "completed")),
+                    ~exists().where(
+                        and_(Message.invite_id == Invite.id, Message.state.in_(KEEPS_CONTACT))
+                    ),
+                    ~exists().where(
+                        and_(OutboxEntry.invite_id == Invite.id, OutboxEntry.delivered_at.is_(None))
+                    ),
+                )
+                .limit(ERASE_BATCH)
+            )
+        ).scalars()
+    )
+    if not candidates:
+        return 0
+    await session.execute(
+        update(Invite)
+        .where(Invite.id.in_(candidates))
+        .values(contact=None, erased_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    await session.execute(
+        delete(OutboxEntry)
+        .where(OutboxEntry.invite_id.in_(candidates), OutboxEntry.delivered_at.is_not(None))
+        .execution_options(synchronize_session=False)
+    )
+    return len(candidates)

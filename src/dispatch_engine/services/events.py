@@ -1,0 +1,133 @@
+"""Events from EM (R-INV-3): responses and unsubscribes; operator re-subscribes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from dispatch_engine.context import AppContext
+from dispatch_engine.delivery.contacts import open_contact
+from dispatch_engine.errors import NotFound, ValidationFailed
+from dispatch_engine.ingest.service import all_keyed_hashes
+from dispatch_engine.models import Invite, Message, Unsubscribe
+from dispatch_engine.models.base import table_of
+from dispatch_engine.security.normalize import InvalidAddress, normalize_email, normalize_phone
+
+PENDING_STATES = ("pending", "deferred", "held")
+
+
+def normalized_address(channel: str, address: str) -> str:
+    try:
+        return normalize_email(address) if channel == "email" else normalize_phone(address)
+    except InvalidAddress as exc:
+        raise ValidationFailed("address", exc.reason) from None
+
+
+async def invite_by_token(session: AsyncSession, account_id: str, token: str) -> Invite:
+    invite = (
+        await session.execute(
+            select(Invite).where(Invite.token == token, Invite.account_id == account_id)
+        )
+    ).scalar_one_or_none()
+    if invite is None:
+        raise NotFound("invite with this token")
+    return invite
+
+
+async def record_response(
+    session: AsyncSession, account_id: str, token: str, now: datetime
+) -> tuple[Invite, int, bool]:
+    """The person answered: no further message of that invite. Returns (invite, messages
+    stopped, first time?). Replaying the event changes nothing."""
+    invite = await invite_by_token(session, account_id, token)
+    if invite.responded_at is not None:
+        return invite, 0, False
+    invite.responded_at = now
+    invite.state = "ended"
+    invite.end_reason = "responded"
+    invite.ended_at = now
+    invite.fatigue_lock = None  # answered: rule 1 no longer holds for this person
+    stopped = await session.execute(
+        update(Message)
+        .where(Message.invite_id == invite.id, Message.state.in_(PENDING_STATES))
+        .values(
+            state="suppressed",
+            rule="responded",
+            reason="responded",
+            decided_at=now,
+            claim_token=None,
+            lease_until=None,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    return invite, int(stopped.rowcount or 0), True  # type: ignore[attr-defined]
+
+
+async def address_of_token(
+    context: AppContext, session: AsyncSession, account_id: str, token: str, channel: str
+) -> str:
+    invite = await invite_by_token(session, account_id, token)
+    if invite.contact is None:
+        raise ValidationFailed(
+            "token", "this invite's contact data was erased; send channel+address"
+        )
+    contact = open_contact(context.cipher, invite.id, invite.contact)
+    address = contact.get("email" if channel == "email" else "mobile")
+    if not address:
+        raise ValidationFailed("channel", f"this invite has no address for {channel}")
+    return str(address)
+
+
+async def unsubscribe(
+    context: AppContext,
+    session: AsyncSession,
+    account_id: str,
+    channel: str,
+    address: str,
+    now: datetime,
+    source: str,
+) -> bool:
+    """Block the address on the channel for the account (every key version's hash is kept,
+    so lookups match during a key rotation). True when it was not blocked before."""
+    hashes = all_keyed_hashes(context.hasher, normalized_address(channel, address))
+    existing = set(
+        (
+            await session.execute(
+                select(Unsubscribe.address_hash).where(
+                    Unsubscribe.account_id == account_id,
+                    Unsubscribe.channel == channel,
+                    Unsubscribe.address_hash.in_(hashes),
+                )
+            )
+        ).scalars()
+    )
+    rows = [
+        {
+            "account_id": account_id,
+            "channel": channel,
+            "address_hash": h,
+            "created_at": now,
+            "source": source,
+        }
+        for h in hashes
+        if h not in existing
+    ]
+    if rows:
+        await session.execute(table_of(Unsubscribe).insert(), rows)
+    return not existing
+
+
+async def resubscribe(
+    context: AppContext, session: AsyncSession, account_id: str, channel: str, address: str
+) -> bool:
+    hashes = all_keyed_hashes(context.hasher, normalized_address(channel, address))
+    result = await session.execute(
+        delete(Unsubscribe).where(
+            Unsubscribe.account_id == account_id,
+            Unsubscribe.channel == channel,
+            Unsubscribe.address_hash.in_(hashes),
+        )
+    )
+    return bool(result.rowcount)  # type: ignore[attr-defined]

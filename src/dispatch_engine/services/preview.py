@@ -1,0 +1,89 @@
+"""Policy preview (R-RUL-3): when each lineup message of a contact posted at a given time
+would go out, and why — computed with the pipeline's own rules, writing nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from dispatch_engine.rules.base import Defer, Pass
+from dispatch_engine.rules.business_hours import BusinessHours, next_send_time
+from dispatch_engine.rules.pipeline import DndFacts, MessageFacts, decide
+
+FAR_FUTURE = timedelta(days=3650)
+
+
+@dataclass(frozen=True)
+class PreviewStep:
+    position: int
+    channel: str
+    delay_seconds: int
+    due_at: datetime
+    send_at: datetime
+    deferred: bool
+    reason: str | None
+    window_start: datetime
+    window_end: datetime
+    window_zone: str
+
+
+def preview_lineup(
+    posted_at: datetime,
+    steps: Sequence[tuple[str, int]],
+    hours: BusinessHours,
+    contact_zone: str | None,
+) -> list[PreviewStep]:
+    """Walk the lineup: step 1 counts from `posted_at`, step k from step k-1's send time.
+
+    Every other rule is taken to pass (a new contact, nothing paused or unsubscribed), so
+    what remains is exactly the business window as the pipeline applies it.
+    """
+    out: list[PreviewStep] = []
+    previous = posted_at
+    for position, (channel, delay) in enumerate(steps, start=1):
+        due = previous + timedelta(seconds=delay)
+        facts = _facts(due, channel, hours, contact_zone)
+        decision = decide(facts)
+        send_at, reason = due, None
+        if isinstance(decision, Defer):
+            send_at, reason = decision.until, decision.reason
+            assert isinstance(decide(_facts(send_at, channel, hours, contact_zone)), Pass)
+        window = next_send_time(send_at, hours, contact_zone)
+        out.append(
+            PreviewStep(
+                position=position,
+                channel=channel,
+                delay_seconds=delay,
+                due_at=due,
+                send_at=send_at,
+                deferred=reason is not None,
+                reason=reason,
+                window_start=window.window_start,
+                window_end=window.window_end,
+                window_zone=window.local_zone,
+            )
+        )
+        previous = send_at
+    return out
+
+
+def _facts(
+    now: datetime, channel: str, hours: BusinessHours, contact_zone: str | None
+) -> MessageFacts:
+    return MessageFacts(
+        now=now,
+        channel=channel,
+        paused_by=None,
+        responded=False,
+        valid_until=now + FAR_FUTURE,
+        step_deleted=False,
+        has_address=True,
+        unsubscribed=False,
+        first_send=True,
+        pending_token_elsewhere=False,
+        max_invites_reached=False,
+        business_hours=hours,
+        contact_zone=contact_zone,
+        dnd=DndFacts(configured=False),
+    )
