@@ -309,24 +309,12 @@ async def racing_client(context: AppContext) -> AsyncIterator[httpx.AsyncClient]
         yield http
 
 
-def _xfail_on_postgresql(request: pytest.FixtureRequest, db_kind: str, reason: str) -> None:
-    if db_kind == "postgresql":
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
-
-
 async def test_racing_creates_of_one_id_give_one_201_and_409s(
     racing_client: httpx.AsyncClient,
     admin: dict[str, str],
     db_kind: str,
     request: pytest.FixtureRequest,
 ) -> None:
-    _xfail_on_postgresql(
-        request,
-        db_kind,
-        "BUG: services/accounts.py create_account checks for an existing id with "
-        "session.get() and then inserts; two racing creates both pass the check on PostgreSQL "
-        "and the loser's INSERT fails with IntegrityError -> 500 instead of 409 field id",
-    )
     for trial in range(3):
         responses = await asyncio.gather(
             *(
@@ -346,14 +334,6 @@ async def test_racing_patches_with_one_if_match_let_one_win(
     db_kind: str,
     request: pytest.FixtureRequest,
 ) -> None:
-    _xfail_on_postgresql(
-        request,
-        db_kind,
-        "BUG: api/routes/accounts.py patch_account checks If-Match against a version read "
-        "without a row lock and services/accounts.py patch_account does version += 1 in "
-        "Python; on PostgreSQL every racing PATCH with the same If-Match succeeds (lost "
-        "updates, version bumped once) instead of one 200 and 412 for the rest",
-    )
     await setup_account(racing_client, admin, "acme", queue=False)
     for trial in range(3):
         version = trial + 1

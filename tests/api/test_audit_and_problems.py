@@ -344,11 +344,6 @@ async def test_audit_cursor_without_offset_is_422(
     assert response.json()["field"] == "cursor"
 
 
-@pytest.mark.xfail(
-    reason="BUG: api/routes/audit.py list_audit uses action.startswith() without autoescape, "
-    "so '%' and '_' in an action prefix act as LIKE wildcards ('%.' matches every record)",
-    strict=True,
-)
 async def test_audit_action_prefix_is_literal(
     client: httpx.AsyncClient, history: dict[str, Any]
 ) -> None:

@@ -539,11 +539,6 @@ async def test_same_key_while_the_first_request_is_in_flight_is_409(
     assert await count_rows(context, Invite, dispatch["id"]) == 1
 
 
-@pytest.mark.xfail(
-    reason="BUG: api/routes/contacts.py post_contacts replays a stored 422 problem with "
-    "Content-Type application/json instead of application/problem+json",
-    strict=True,
-)
 async def test_replayed_failed_upload_is_still_a_problem(
     client: httpx.AsyncClient, acme: dict[str, str]
 ) -> None:
@@ -750,12 +745,6 @@ async def test_duplicate_header_name_fails_the_file_and_the_batch(
     assert await count_rows(context, Invite, dispatch["id"]) == 0
 
 
-@pytest.mark.xfail(
-    reason="BUG: ingest/service.py ingest_stream drops the rows gathered for the current "
-    "chunk when the row stream raises (CsvFormatError): rows before the problem are neither "
-    "stored nor counted, although the 422 detail says they were stored",
-    strict=True,
-)
 async def test_unreadable_file_keeps_the_rows_before_the_problem(
     client: httpx.AsyncClient, acme: dict[str, str], context: AppContext
 ) -> None:
@@ -777,12 +766,6 @@ async def test_unreadable_file_keeps_the_rows_before_the_problem(
     assert await count_rows(context, Invite, dispatch["id"]) == 2
 
 
-@pytest.mark.xfail(
-    reason="BUG: a dispatch whose policy lost its last lineup message stays active, and "
-    "ingest/service.py ingest_chunk -> ingest/rows.py parse_contact raises ValueError "
-    "(empty channels): unhandled 500 and the batch stays 'processing' forever",
-    strict=True,
-)
 async def test_upload_to_a_dispatch_with_an_empty_lineup_is_a_clear_answer(
     client: httpx.AsyncClient, acme: dict[str, str], context: AppContext
 ) -> None:

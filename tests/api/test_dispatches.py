@@ -565,17 +565,6 @@ async def test_dispatch_created_while_a_message_is_added_is_not_left_active_with
     context: AppContext,
     request: pytest.FixtureRequest,
 ) -> None:
-    if context.engine.dialect.name == "postgresql":
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="BUG: services/dispatches.py create_dispatch reads the policy and its "
-                "lineup without locking the policy, and services/policies.py "
-                "insert_lineup_message pauses only dispatches already committed, so on "
-                "PostgreSQL a dispatch created concurrently with a lineup insert stays active "
-                "with a missing template (R-POL-7)",
-                strict=True,
-            )
-        )
     policy = await create_policy(client, acme)
     created, inserted = await _concurrently(
         context,

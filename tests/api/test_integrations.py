@@ -372,13 +372,6 @@ async def test_integration_is_per_account(
         pytest.param({"queue_url": "https://queue.amazonaws.com/123456789012/q"}),
     ],
 )
-@pytest.mark.xfail(
-    reason="BUG: schemas/integrations.py SqsIntegrationIn._queue_url_shape only recognises "
-    "sqs.REGION.amazonaws.com hosts; an AWS queue URL in the legacy REGION.queue.amazonaws.com "
-    "(or queue.amazonaws.com = us-east-1) form is accepted with a different region (eu-west-1) "
-    "instead of 422",
-    strict=True,
-)
 async def test_sqs_region_mismatch_in_legacy_url(
     client: httpx.AsyncClient, admin: dict[str, str], changes: dict[str, Any]
 ) -> None:
@@ -401,15 +394,6 @@ async def test_racing_first_puts_all_succeed(
     db_kind: str,
     request: pytest.FixtureRequest,
 ) -> None:
-    if db_kind == "postgresql":
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="BUG: services/integrations.py put_integration does session.get() then "
-                "INSERT; racing first PUTs on PostgreSQL hit the primary key and answer 500 "
-                "(and racing replaces lose version bumps: version += 1 in Python)",
-                strict=True,
-            )
-        )
     for trial in range(3):
         account = f"race{trial}"
         await setup_account(racing_client, admin, account, queue=False)

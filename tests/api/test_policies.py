@@ -429,12 +429,6 @@ async def test_years_and_months_are_refused_with_a_clear_reason(
     assert "ISO 8601" in body["errors"][0]["reason"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: schemas/durations.py parse_duration refuses month-only durations such as "
-    "'P1M' and 'P2M3D' with the generic \"not an ISO 8601 duration\" reason instead of saying "
-    "that months are not allowed (its months regex only matches when a 'T' part follows)",
-    strict=True,
-)
 async def test_month_durations_are_refused_with_a_clear_reason(
     client: httpx.AsyncClient, acme: dict[str, str]
 ) -> None:
@@ -596,12 +590,6 @@ async def test_patch_merges_nested_fatigue_objects(
     assert policy["fatigue"] == {"uuid_field": "email", **fatigue}
 
 
-@pytest.mark.xfail(
-    reason="BUG: services/policies.py policy_out builds `fatigue` from policy.fatigue, which "
-    "_fatigue_dict stored without uuid_field, so the API always reports uuid_field 'email' "
-    "instead of the policy's uuid_field",
-    strict=True,
-)
 async def test_uuid_field_is_returned_as_set(
     client: httpx.AsyncClient, acme: dict[str, str]
 ) -> None:
@@ -897,26 +885,12 @@ async def _concurrently(
     return list(await asyncio.gather(*tasks))
 
 
-def _xfail_on_postgresql(context: AppContext, request: pytest.FixtureRequest, reason: str) -> None:
-    if context.engine.dialect.name == "postgresql":
-        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
-
-
 async def test_concurrent_edits_with_the_same_etag_let_only_one_through(
     client: httpx.AsyncClient,
     acme: dict[str, str],
     context: AppContext,
     request: pytest.FixtureRequest,
 ) -> None:
-    _xfail_on_postgresql(
-        context,
-        request,
-        "BUG: api/routes/policies.py patch_policy (and the other If-Match edits) check the "
-        "version read by services.policies.get_policy without a row lock or a conditional "
-        "UPDATE, and services.policies._touch sets version in Python, so on PostgreSQL two "
-        'edits sent with the same If-Match "1" both succeed (lost update, both get version 2) '
-        "instead of one getting 412",
-    )
     policy = await create_policy(client, acme)
     url = f"{POLICIES}/{policy['id']}"
     responses = await _concurrently(
@@ -936,13 +910,6 @@ async def test_concurrent_inserts_keep_positions_1_to_n(
     context: AppContext,
     request: pytest.FixtureRequest,
 ) -> None:
-    _xfail_on_postgresql(
-        context,
-        request,
-        "BUG: services/policies.py insert_lineup_message computes the new position from "
-        "live_lineup without locking the policy, so on PostgreSQL two concurrent appends "
-        "both take position n+1 (positions 1,2,3,4,4) and the version is bumped only once",
-    )
     policy = await create_policy(client, acme)
     responses = await _concurrently(
         context,

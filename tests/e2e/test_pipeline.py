@@ -365,12 +365,6 @@ async def test_changing_the_uuid_field_resets_fatigue_history(api: Api, worker: 
     assert recipients(await api.pull()) == ["ann@example.com"]
 
 
-@pytest.mark.xfail(
-    reason="BUG: delivery/engine.py _BatchWriter._send gives the blocked invite the "
-    "fatigue_lock while the expired/answered holder still owns it (unique index): "
-    "IntegrityError on every write-back retry, run_once raises RuntimeError",
-    strict=True,
-)
 @pytest.mark.parametrize("how", ["expired", "responded"])
 async def test_fatigue_rule_1_holder_gone_before_the_blocked_invite_comes_due(
     api: Api, worker: Worker, clock: FrozenClock, context: AppContext, how: str
@@ -589,13 +583,6 @@ async def test_sandbox_fatigue_history_is_kept_apart(api: Api, worker: Worker) -
     assert first(await api.invite(real_again, "ann-real-2"))["rule"] == "fatigue"
 
 
-@pytest.mark.xfail(
-    reason="BUG: delivery/engine.py _decide_and_write counts same-batch first sends in "
-    "sent_in_batch keyed by (uuid_hash, questionnaire) without the sandbox flag, and "
-    "delivery/facts.py rule2_reached adds them for real and sandbox invites alike: a sandbox "
-    "send blocks a real invite of the same person in the same batch (fatigue_max_invites)",
-    strict=True,
-)
 async def test_sandbox_fatigue_is_apart_within_one_batch(api: Api, worker: Worker) -> None:
     one_ever = {"max_invites": {"enabled": True, "count": 1, "days": 30, "scope": "all"}}
     policy = await api.policy("Real", fatigue=one_ever)
@@ -699,13 +686,6 @@ async def test_operator_channel_pause_holds_only_that_channel(
     assert (held["state"], held["reason"]) == ("held", "paused_channel")
 
 
-@pytest.mark.xfail(
-    reason="BUG: held messages are never released: state 'held' is not claimable "
-    "(delivery/claims.py CLAIMABLE_STATES) and resume (services/dispatches.resume_dispatch, "
-    "services/policies.set_policy_status) does not move them back to pending, so messages that "
-    "came due during a pause never go out after resume (R-POL-8)",
-    strict=True,
-)
 @pytest.mark.parametrize("what", ["dispatches", "policies"])
 async def test_held_message_goes_out_after_resume(
     api: Api, worker: Worker, clock: FrozenClock, what: str
@@ -939,14 +919,6 @@ async def test_dnd_only_asked_for_its_channel_and_inside_the_window(
     ]
 
 
-@pytest.mark.xfail(
-    reason="BUG: delivery/engine.py DeliveryEngine._ask_dnd takes the webhook URL (and the "
-    "'policy' sent to it) from message.policy_id, while delivery/facts.py message_facts "
-    "decides whether DND is configured from the dispatch's current policy: after a dispatch "
-    "moves to a policy with a DND webhook, its pending messages are checked against the old "
-    "policy's (unset) URL, answered unavailable, deferred and finally dnd_unavailable",
-    strict=True,
-)
 async def test_dnd_uses_the_webhook_of_the_dispatchs_current_policy(
     api: Api, worker: Worker, clock: FrozenClock, dnd: DndServer
 ) -> None:
@@ -1254,7 +1226,9 @@ async def test_outbox_relay_and_local_queue_visibility(
 
     received = await api.receive(visibility=30)
     assert len(received) == 2
-    first_count = received[0]["receive_count"]  # exact values: see the xfail test below
+    first_count = received[0][
+        "receive_count"
+    ]  # exact values: see test_local_queue_receive_count_counts_deliveries
     assert {m["message_id"] for m in received} == {m["body"]["message_id"] for m in received}
     clock.advance(timedelta(seconds=29))
     assert await api.receive(visibility=30) == []  # still invisible
@@ -1274,12 +1248,6 @@ async def test_outbox_relay_and_local_queue_visibility(
     assert await api.receive() == []
 
 
-@pytest.mark.xfail(
-    reason="BUG: api/routes/local_queue.py receive reports receive_count one too high "
-    "(row.receive_count + 1 read after the ORM UPDATE already synchronised it): 2 on the "
-    "first delivery, 3 on the second, while the stored count is 1, 2",
-    strict=True,
-)
 async def test_local_queue_receive_count_counts_deliveries(
     api: Api, worker: Worker, clock: FrozenClock, context: AppContext
 ) -> None:

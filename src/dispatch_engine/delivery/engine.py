@@ -37,7 +37,15 @@ from dispatch_engine.delivery.lookups import (
     load_lock_holders,
     load_unsubscribes,
 )
-from dispatch_engine.models import FatigueLedger, Invite, Message, OutboxEntry, Policy, new_id
+from dispatch_engine.models import (
+    Dispatch,
+    FatigueLedger,
+    Invite,
+    Message,
+    OutboxEntry,
+    Policy,
+    new_id,
+)
 from dispatch_engine.models.base import table_of
 from dispatch_engine.rules.base import Decision, Defer, Hold, Pass, Suppress
 from dispatch_engine.rules.pipeline import MessageFacts, decide, needs_dnd_check
@@ -169,7 +177,8 @@ class DeliveryEngine:
     async def _any_dnd(self, session: AsyncSession, ids: list[str]) -> bool:
         """One cheap query: does any claimed message's policy have a DND webhook at all?"""
         async with session.begin():
-            policy_ids = select(Message.policy_id).where(member_of(session, Message.id, ids))
+            dispatch_ids = select(Message.dispatch_id).where(member_of(session, Message.id, ids))
+            policy_ids = select(Dispatch.policy_id).where(Dispatch.id.in_(dispatch_ids))
             webhooks = await session.execute(
                 select(Policy.dnd_webhooks).where(Policy.id.in_(policy_ids.distinct()))
             )

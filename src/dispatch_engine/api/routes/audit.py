@@ -58,7 +58,7 @@ async def list_audit(
         query = query.where(AuditRecord.account_id == account)
     if action:
         query = query.where(
-            AuditRecord.action.startswith(action)
+            AuditRecord.action.startswith(action, autoescape=True)
             if action.endswith(".")
             else AuditRecord.action == action
         )
