@@ -235,7 +235,8 @@ async def ceiling_pg(url: str, batch: int) -> tuple[int, float]:
                 await connection.copy_records_to_table(
                     "outbox",
                     records=[
-                        (r["id"], r["account_id"], r["invite_id"], body, NOW, NOW, 0) for r in rows
+                        (r["id"], r["account_id"], r["invite_id"], body, NOW, NOW, NOW, 0)
+                        for r in rows
                     ],
                     columns=[
                         "message_id",
@@ -243,6 +244,7 @@ async def ceiling_pg(url: str, batch: int) -> tuple[int, float]:
                         "invite_id",
                         "body",
                         "created_at",
+                        "ready_at",
                         "next_attempt_at",
                         "attempts",
                     ],

@@ -236,6 +236,9 @@ def upgrade() -> None:
             "created_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False
         ),
         sa.Column(
+            "ready_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False
+        ),
+        sa.Column(
             "next_attempt_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False
         ),
         sa.Column("attempts", sa.Integer(), nullable=False),

@@ -22,10 +22,14 @@ err = Console(stderr=True)
 
 def _settings() -> Settings:
     try:
-        return Settings()
+        settings = Settings()
     except Exception as exc:  # show the settings problem, not a traceback
         err.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from None
+    from dispatch_engine.observability.logging import configure_logging
+
+    configure_logging(settings.log_level, settings.log_json)
+    return settings
 
 
 def _migrate(settings: Settings) -> None:
@@ -66,18 +70,21 @@ def serve(
 def api(
     host: Annotated[str | None, typer.Option(help="Default: DISPATCH_HOST")] = None,
     port: Annotated[int | None, typer.Option(help="Default: DISPATCH_PORT")] = None,
+    workers: Annotated[int, typer.Option(help="Web worker processes")] = 1,
 ) -> None:
-    """The HTTP API only (no scheduler); run `migrate` first."""
+    """The HTTP API only (never the scheduler); run `migrate` first. With several workers set
+    PROMETHEUS_MULTIPROC_DIR so /metrics covers all of them."""
     import uvicorn
-
-    from dispatch_engine.api.app import create_app
 
     settings = _settings()
     uvicorn.run(
-        create_app(settings),
+        "dispatch_engine.api.app:app_from_environment",
+        factory=True,
         host=host or settings.host,
         port=port or settings.port,
+        workers=workers,
         log_level="warning",
+        timeout_graceful_shutdown=30,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
 
 from dispatch_engine import __version__
 from dispatch_engine.api.problems import install_problem_handlers
@@ -25,6 +25,8 @@ from dispatch_engine.api.routes import (
 )
 from dispatch_engine.clock import Clock
 from dispatch_engine.context import AppContext, build_context
+from dispatch_engine.observability.logging import configure_logging, request_context
+from dispatch_engine.observability.metrics import metrics_payload
 from dispatch_engine.settings import Settings
 
 
@@ -65,6 +67,14 @@ def create_app(
     )
     app.state.context = ctx
     install_problem_handlers(app)
+    app.middleware("http")(request_context)
+
+    @app.get("/metrics", include_in_schema=True, tags=["service"])
+    async def metrics() -> Response:
+        """Prometheus metrics (no PII, bounded labels)."""
+        payload, media_type = metrics_payload()
+        return Response(payload, media_type=media_type)
+
     for module in (
         health,
         api_keys,
@@ -81,3 +91,10 @@ def create_app(
     ):
         app.include_router(module.router)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """For `uvicorn --factory` with several workers: each process builds its own app."""
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    return create_app(settings, with_worker=False)

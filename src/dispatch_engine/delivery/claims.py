@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dispatch_engine.db.bulk import member_of
 from dispatch_engine.models import Message
 
-CLAIMABLE_STATES = ("pending", "deferred")
+CLAIMABLE_STATES = ("pending", "deferred", "delayed")
 
 
 def new_claim_token() -> str:

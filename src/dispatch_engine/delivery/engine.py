@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from sqlalchemy import bindparam, select, update
@@ -47,6 +48,7 @@ from dispatch_engine.models import (
     new_id,
 )
 from dispatch_engine.models.base import table_of
+from dispatch_engine.observability import metrics
 from dispatch_engine.rules.base import Decision, Defer, Hold, Pass, Suppress
 from dispatch_engine.rules.pipeline import MessageFacts, decide, needs_dnd_check
 from dispatch_engine.schemas.queue_message import build_invitation, encode_message
@@ -170,6 +172,10 @@ class DeliveryEngine:
         if not requests:
             return {}
         answers = await self.dnd_client.check_many([(url, q) for _, url, q in requests])
+        for (_, url, _), answer in zip(requests, answers, strict=True):
+            host = urlsplit(url).hostname or "unknown"
+            metrics.DND_REQUESTS.labels(host, answer.status.value).inc()
+            metrics.DND_LATENCY.labels(host).observe(answer.elapsed_ms / 1000)
         return {
             mid: answer.status.value for (mid, _, _), answer in zip(requests, answers, strict=True)
         }
@@ -244,6 +250,12 @@ class _BatchWriter:
     def _invite_update(self, invite: Invite, **values: Any) -> None:
         self.invite_updates.setdefault(invite.id, {"b_id": invite.id}).update(values)
 
+    def _count(self, message: Message, outcome: str, reason: str | None) -> None:
+        self.outcomes[reason or outcome] += 1
+        metrics.MESSAGES.labels(outcome, reason or "").inc()
+        if outcome != "held":
+            metrics.CLAIM_LAG.observe(max(0.0, (self.now - message.not_before).total_seconds()))
+
     def apply(self, message: Message, decision: Decision) -> None:
         base = {
             "b_id": message.id,
@@ -266,7 +278,7 @@ class _BatchWriter:
                     "attempts": message.attempts,
                 }
             )
-            self.outcomes["sent"] += 1
+            self._count(message, "sent", None)
             self._schedule_next(message, invite)
         elif isinstance(decision, Suppress):
             self.message_updates.append(
@@ -281,7 +293,7 @@ class _BatchWriter:
                     "attempts": message.attempts,
                 }
             )
-            self.outcomes[decision.reason] += 1
+            self._count(message, "suppressed", decision.reason)
             if decision.next_step:
                 self._schedule_next(message, invite)
             else:
@@ -300,7 +312,7 @@ class _BatchWriter:
                     "attempts": attempts,
                 }
             )
-            self.outcomes[decision.reason] += 1
+            self._count(message, "deferred", decision.reason)
         elif isinstance(decision, Hold):
             self.message_updates.append(
                 {
@@ -314,7 +326,7 @@ class _BatchWriter:
                     "attempts": message.attempts,
                 }
             )
-            self.outcomes["held"] += 1
+            self._count(message, "held", decision.reason)
 
     def _send(self, message: Message, invite: Invite) -> None:
         dispatch = self.facts.dispatches[message.dispatch_id]
@@ -347,6 +359,7 @@ class _BatchWriter:
                 "invite_id": invite.id,
                 "body": encode_message(body),
                 "created_at": self.now,
+                "ready_at": message.not_before,
                 "next_attempt_at": self.now,
                 "attempts": 0,
             }

@@ -4,23 +4,29 @@ after the queue acknowledged, retries failures with backoff, and gives up as `fa
 from __future__ import annotations
 
 import random
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.context import AppContext
+from dispatch_engine.db.bulk import member_of
+from dispatch_engine.delivery.breaker import CircuitBreaker
 from dispatch_engine.delivery.claims import new_claim_token
 from dispatch_engine.models import Message, OutboxEntry, QueueIntegration
 from dispatch_engine.models.base import table_of
+from dispatch_engine.observability import metrics
 from dispatch_engine.queues.base import OutgoingMessage, QueueSender, SendFailure
 from dispatch_engine.queues.factory import SenderCache
 
 log = structlog.get_logger(__name__)
+NO_SENDER = "no queue sender for this integration"
+CIRCUIT_OPEN = "circuit open: the queue kept failing; retrying after the cooldown"
 
 
 @dataclass
@@ -50,6 +56,10 @@ class OutboxRelay:
         self.base = settings.relay_backoff_seconds
         self.cap = settings.relay_backoff_max_seconds
         self.lease = timedelta(seconds=max(30, settings.claim_lease_seconds))
+        self.breaker = CircuitBreaker(
+            threshold=settings.relay_breaker_threshold,
+            cooldown=timedelta(seconds=settings.relay_breaker_cooldown_seconds),
+        )
 
     async def run_until_idle(self, max_rounds: int = 1000) -> RelayResult:
         total = RelayResult()
@@ -62,6 +72,20 @@ class OutboxRelay:
                 break
         return total
 
+    async def observe_depth(self) -> None:
+        """Outbox depth and oldest age, for the gauges (one cheap indexed query)."""
+        async with self.context.sessions() as session, session.begin():
+            depth, oldest = (
+                await session.execute(
+                    select(func.count(), func.min(OutboxEntry.created_at)).where(
+                        OutboxEntry.delivered_at.is_(None), OutboxEntry.failed_at.is_(None)
+                    )
+                )
+            ).one()
+        metrics.OUTBOX_DEPTH.set(depth)
+        age = (self.context.clock.now() - oldest).total_seconds() if oldest else 0.0
+        metrics.OUTBOX_OLDEST_AGE.set(max(0.0, age))
+
     async def run_once(self) -> RelayResult:
         now = self.context.clock.now()
         async with self.context.sessions() as session:
@@ -73,14 +97,23 @@ class OutboxRelay:
             for row in rows:
                 by_account[row.account_id].append(row)
             failures: dict[str, SendFailure] = {}
-            skipped: set[int] = set()
+            skipped: dict[int, tuple[str, datetime]] = {}
             for account_id, entries in by_account.items():
                 integration = kinds.get(account_id)
                 sender = await self.senders.get(integration) if integration else None
-                if sender is None:
-                    skipped.update(e.id for e in entries)
+                if integration is None or sender is None:
+                    later = (NO_SENDER, now + timedelta(seconds=30))
+                    skipped.update((e.id, later) for e in entries)
                     continue
-                for failure in await self._push(sender, entries):
+                key = f"{integration.account_id}:{integration.version}"
+                open_until = self.breaker.open_until(key, now)
+                if open_until is not None:
+                    skipped.update((e.id, (CIRCUIT_OPEN, open_until)) for e in entries)
+                    continue
+                pushed = await self._push(sender, entries, integration.kind)
+                outage = len(pushed) == len(entries) and all(f.retryable for f in pushed)
+                self.breaker.record(key, ok=not outage, now=now)
+                for failure in pushed:
                     failures[failure.message_id] = failure
             async with session.begin():
                 return await self._write_back(session, token, rows, failures, skipped, now)
@@ -119,14 +152,28 @@ class OutboxRelay:
         ).scalars()
         return token, rows, {i.account_id: i for i in integrations}
 
-    async def _push(self, sender: QueueSender, entries: list[OutboxEntry]) -> list[SendFailure]:
+    async def _push(
+        self, sender: QueueSender, entries: list[OutboxEntry], kind: str
+    ) -> list[SendFailure]:
         messages = [OutgoingMessage(e.message_id, e.invite_id, e.body) for e in entries]
+        started = time.perf_counter()
         try:
-            return await sender.send_batch(messages)
+            failures = await sender.send_batch(messages)
         except Exception as exc:  # a sender bug or outage must not lose the batch
             error = f"{type(exc).__name__}: queue push failed"
-            log.warning("relay_push_error", error_type=type(exc).__name__)
-            return [SendFailure(m.message_id, error, retryable=True) for m in messages]
+            log.warning("relay_push_error", error_type=type(exc).__name__, kind=kind)
+            failures = [SendFailure(m.message_id, error, retryable=True) for m in messages]
+        metrics.QUEUE_PUSH_LATENCY.labels(kind).observe(time.perf_counter() - started)
+        failed = {f.message_id for f in failures}
+        metrics.QUEUE_PUSHES.labels(kind, "ok").inc(len(messages) - len(failed))
+        if failed:
+            metrics.QUEUE_PUSHES.labels(kind, "error").inc(len(failed))
+        done = self.context.clock.now()
+        for entry in entries:
+            if entry.message_id not in failed:
+                latency = (done - entry.ready_at).total_seconds()
+                metrics.PIPELINE_LATENCY.observe(max(0.0, latency))
+        return failures
 
     async def _write_back(
         self,
@@ -134,7 +181,7 @@ class OutboxRelay:
         token: str,
         rows: list[OutboxEntry],
         failures: dict[str, SendFailure],
-        skipped: set[int],
+        skipped: dict[int, tuple[str, datetime]],
         now: datetime,
     ) -> RelayResult:
         result = RelayResult()
@@ -143,12 +190,13 @@ class OutboxRelay:
         failed_messages: list[dict[str, Any]] = []
         for row in rows:
             if row.id in skipped:
+                why, when = skipped[row.id]
                 retry.append(
                     {
                         "b_id": row.id,
                         "attempts": row.attempts,
-                        "next_attempt_at": now + timedelta(seconds=30),
-                        "last_error": "no queue sender for this integration kind yet",
+                        "next_attempt_at": when,
+                        "last_error": why,
                         "failed_at": None,
                     }
                 )
@@ -183,6 +231,18 @@ class OutboxRelay:
                 delivered,
             )
             result.delivered = len(delivered)
+            # A push that was late (`delayed`) is now done: the message reads `sent` again.
+            delivered_ids = [
+                row.message_id
+                for row in rows
+                if row.id not in skipped and row.message_id not in failures
+            ]
+            await session.execute(
+                update(Message)
+                .where(member_of(session, Message.id, delivered_ids), Message.state == "delayed")
+                .values(state="sent", rule=None, reason=None)
+                .execution_options(synchronize_session=False)
+            )
         if retry:
             await session.execute(
                 update(table)

@@ -40,6 +40,7 @@ from dispatch_engine.models import (
     new_id,
 )
 from dispatch_engine.models.base import table_of
+from dispatch_engine.observability import metrics
 from dispatch_engine.security.hashing import KeyedHasher
 
 log = structlog.get_logger(__name__)
@@ -111,6 +112,9 @@ async def ingest_stream(
 
 
 def _add(totals: IngestCounts, counts: IngestCounts) -> None:
+    metrics.CONTACTS.labels("accepted").inc(counts.accepted)
+    metrics.CONTACTS.labels("rejected").inc(counts.rejected)
+    metrics.CONTACTS.labels("duplicate").inc(counts.duplicates)
     totals.rows += counts.rows
     totals.accepted += counts.accepted
     totals.rejected += counts.rejected

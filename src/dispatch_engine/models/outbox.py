@@ -34,6 +34,7 @@ class OutboxEntry(Base):
     invite_id: Mapped[str] = mapped_column(String(32))
     body: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime]
+    ready_at: Mapped[datetime]  # when the message could first go out (due, or window open)
     next_attempt_at: Mapped[datetime]
     attempts: Mapped[int] = mapped_column(default=0)
     claim_token: Mapped[str | None] = mapped_column(String(32), default=None)

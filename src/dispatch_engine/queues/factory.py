@@ -6,6 +6,42 @@ from dispatch_engine.context import AppContext
 from dispatch_engine.models import QueueIntegration
 from dispatch_engine.queues.base import QueueSender
 from dispatch_engine.queues.local import LocalQueueSender
+from dispatch_engine.services.integrations import integration_secrets
+
+
+def build_sender(context: AppContext, integration: QueueIntegration) -> QueueSender | None:
+    """A new sender for the integration's kind, with its secrets decrypted."""
+    config = integration.config
+    if integration.kind == "local":
+        return LocalQueueSender(context.sessions, integration.account_id, context.clock)
+    secrets = integration_secrets(integration, context.cipher)
+    settings = context.settings
+    if integration.kind == "sqs":
+        from dispatch_engine.queues.sqs import SqsLimits, SqsQueueSender
+
+        return SqsQueueSender(
+            queue_url=config["queue_url"],
+            region=config["region"],
+            fifo=bool(config.get("fifo")),
+            endpoint_url=config.get("endpoint_url"),
+            access_key_id=config.get("access_key_id"),
+            secret_access_key=secrets.get("secret_access_key"),
+            limits=SqsLimits(
+                max_message_bytes=settings.sqs_max_message_bytes,
+                max_batch_bytes=settings.sqs_max_batch_bytes,
+                concurrency=settings.sqs_concurrency,
+            ),
+        )
+    if integration.kind == "azure_service_bus":
+        from dispatch_engine.queues.servicebus import ServiceBusQueueSender
+
+        return ServiceBusQueueSender(
+            connection_string=secrets.get("connection_string"),
+            namespace=config.get("namespace"),
+            queue_name=config.get("queue_name"),
+            topic_name=config.get("topic_name"),
+        )
+    return None
 
 
 class SenderCache:
@@ -28,11 +64,7 @@ class SenderCache:
         return sender
 
     def _build(self, integration: QueueIntegration) -> QueueSender | None:
-        if integration.kind == "local":
-            return LocalQueueSender(
-                self.context.sessions, integration.account_id, self.context.clock
-            )
-        return None
+        return build_sender(self.context, integration)
 
     async def aclose(self) -> None:
         for sender in self._senders.values():

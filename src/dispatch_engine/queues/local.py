@@ -53,5 +53,8 @@ class LocalQueueSender:
                 await session.execute(table_of(LocalQueueMessage).insert(), rows)
         return []
 
+    async def probe(self, body: bytes, message_id: str) -> None:
+        await self.send_batch([OutgoingMessage(message_id, message_id, body)])
+
     async def aclose(self) -> None:
         return None

@@ -5,7 +5,7 @@ Both are idempotent and set-based, so several workers may run them at once.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -44,6 +44,37 @@ async def expire_tokens(session: AsyncSession, now: datetime) -> int:
         .execution_options(synchronize_session=False)
     )
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+
+async def mark_delayed(session: AsyncSession, now: datetime, after: timedelta) -> int:
+    """R-Q-2: a message stuck past its due time — not by a rule or a pause — is `delayed`.
+
+    Two ways to be stuck: never claimed (no worker, a backlog), or passed by the rules but
+    its queue push not yet acknowledged. The claim loop and the relay turn a delayed message
+    back into `sent` (or `failed`) when they get to it.
+    """
+    cutoff = now - after
+    unclaimed = await session.execute(
+        update(Message)
+        .where(Message.state == "pending", Message.not_before <= cutoff)
+        .values(state="delayed", rule="queue", reason="not_decided_in_time")
+        .execution_options(synchronize_session=False)
+    )
+    unpushed = await session.execute(
+        update(Message)
+        .where(
+            Message.state == "sent",
+            Message.sent_at <= cutoff,
+            Message.id.in_(
+                select(OutboxEntry.message_id).where(
+                    OutboxEntry.delivered_at.is_(None), OutboxEntry.failed_at.is_(None)
+                )
+            ),
+        )
+        .values(state="delayed", rule="queue", reason="not_pushed_in_time")
+        .execution_options(synchronize_session=False)
+    )
+    return int((unclaimed.rowcount or 0) + (unpushed.rowcount or 0))  # type: ignore[attr-defined]
 
 
 async def erase_finished_contacts(session: AsyncSession, now: datetime) -> int:

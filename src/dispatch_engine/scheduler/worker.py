@@ -21,7 +21,11 @@ from dispatch_engine.delivery.engine import DeliveryEngine
 from dispatch_engine.delivery.facts import DndSettings
 from dispatch_engine.delivery.relay import OutboxRelay
 from dispatch_engine.queues.factory import SenderCache
-from dispatch_engine.scheduler.maintenance import erase_finished_contacts, expire_tokens
+from dispatch_engine.scheduler.maintenance import (
+    erase_finished_contacts,
+    expire_tokens,
+    mark_delayed,
+)
 
 log = structlog.get_logger(__name__)
 MAX_ROUNDS_PER_TICK = 200
@@ -65,15 +69,18 @@ class Worker:
     async def relay_outbox(self) -> None:
         for _ in range(MAX_ROUNDS_PER_TICK):
             if self._stopping:
-                return
+                break
             if (await self.relay.run_once()).handled == 0:
-                return
+                break
+        await self.relay.observe_depth()
 
     async def maintain(self) -> None:
         """Expire tokens, then erase contact data that can no longer be needed."""
         now = self.context.clock.now()
+        delayed_after = timedelta(seconds=self.context.settings.delayed_after_seconds)
         async with self.context.sessions() as session, session.begin():
             await expire_tokens(session, now)
+            await mark_delayed(session, now, delayed_after)
         for _ in range(MAX_ROUNDS_PER_TICK):
             if self._stopping:
                 return

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from fastapi import APIRouter, Header, Response, status
+from pydantic import BaseModel, Field
 
 from dispatch_engine.api.deps import (
     CONFIG_ROLES,
@@ -11,9 +14,11 @@ from dispatch_engine.api.deps import (
     SessionDep,
     require_account,
 )
-from dispatch_engine.errors import NotImplementedYet
+from dispatch_engine.models import new_id
+from dispatch_engine.queues.factory import build_sender
 from dispatch_engine.schemas.accounts import AccountCreate, AccountOut, AccountPatch
 from dispatch_engine.schemas.integrations import IntegrationIn, IntegrationOut
+from dispatch_engine.schemas.queue_message import build_probe, encode_message
 from dispatch_engine.services import accounts as service
 from dispatch_engine.services import integrations
 from dispatch_engine.services.etags import check_if_match, etag
@@ -119,9 +124,58 @@ async def get_integration(account_id: str, actor: ReadActor, session: SessionDep
         return integrations.integration_out(await integrations.get_integration(session, account_id))
 
 
-@router.post("/{account_id}/queue-integration/verify", response_model=None)
-async def verify_integration(account_id: str, actor: ReadActor, session: SessionDep) -> None:
-    """Send a probe message through the integration (arrives with queue delivery)."""
+class VerifyResult(BaseModel):
+    ok: bool
+    kind: str
+    message_id: str = Field(description="The probe's message id (type `probe`; vendors ignore it).")
+    verified_at: datetime | None
+    error: str | None = Field(description="The provider's error, in plain words.")
+
+
+@router.post("/{account_id}/queue-integration/verify", response_model=VerifyResult)
+async def verify_integration(
+    account_id: str, actor: ReadActor, session: SessionDep
+) -> VerifyResult:
+    """Send a probe message through the integration and report what the queue said."""
     async with session.begin():
-        await integrations.get_integration(session, account_id)
-    raise NotImplementedYet("verifying a queue integration arrives with queue delivery")
+        integration = await integrations.get_integration(session, account_id)
+        session.expunge(integration)
+    now = actor.now()
+    probe = build_probe(message_id=new_id("probe"), account=account_id, sent_at=now)
+    error: str | None = None
+    sender = build_sender(actor.context, integration)
+    if sender is None:
+        error = f"queue kind '{integration.kind}' has no sender"
+    else:
+        try:
+            await sender.probe(encode_message(probe), probe.message_id)
+        except Exception as exc:  # the provider's reason, in plain words, for the caller
+            error = plain_error(exc)
+        finally:
+            await sender.aclose()
+    async with session.begin():
+        stored = await integrations.get_integration(session, account_id)
+        stored.verified_at = now if error is None else stored.verified_at
+        stored.verify_error = error
+        actor.audit(
+            session,
+            "queue_integration.verify",
+            "queue_integration",
+            account_id,
+            account_id=account_id,
+            after={"ok": error is None, "error": error},
+        )
+        verified_at = stored.verified_at
+    return VerifyResult(
+        ok=error is None,
+        kind=integration.kind,
+        message_id=probe.message_id,
+        verified_at=verified_at,
+        error=error,
+    )
+
+
+def plain_error(exc: Exception) -> str:
+    """A sender's reason when it gives one; otherwise the error's type, never its details."""
+    reason = getattr(exc, "reason", None)
+    return str(reason) if reason else f"{type(exc).__name__}: the queue refused the probe"

@@ -1,0 +1,70 @@
+"""Structured JSON logs (structlog) with request, account and dispatch ids — never PII.
+
+Log events carry ids and reasons only: no addresses, tokens, secrets or message bodies.
+The request log line records the route's path without its query string (a token lookup
+puts the token in the query).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+def configure_logging(level: str = "INFO", json: bool = True) -> None:
+    """JSON lines on stdout; stdlib logging (uvicorn, apscheduler) goes the same way."""
+    renderer: structlog.types.Processor = (
+        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        cache_logger_on_first_use=False,
+    )
+    logging.basicConfig(level=level.upper(), stream=sys.stdout, format="%(message)s")
+
+
+async def request_context(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    """Bind a request id (taken from X-Request-ID when sane) for every log line of the request."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    request_id = (
+        given
+        if given.isascii() and 0 < len(given) <= 64 and given.isprintable()
+        else (uuid.uuid4().hex)
+    )
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    response = await call_next(request)
+    params = request.path_params
+    structlog.get_logger("dispatch_engine.http").info(
+        "request",
+        method=request.method,
+        path=request.url.path,
+        status=response.status_code,
+        duration_ms=round((time.perf_counter() - started) * 1000, 1),
+        account=params.get("account_id"),
+        dispatch=params.get("dispatch_id"),
+    )
+    response.headers[REQUEST_ID_HEADER] = request_id
+    return response

@@ -1,0 +1,74 @@
+"""Prometheus metrics. Labels are bounded sets only: never addresses, tokens or ids.
+
+With several API worker processes set PROMETHEUS_MULTIPROC_DIR (an empty directory shared
+by the processes); `/metrics` then aggregates every process's samples.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client import multiprocess as prometheus_multiprocess
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+CONTACTS = Counter("dispatch_contacts_total", "Contact rows received, by outcome.", ["outcome"])
+MESSAGES = Counter(
+    "dispatch_messages_total",
+    "Messages decided by the rule pipeline, by outcome and reason.",
+    ["outcome", "reason"],
+)
+CLAIM_LAG = Histogram(
+    "dispatch_claim_lag_seconds",
+    "How long a due message waited before a worker decided it.",
+    buckets=LATENCY_BUCKETS,
+)
+PIPELINE_LATENCY = Histogram(
+    "dispatch_pipeline_latency_seconds",
+    "From the moment a message came due (or its window opened) to the queue's ack.",
+    buckets=LATENCY_BUCKETS,
+)
+DND_REQUESTS = Counter(
+    "dispatch_dnd_requests_total",
+    "DND webhook checks, by target host and answer.",
+    ["host", "answer"],
+)
+DND_LATENCY = Histogram(
+    "dispatch_dnd_latency_seconds", "DND webhook check latency, by target host.", ["host"]
+)
+QUEUE_PUSHES = Counter(
+    "dispatch_queue_push_total",
+    "Messages pushed to queues, by queue kind and outcome.",
+    ["kind", "outcome"],
+)
+QUEUE_PUSH_LATENCY = Histogram(
+    "dispatch_queue_push_latency_seconds", "Latency of one queue push call, by kind.", ["kind"]
+)
+OUTBOX_DEPTH = Gauge(
+    "dispatch_outbox_depth",
+    "Outbox rows not yet acknowledged by a queue.",
+    multiprocess_mode="max",
+)
+OUTBOX_OLDEST_AGE = Gauge(
+    "dispatch_outbox_oldest_age_seconds",
+    "Age of the oldest unacknowledged outbox row.",
+    multiprocess_mode="max",
+)
+
+
+def metrics_payload() -> tuple[bytes, str]:
+    """The exposition text: all processes' samples in multiprocess mode, else this one's."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        prometheus_multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,266 @@
+"""Crash safety, Jepsen-style (R-RUL-2): SIGKILL the worker again and again, stop the queue
+for a while, then compare the queue's contents with the database.
+
+Every message that passed is on the queue (lost = 0), none that did not pass is there
+(unexpected = 0), and any duplicate carries the same message id (FIFO queues and vendors
+de-duplicate on it). Runs on PostgreSQL against moto's SQS server in its own process, so
+the queue can be frozen (SIGSTOP) to make an outage without losing its contents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+import httpx
+import orjson
+import pytest
+from sqlalchemy import func, select
+
+from dispatch_engine.context import AppContext
+from dispatch_engine.models import Message, OutboxEntry
+from tests.conftest import ENCRYPTION_KEYS, HMAC_KEYS
+
+BIN = Path(sys.executable).parent
+ALL_WEEK = {
+    d: [{"start": "00:00", "end": "24:00"}]
+    for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+}
+CONTACTS = 160
+UNSUBSCRIBED = 16
+KILL_CYCLES = 12
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_moto(port: int, log: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
+            return process
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("moto_server did not start")
+
+
+def _worker(url: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DISPATCH_DATABASE_URL": url,
+        "DISPATCH_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
+        "DISPATCH_HMAC_KEYS": HMAC_KEYS,
+        "DISPATCH_DATA_DIR": str(log.parent),
+        "DISPATCH_CLAIM_BATCH_SIZE": "10",
+        "DISPATCH_RELAY_BATCH_SIZE": "10",
+        "DISPATCH_CLAIM_INTERVAL_SECONDS": "0.05",
+        "DISPATCH_RELAY_INTERVAL_SECONDS": "0.05",
+        "DISPATCH_CLAIM_LEASE_SECONDS": "5",
+        "DISPATCH_RELAY_BACKOFF_SECONDS": "0.2",
+        "DISPATCH_RELAY_BACKOFF_MAX_SECONDS": "1",
+        "DISPATCH_RELAY_MAX_ATTEMPTS": "1000",
+        "DISPATCH_RELAY_BREAKER_COOLDOWN_SECONDS": "0.5",
+        "DISPATCH_SQS_CONCURRENCY": "2",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    return subprocess.Popen(
+        [str(BIN / "dispatch-engine"), "worker", "--grace", "2"],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+async def _drain_queue(endpoint: str, queue_url: str) -> Counter[str]:
+    seen: Counter[str] = Counter()
+    session = aioboto3.Session()
+    async with session.client(
+        "sqs",
+        region_name="us-east-1",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ) as sqs:
+        empty = 0
+        while empty < 3:
+            answer = await sqs.receive_message(
+                QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=3600
+            )
+            batch = answer.get("Messages", [])
+            if not batch:
+                empty += 1
+                continue
+            empty = 0
+            for message in batch:
+                body: dict[str, Any] = orjson.loads(message["Body"])
+                seen[body["message_id"]] += 1
+    return seen
+
+
+async def _settled(context: AppContext) -> bool:
+    async with context.sessions() as session:
+        waiting = (
+            await session.execute(
+                select(func.count())
+                .select_from(Message)
+                .where(Message.state.in_(("pending", "deferred", "delayed", "held")))
+            )
+        ).scalar_one()
+        unpushed = (
+            await session.execute(
+                select(func.count())
+                .select_from(OutboxEntry)
+                .where(OutboxEntry.delivered_at.is_(None), OutboxEntry.failed_at.is_(None))
+            )
+        ).scalar_one()
+    return waiting == 0 and unpushed == 0
+
+
+@pytest.mark.slow
+async def test_kill_the_worker_again_and_again_lose_nothing(
+    client: httpx.AsyncClient, admin: dict[str, str], context: AppContext, tmp_path: Path
+) -> None:
+    if context.engine.dialect.name != "postgresql":
+        pytest.skip("the crash checker runs on PostgreSQL")
+    from dispatch_engine.clock import SystemClock
+
+    context.clock = SystemClock()
+    rng = random.Random(20261128)
+    port = _free_port()
+    moto = _start_moto(port, tmp_path / "moto.log")
+    endpoint = f"http://127.0.0.1:{port}"
+    workers: list[subprocess.Popen[bytes]] = []
+    try:
+        session = aioboto3.Session()
+        async with session.client(
+            "sqs",
+            region_name="us-east-1",
+            endpoint_url=endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        ) as sqs:
+            queue_url = (await sqs.create_queue(QueueName="crash"))["QueueUrl"]
+        assert (
+            await client.post("/v1/accounts", headers=admin, json={"id": "acme", "name": "A"})
+        ).status_code == 201
+        put = await client.put(
+            "/v1/accounts/acme/queue-integration",
+            headers=admin,
+            json={
+                "kind": "sqs",
+                "queue_url": queue_url,
+                "region": "us-east-1",
+                "endpoint_url": endpoint,
+                "access_key_id": "testing",
+                "secret_access_key": "testing",
+            },
+        )
+        assert put.status_code == 200, put.text
+        policy = (
+            await client.post(
+                "/v1/accounts/acme/policies",
+                headers=admin,
+                json={
+                    "name": "Now",
+                    "lineup": [{"channel": "email", "delay": "PT0S"}],
+                    "business_rules": {"time_zone": "UTC", "days": ALL_WEEK},
+                },
+            )
+        ).json()
+        dispatch = (
+            await client.post(
+                "/v1/accounts/acme/dispatches",
+                headers=admin,
+                json={
+                    "questionnaire_id": "q",
+                    "policy_id": policy["id"],
+                    "token_validity": "P7D",
+                    "message_templates": {policy["lineup"][0]["id"]: "tpl"},
+                },
+            )
+        ).json()
+        contacts = [{"email": f"p{i}@example.com", "external_id": f"c{i}"} for i in range(CONTACTS)]
+        posted = await client.post(
+            f"/v1/accounts/acme/dispatches/{dispatch['id']}/contacts",
+            headers=admin,
+            json={"contacts": contacts},
+        )
+        assert posted.json()["counts"]["accepted"] == CONTACTS
+        for i in range(UNSUBSCRIBED):
+            event = await client.post(
+                "/v1/accounts/acme/events",
+                headers=admin,
+                json={"type": "unsubscribe", "channel": "email", "address": f"p{i}@example.com"},
+            )
+            assert event.status_code == 200, event.text
+
+        url = context.settings.effective_database_url
+        log = tmp_path / "worker.log"
+        for cycle in range(KILL_CYCLES):
+            worker = _worker(url, log)
+            workers.append(worker)
+            if cycle == KILL_CYCLES // 2:  # a queue outage in the middle of the run
+                await asyncio.sleep(0.5)
+                moto.send_signal(signal.SIGSTOP)
+                await asyncio.sleep(3)
+                moto.send_signal(signal.SIGCONT)
+            await asyncio.sleep(rng.uniform(0.4, 1.6))
+            worker.kill()  # SIGKILL: no cleanup, claims and leases left behind
+            worker.wait()
+        final = _worker(url, log)
+        workers.append(final)
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and not await _settled(context):
+            await asyncio.sleep(0.5)
+        final.send_signal(signal.SIGTERM)
+        assert final.wait(timeout=30) == 0
+        assert await _settled(context), log.read_text()[-3000:]
+
+        async with context.sessions() as db:
+            passed = set(
+                (await db.execute(select(Message.id).where(Message.state == "sent"))).scalars()
+            )
+            not_passed = set(
+                (await db.execute(select(Message.id).where(Message.state != "sent"))).scalars()
+            )
+        delivered = await _drain_queue(endpoint, queue_url)
+        lost = passed - set(delivered)
+        unexpected = set(delivered) - passed
+        assert len(passed) == CONTACTS - UNSUBSCRIBED
+        assert len(not_passed) == UNSUBSCRIBED
+        assert lost == set(), f"lost {len(lost)}"
+        assert unexpected == set(), f"unexpected {len(unexpected)}"
+        # Duplicates (at-least-once) are the same message id by construction of the Counter;
+        # report how many there were.
+        duplicates = sum(count - 1 for count in delivered.values())
+        print(
+            f"crash checker: {len(passed)} passed, {len(delivered)} distinct on the queue, "
+            f"lost 0, unexpected 0, {duplicates} duplicate deliveries (same message id)"
+        )
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+        moto.send_signal(signal.SIGCONT)
+        moto.terminate()
+        moto.wait(timeout=10)
