@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dispatch_engine.clients.dnd_webhook import DndClient, DndQuery
 from dispatch_engine.context import AppContext
 from dispatch_engine.db.bulk import insert_rows, member_of
-from dispatch_engine.delivery.claims import claim_due_messages, still_owned
+from dispatch_engine.delivery.claims import claim_due_messages, release_claims, still_owned
 from dispatch_engine.delivery.contacts import open_contact
 from dispatch_engine.delivery.facts import (
     DndSettings,
@@ -79,6 +79,7 @@ class DeliveryEngine:
         self.batch_size = batch_size or context.settings.claim_batch_size
         self.lease = lease or timedelta(seconds=context.settings.claim_lease_seconds)
         self.dnd = dnd or DndSettings()
+        self.holding: dict[str, list[str]] = {}  # claim token → ids of rounds in flight
 
     async def run_until_idle(self, max_rounds: int = 1000) -> RoundResult:
         """Rounds until nothing is due (tests and the embedded worker use this)."""
@@ -100,16 +101,31 @@ class DeliveryEngine:
                 )
             if not ids:
                 return RoundResult()
-            answers = await self._ask_dnd(session, ids, now)
-            for attempt in range(3):
-                try:
-                    async with session.begin():
-                        return await self._decide_and_write(session, ids, token, now, answers)
-                except IntegrityError:
-                    # Another worker took a fatigue lock for the same person meanwhile:
-                    # decide again with fresh facts (the lock now makes it a suppression).
-                    log.info("delivery_writeback_retry", attempt=attempt + 1)
-            raise RuntimeError("write-back kept conflicting; the lease will expire and retry")
+            self.holding[token] = ids
+            try:
+                answers = await self._ask_dnd(session, ids, now)
+                for attempt in range(3):
+                    try:
+                        async with session.begin():
+                            return await self._decide_and_write(session, ids, token, now, answers)
+                    except IntegrityError:
+                        # Another worker took a fatigue lock for the same person meanwhile:
+                        # decide again with fresh facts (the lock now makes it a suppression).
+                        log.info("delivery_writeback_retry", attempt=attempt + 1)
+                raise RuntimeError("write-back kept conflicting; the lease will expire")
+            finally:
+                self.holding.pop(token, None)
+
+    async def release_held_claims(self) -> int:
+        """Hand back the claims of rounds that were cut short (shutdown): the next worker
+        takes them at once instead of waiting for the lease to expire."""
+        released = 0
+        for token, ids in list(self.holding.items()):
+            async with self.context.sessions() as session, session.begin():
+                await release_claims(session, ids, token)
+            released += len(ids)
+            self.holding.pop(token, None)
+        return released
 
     async def _facts(self, session: AsyncSession, ids: list[str], now: datetime) -> BatchFacts:
         facts = await load_batch_facts(session, ids)

@@ -56,6 +56,7 @@ class Worker:
         # "skipped: maximum number of running instances" is the intended back-pressure.
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
         self._stopping = False
+        self._running: set[asyncio.Task[object]] = set()
 
     async def deliver(self) -> None:
         """One tick: rounds of claimed batches until nothing is due (or shutdown)."""
@@ -89,10 +90,16 @@ class Worker:
                     return
 
     async def _guarded(self, name: str, job: str) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
         try:
             await getattr(self, job)()
         except Exception as exc:  # a failing round must not kill the scheduler
             log.error("job_failed", job=name, error_type=type(exc).__name__)
+        finally:
+            if task is not None:
+                self._running.discard(task)
 
     def start(self) -> None:
         settings = self.context.settings
@@ -118,11 +125,16 @@ class Worker:
         self._stopping = True
         if self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        deadline = asyncio.get_running_loop().time() + grace_seconds
-        while asyncio.get_running_loop().time() < deadline:
-            if not any(j for j in asyncio.all_tasks() if "_guarded" in repr(j.get_coro())):
-                break
-            await asyncio.sleep(0.05)
+        running = set(self._running)
+        if running:
+            _, late = await asyncio.wait(running, timeout=grace_seconds)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late, timeout=5)
+        released = await self.engine.release_held_claims()
+        if released:
+            log.info("claims_released", count=released)
         await self.senders.aclose()
         await self.http.aclose()
         log.info("worker_stopped")
