@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# A tiny run of every benchmark, so CI proves they still work (figures are not checked).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+$PY -m bench.ingest --rows 2000
+$PY -m bench.dispatch --rows 2000
+if [ -f bench/relay.py ]; then
+  $PY -m bench.relay --rows 2000
+fi
