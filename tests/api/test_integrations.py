@@ -338,14 +338,45 @@ async def test_replace_bumps_version_and_drops_old_secret(
 
 
 @pytest.mark.usefixtures("acme")
-async def test_verify_is_not_implemented_yet(
+async def test_verify_sends_a_probe_the_vendor_can_ignore(
     client: httpx.AsyncClient, admin: dict[str, str]
 ) -> None:
     await _put(client, admin, {"kind": "local"})
     response = await client.post(f"{PATH}/verify", headers=admin)
-    assert response.status_code == 501
-    assert response.headers["content-type"] == "application/problem+json"
-    assert response.json()["type"] == "urn:dispatch-engine:problem:not-implemented"
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["ok"] is True and result["error"] is None and result["verified_at"]
+    assert (await client.get(PATH, headers=admin)).json()["verified_at"] == result["verified_at"]
+    queued = (await client.get("/v1/accounts/acme/queue/messages", headers=admin)).json()
+    assert [m["body"]["type"] for m in queued] == ["probe"]
+    assert queued[0]["message_id"] == result["message_id"]
+
+
+@pytest.mark.usefixtures("acme")
+async def test_verify_reports_the_queue_error_in_plain_words(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    closed = "http://127.0.0.1:9"  # nothing listens on the discard port here
+    await _put(
+        client,
+        admin,
+        {
+            "kind": "sqs",
+            "queue_url": f"{closed}/123456789012/q",
+            "region": "us-east-1",
+            "endpoint_url": closed,
+            "access_key_id": "x",
+            "secret_access_key": "not-logged",
+        },
+    )
+    response = await client.post(f"{PATH}/verify", headers=admin)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["ok"] is False
+    assert "unreachable" in result["error"]
+    assert "not-logged" not in response.text
+    stored = (await client.get(PATH, headers=admin)).json()
+    assert stored["verified_at"] is None and stored["verify_error"] == result["error"]
 
 
 @pytest.mark.usefixtures("acme")

@@ -76,3 +76,57 @@ async def insert_rows(session: AsyncSession, table: Table, rows: Sequence[dict[s
     except asyncpg.IntegrityConstraintViolationError as exc:
         # Same exception type as the ORM paths, so callers retry races in one place.
         raise IntegrityError(f"COPY {table.name}", None, exc) from exc
+
+
+def _pg_array_type(column: Any) -> str:
+    """The PostgreSQL array element type for a column, for `unnest($n::type[])`."""
+    from sqlalchemy import BigInteger, Boolean, DateTime, Integer, LargeBinary
+
+    kind = column.type
+    if isinstance(kind, Boolean):
+        return "boolean"
+    if isinstance(kind, BigInteger):
+        return "bigint"
+    if isinstance(kind, Integer):
+        return "integer"
+    if isinstance(kind, DateTime) or (
+        getattr(kind, "impl", None) is not None and isinstance(kind.impl, DateTime)
+    ):
+        return "timestamptz"
+    if isinstance(kind, LargeBinary):
+        return "bytea"
+    return "text"
+
+
+async def update_rows(
+    session: AsyncSession, table: Table, key: str, rows: Sequence[dict[str, Any]]
+) -> None:
+    """Update many rows by key, each with its own values, in one statement on PostgreSQL
+    (`UPDATE … FROM unnest(arrays)`); executemany elsewhere. All rows carry the same keys."""
+    if not rows:
+        return
+    columns = [c for c in rows[0] if c != key]
+    if dialect_of(session) != "postgresql":
+        statement = (
+            table.update()
+            .where(table.c[key] == bindparam("_key"))
+            .values({c: bindparam(f"_v_{c}") for c in columns})
+        )
+        await session.execute(
+            statement,
+            [{"_key": row[key], **{f"_v_{c}": row[c] for c in columns}} for row in rows],
+        )
+        return
+    names = [key, *columns]
+    arrays = [f"${i}::{_pg_array_type(table.c[name])}[]" for i, name in enumerate(names, start=1)]
+    assignments = ", ".join(f'"{c}" = v."{c}"' for c in columns)
+    sql = (
+        f'UPDATE "{table.name}" AS t SET {assignments} '
+        f"FROM unnest({', '.join(arrays)}) AS v({', '.join(chr(34) + n + chr(34) for n in names)}) "
+        f'WHERE t."{key}" = v."{key}"'
+    )
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    await driver.execute(sql, *[[row[name] for row in rows] for name in names])

@@ -7,6 +7,7 @@ token checked so a worker whose lease was taken over writes nothing.
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -14,13 +15,13 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.clients.dnd_webhook import DndClient, DndQuery
 from dispatch_engine.context import AppContext
-from dispatch_engine.db.bulk import insert_rows, member_of
+from dispatch_engine.db.bulk import insert_rows, member_of, update_rows
 from dispatch_engine.delivery.claims import claim_due_messages, release_claims, still_owned
 from dispatch_engine.delivery.contacts import open_contact
 from dispatch_engine.delivery.facts import (
@@ -103,18 +104,28 @@ class DeliveryEngine:
                 return RoundResult()
             self.holding[token] = ids
             try:
-                answers = await self._ask_dnd(session, ids, now)
-                for attempt in range(3):
-                    try:
-                        async with session.begin():
-                            return await self._decide_and_write(session, ids, token, now, answers)
-                    except IntegrityError:
-                        # Another worker took a fatigue lock for the same person meanwhile:
-                        # decide again with fresh facts (the lock now makes it a suppression).
-                        log.info("delivery_writeback_retry", attempt=attempt + 1)
-                raise RuntimeError("write-back kept conflicting; the lease will expire")
-            finally:
-                self.holding.pop(token, None)
+                result = await self._decide(session, ids, token, now)
+            except asyncio.CancelledError:
+                raise  # cut short (shutdown): the claims stay listed for release_held_claims
+            except Exception:
+                self.holding.pop(token, None)  # the lease brings them back
+                raise
+            self.holding.pop(token, None)
+            return result
+
+    async def _decide(
+        self, session: AsyncSession, ids: list[str], token: str, now: datetime
+    ) -> RoundResult:
+        answers = await self._ask_dnd(session, ids, now)
+        for attempt in range(3):
+            try:
+                async with session.begin():
+                    return await self._decide_and_write(session, ids, token, now, answers)
+            except IntegrityError:
+                # Another worker took a fatigue lock for the same person meanwhile:
+                # decide again with fresh facts (the lock now makes it a suppression).
+                log.info("delivery_writeback_retry", attempt=attempt + 1)
+        raise RuntimeError("write-back kept conflicting; the lease will expire")
 
     async def release_held_claims(self) -> int:
         """Hand back the claims of rounds that were cut short (shutdown): the next worker
@@ -157,6 +168,9 @@ class DeliveryEngine:
         facts.unsubscribed = await load_unsubscribes(session, wanted)
         facts.lock_holders = await load_lock_holders(session, lock_keys)
         facts.ledger = await load_ledger(session, rule2_hashes, earliest)
+        # Facts are read-only snapshots: detach them so the write-back's set-based
+        # statements are the only writes (no per-row ORM flush of touched attributes).
+        session.expunge_all()
         return facts
 
     async def _ask_dnd(
@@ -261,10 +275,11 @@ class _BatchWriter:
         self.ledger: list[dict[str, Any]] = []
         self.invite_updates: dict[str, dict[str, Any]] = {}
         self.stale_locks: list[str] = []
+        self.first_sends: set[str] = set()  # invites whose first message this batch sent
         self.outcomes: Counter[str] = Counter()
 
     def _invite_update(self, invite: Invite, **values: Any) -> None:
-        self.invite_updates.setdefault(invite.id, {"b_id": invite.id}).update(values)
+        self.invite_updates.setdefault(invite.id, {"id": invite.id}).update(values)
 
     def _count(self, message: Message, outcome: str, reason: str | None) -> None:
         self.outcomes[reason or outcome] += 1
@@ -274,7 +289,7 @@ class _BatchWriter:
 
     def apply(self, message: Message, decision: Decision) -> None:
         base = {
-            "b_id": message.id,
+            "id": message.id,
             "claim_token": None,
             "lease_until": None,
             "handled_by": self.context.settings.worker_id,
@@ -380,7 +395,8 @@ class _BatchWriter:
                 "attempts": 0,
             }
         )
-        if invite.first_sent_at is None:
+        if invite.first_sent_at is None and invite.id not in self.first_sends:
+            self.first_sends.add(invite.id)
             policy = policy_of(self.facts, message)
             self.ledger.append(
                 {
@@ -394,7 +410,6 @@ class _BatchWriter:
                     "sent_at": self.now,
                 }
             )
-            invite.first_sent_at = self.now
             values: dict[str, Any] = {"first_sent_at": self.now}
             pending_token = rules_for(self.facts, policy).fatigue.pending_token.enabled
             if pending_token and invite.fatigue_lock is None:
@@ -406,10 +421,8 @@ class _BatchWriter:
                     # The rules passed, so that holder's token expired or was answered:
                     # its stale lock is handed over (released first, in flush()).
                     self.stale_locks.append(holder.id)
-                    holder.fatigue_lock = None
                 self.facts.lock_holders[key] = invite
                 values["fatigue_lock"] = key
-                invite.fatigue_lock = key
             self._invite_update(invite, **values)
 
     def _schedule_next(self, message: Message, invite: Invite) -> None:
@@ -448,25 +461,9 @@ class _BatchWriter:
         self._invite_update(invite, **values)
 
     async def flush(self, session: AsyncSession) -> None:
+        """A handful of set-based statements for the whole batch."""
         messages = table_of(Message)
-        if self.message_updates:
-            await session.execute(
-                update(messages)
-                .where(messages.c.id == bindparam("b_id"))
-                .values(
-                    state=bindparam("state"),
-                    rule=bindparam("rule"),
-                    reason=bindparam("reason"),
-                    sent_at=bindparam("sent_at"),
-                    decided_at=bindparam("decided_at"),
-                    not_before=bindparam("not_before"),
-                    attempts=bindparam("attempts"),
-                    claim_token=bindparam("claim_token"),
-                    lease_until=bindparam("lease_until"),
-                    handled_by=bindparam("handled_by"),
-                ),
-                self.message_updates,
-            )
+        await update_rows(session, messages, "id", self.message_updates)
         await insert_rows(session, messages, self.new_messages)
         await insert_rows(session, table_of(OutboxEntry), self.outbox)
         await insert_rows(session, table_of(FatigueLedger), self.ledger)
@@ -474,17 +471,12 @@ class _BatchWriter:
 
     async def _flush_invites(self, session: AsyncSession) -> None:
         invites = table_of(Invite)
-        if self.stale_locks:
+        if self.stale_locks:  # released before any invite takes the lock over
             await session.execute(
                 update(invites).where(invites.c.id.in_(self.stale_locks)).values(fatigue_lock=None)
             )
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for values in self.invite_updates.values():
-            groups.setdefault(tuple(sorted(k for k in values if k != "b_id")), []).append(values)
-        for columns, rows in groups.items():
-            await session.execute(
-                update(invites)
-                .where(invites.c.id == bindparam("b_id"))
-                .values({column: bindparam(column) for column in columns}),
-                rows,
-            )
+            groups.setdefault(tuple(sorted(values)), []).append(values)
+        for rows in groups.values():
+            await update_rows(session, invites, "id", rows)

@@ -18,6 +18,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 REQUEST_ID_HEADER = "X-Request-ID"
+QUIET_LIBRARIES = (
+    "aiosqlite",
+    "sqlalchemy",
+    "asyncpg",
+    "httpx",
+    "httpcore",
+    "botocore",
+    "aiobotocore",
+    "aioboto3",
+    "urllib3",
+    "azure",
+    "uvicorn.access",
+    "apscheduler",
+    "multipart",
+)
 
 
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
@@ -36,10 +51,29 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        logger_factory=structlog.PrintLoggerFactory(),  # sys.stdout as it is at each call
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=level.upper(), stream=sys.stdout, format="%(message)s")
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    for noisy in QUIET_LIBRARIES:  # their debug lines carry SQL parameters and payloads
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not any(isinstance(h, _CurrentStdout) for h in root.handlers):
+        handler = _CurrentStdout()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root.addHandler(handler)
+
+
+class _CurrentStdout(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stdout is now (test capture swaps it)."""
+
+    @property
+    def stream(self) -> object:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value: object) -> None:
+        pass
 
 
 async def request_context(

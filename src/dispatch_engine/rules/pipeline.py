@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 
 from dispatch_engine.rules.base import Decision, Defer, Hold, Pass, Suppress
 from dispatch_engine.rules.business_hours import BusinessHours, next_send_time
@@ -96,10 +97,18 @@ def fatigue_max_invites(f: MessageFacts) -> Decision | None:
     return None
 
 
+@lru_cache(maxsize=4096)
+def _window(now: datetime, hours: BusinessHours, zone: str | None) -> tuple[bool, datetime]:
+    """Memoised: a batch decides all its messages at one `now`, so each policy's window is
+    worked out once per batch rather than once per message (the function is pure)."""
+    decision = next_send_time(now, hours, zone)
+    return decision.deferred, decision.send_at
+
+
 def business_window(f: MessageFacts) -> Decision | None:
-    decision = next_send_time(f.now, f.business_hours, f.contact_zone)
-    if decision.deferred:
-        return Defer("business_window", "deferred_business_hours", decision.send_at)
+    deferred, send_at = _window(f.now, f.business_hours, f.contact_zone)
+    if deferred:
+        return Defer("business_window", "deferred_business_hours", send_at)
     return None
 
 

@@ -1,0 +1,356 @@
+"""Relay benchmark: outbox rows pushed to SQS by the project's OutboxRelay and SQS sender.
+
+Seeds --rows outbox rows (about 1 KB of invitation JSON each) for one account whose queue
+integration is `sqs`, pointing at a loopback SQS stand-in (bench/sqs_sink.py, run in its
+own process), then drains the outbox with `OutboxRelay` + `SenderCache` — once with a
+standard queue, once with a FIFO queue (one message group per invite). Prints messages/s
+next to the raw ceiling measured in the same run: a plain aioboto3 `send_message_batch`
+loop (10 entries a call, --concurrency calls in flight) against the same sink. The sink
+counts distinct message ids, so a lost or doubled message shows.
+
+    .venv/bin/python -m bench.relay --rows 100000
+    .venv/bin/python -m bench.relay --rows 100000 --db sqlite
+    .venv/bin/python -m bench.relay --rows 2000            # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+import httpx
+from botocore.config import Config
+from sqlalchemy import select
+
+from bench.common import KEYS, create_database, drop_database, free_port
+from dispatch_engine.clock import FrozenClock
+from dispatch_engine.context import AppContext, build_context
+from dispatch_engine.db.bulk import insert_rows
+from dispatch_engine.db.migrate import upgrade
+from dispatch_engine.delivery.relay import OutboxRelay
+from dispatch_engine.models import Account, OutboxEntry, QueueIntegration
+from dispatch_engine.models.base import table_of
+from dispatch_engine.queues.base import OutgoingMessage, QueueSender
+from dispatch_engine.queues.factory import SenderCache
+from dispatch_engine.queues.sqs import SqsLimits, SqsQueueSender
+from dispatch_engine.schemas.queue_message import build_invitation, encode_message
+from dispatch_engine.services.integrations import _aad, integration_secrets
+from dispatch_engine.settings import Settings
+
+NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
+ACCOUNT = "bench"
+REGION = "us-east-1"
+KEY_ID, SECRET = "AKIABENCHBENCHBENCH0", "bench-secret"
+ATTRIBUTES = {  # pads the invitation to about 1 KB, as a real one with a few attributes
+    "first_name": "Alexandra",
+    "last_name": "Montgomery-Featherstonehaugh",
+    "store": "Berlin Alexanderplatz (flagship)",
+    "segment": "loyalty-gold",
+    "order_ref": "ORD-2026-03-0000000000",
+    "notes": "x" * 380,
+}
+
+
+class BenchSenders(SenderCache):
+    """The project's SenderCache; builds the SQS sender itself while the factory can't yet."""
+
+    limits = SqsLimits()
+    built_here = 0
+
+    def _build(self, integration: QueueIntegration) -> QueueSender | None:
+        sender = super()._build(integration)
+        if sender is not None or integration.kind != "sqs":
+            return sender
+        BenchSenders.built_here += 1
+        config = integration.config
+        secrets = integration_secrets(integration, self.context.cipher)
+        return SqsQueueSender(
+            queue_url=config["queue_url"],
+            region=config["region"],
+            fifo=bool(config.get("fifo", False)),
+            endpoint_url=config.get("endpoint_url"),
+            access_key_id=config.get("access_key_id"),
+            secret_access_key=secrets.get("secret_access_key"),
+            limits=self.limits,
+        )
+
+
+def start_sink() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.sqs_sink", "--port", str(port), "--keep-ids"],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().decode()
+    if not line.startswith("ready "):
+        process.kill()
+        raise RuntimeError("the SQS sink did not start")
+    return process, line.split()[1]
+
+
+async def sink_stats(sink_url: str, reset: bool = False) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=sink_url, timeout=10) as http:
+        if reset:
+            answer = await http.post("/_sink/reset")
+        else:
+            answer = await http.get("/_sink/stats")
+    answer.raise_for_status()
+    stats: dict[str, Any] = answer.json()
+    return stats
+
+
+def body_for(message_id: str, invite_id: str, n: int) -> bytes:
+    return encode_message(
+        build_invitation(
+            message_id=message_id,
+            invite_id=invite_id,
+            token=f"tok_{n:012d}_abcdefghijklmnopqrstuv",
+            account=ACCOUNT,
+            dispatch="dsp_bench",
+            questionnaire="q-bench",
+            channel="email",
+            address=f"person{n}@example.com",
+            message_template="tpl-1",
+            lineup_position=1,
+            lineup_message_id="msg_1",
+            scheduled_at=NOW,
+            sent_at=NOW,
+            attributes=ATTRIBUTES,
+        )
+    )
+
+
+async def seed_account(context: AppContext, sink_url: str) -> None:
+    async with context.sessions() as session, session.begin():
+        session.add(Account(id=ACCOUNT, name="Bench", created_at=NOW, updated_at=NOW))
+        await session.flush()
+        session.add(
+            QueueIntegration(
+                account_id=ACCOUNT,
+                kind="sqs",
+                config={},
+                secret=context.cipher.encrypt_json(
+                    {"secret_access_key": SECRET}, aad=_aad(ACCOUNT)
+                ),
+                created_at=NOW,
+                updated_at=NOW,
+            )
+        )
+    await point_at(context, sink_url, fifo=False)
+
+
+async def point_at(context: AppContext, sink_url: str, *, fifo: bool) -> None:
+    """Point the integration at the standard or the FIFO queue (a new version)."""
+    async with context.sessions() as session, session.begin():
+        integration = await session.get(QueueIntegration, ACCOUNT)
+        assert integration is not None
+        integration.config = {
+            "queue_url": f"{sink_url}/123456789012/bench{'.fifo' if fifo else ''}",
+            "region": REGION,
+            "endpoint_url": sink_url,
+            "access_key_id": KEY_ID,
+            "fifo": fifo,
+        }
+        integration.version += 1
+
+
+async def seed_outbox(context: AppContext, rows: int, prefix: str) -> list[bytes]:
+    """`rows` pending outbox rows, one invite each; returns a few bodies for the ceiling."""
+    table = table_of(OutboxEntry)
+    columns = set(table.c.keys())
+    samples: list[bytes] = []
+    step = 10_000
+    for offset in range(0, rows, step):
+        batch = []
+        for n in range(offset, min(rows, offset + step)):
+            message_id, invite_id = f"{prefix}{n:010d}", f"inv{prefix}{n:010d}"
+            body = body_for(message_id, invite_id, n)
+            if len(samples) < 1000:
+                samples.append(body)
+            batch.append(
+                {
+                    "message_id": message_id,
+                    "account_id": ACCOUNT,
+                    "invite_id": invite_id,
+                    "body": body,
+                    "created_at": NOW,
+                    "ready_at": NOW,  # when the message could first go out
+                    "next_attempt_at": NOW,
+                    "attempts": 0,
+                }
+            )
+            if "ready_at" not in columns:  # the column came in while this bench was written
+                del batch[-1]["ready_at"]
+        async with context.sessions() as session, session.begin():
+            await insert_rows(session, table, batch)
+    return samples
+
+
+async def analyze(context: AppContext) -> None:
+    if context.engine.dialect.name == "postgresql":
+        async with context.engine.connect() as connection:
+            await connection.exec_driver_sql("ANALYZE outbox")
+
+
+async def drain(context: AppContext, senders: SenderCache) -> tuple[Any, float]:
+    relay = OutboxRelay(context, senders)
+    started = time.perf_counter()
+    result = await relay.run_until_idle(max_rounds=10_000_000)
+    return result, time.perf_counter() - started
+
+
+async def pending(context: AppContext) -> int:
+    async with context.sessions() as session:
+        rows = await session.execute(
+            select(OutboxEntry.id).where(
+                OutboxEntry.delivered_at.is_(None), OutboxEntry.failed_at.is_(None)
+            )
+        )
+        return len(rows.all())
+
+
+async def ceiling(
+    sink_url: str, samples: list[bytes], messages: int, concurrency: int, *, fifo: bool
+) -> float:
+    """Plain aioboto3: `messages` sent as batches of 10, `concurrency` calls in flight."""
+    queue_url = f"{sink_url}/123456789012/ceiling{'.fifo' if fifo else ''}"
+    texts = [b.decode() for b in samples]
+    calls = (messages + 9) // 10
+    next_call = 0
+
+    async def worker(client: Any) -> None:
+        nonlocal next_call
+        while next_call < calls:
+            call = next_call
+            next_call += 1
+            entries = []
+            for i in range(10):
+                n = call * 10 + i
+                entry = {"Id": str(i), "MessageBody": texts[n % len(texts)]}
+                if fifo:
+                    entry["MessageGroupId"] = f"g{n}"
+                    entry["MessageDeduplicationId"] = f"c{n}"
+                entries.append(entry)
+            answer = await client.send_message_batch(QueueUrl=queue_url, Entries=entries)
+            assert not answer.get("Failed")
+
+    client_context = aioboto3.Session().client(
+        "sqs",
+        region_name=REGION,
+        endpoint_url=sink_url,
+        aws_access_key_id=KEY_ID,
+        aws_secret_access_key=SECRET,
+        config=Config(
+            retries={"max_attempts": 1, "mode": "standard"},
+            max_pool_connections=max(10, concurrency),
+        ),
+    )
+    async with client_context as client:
+        await client.get_queue_url(QueueName="warm-up")  # connection, endpoint resolution
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        return calls * 10 / (time.perf_counter() - started)
+
+
+async def sender_alone(
+    sink_url: str, samples: list[bytes], messages: int, chunk: int, limits: SqsLimits, *, fifo: bool
+) -> float:
+    """SqsQueueSender.send_batch in relay-sized calls, no database: the sender's own cost."""
+    sender = SqsQueueSender(
+        queue_url=f"{sink_url}/123456789012/alone{'.fifo' if fifo else ''}",
+        region=REGION,
+        fifo=fifo,
+        endpoint_url=sink_url,
+        access_key_id=KEY_ID,
+        secret_access_key=SECRET,
+        limits=limits,
+    )
+    batch = [
+        OutgoingMessage(f"a{n:010d}", f"inva{n:010d}", samples[n % len(samples)])
+        for n in range(messages)
+    ]
+    try:
+        assert await sender.send_batch(batch[:1]) == []  # client, connection
+        started = time.perf_counter()
+        for offset in range(0, messages, chunk):
+            assert await sender.send_batch(batch[offset : offset + chunk]) == []
+        return messages / (time.perf_counter() - started)
+    finally:
+        await sender.aclose()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--db", choices=["pg", "sqlite"], default="pg")
+    parser.add_argument("--batch", type=int, default=None, help="relay batch (default: setting)")
+    parser.add_argument("--concurrency", type=int, default=SqsLimits().concurrency)
+    args = parser.parse_args()
+    limits = BenchSenders.limits = SqsLimits(concurrency=args.concurrency)
+    workdir = Path(tempfile.mkdtemp(prefix="de-bench-"))
+    url, pg_name = await create_database("postgresql" if args.db == "pg" else "sqlite", workdir)
+    sink, sink_url = start_sink()
+    try:
+        await asyncio.to_thread(upgrade, url)
+        os.environ.update(KEYS)
+        overrides: dict[str, Any] = {"relay_batch_size": args.batch} if args.batch else {}
+        if "sqs_concurrency" in Settings.model_fields:
+            overrides["sqs_concurrency"] = args.concurrency
+        settings = Settings(database_url=url, data_dir=workdir, **overrides)
+        context = build_context(settings, FrozenClock(NOW))
+        senders = BenchSenders(context)
+        await seed_account(context, sink_url)
+        chunk = settings.relay_batch_size
+        for shape, prefix in (("standard", "s"), ("fifo", "f")):
+            fifo = shape == "fifo"
+            await point_at(context, sink_url, fifo=fifo)
+            started = time.perf_counter()
+            samples = await seed_outbox(context, args.rows, prefix)
+            await analyze(context)
+            seeded = time.perf_counter() - started
+            await sink_stats(sink_url, reset=True)
+            result, elapsed = await drain(context, senders)
+            stats = await sink_stats(sink_url)
+            left = await pending(context)
+            rate = result.delivered / elapsed
+            alone = await sender_alone(sink_url, samples, args.rows, chunk, limits, fifo=fifo)
+            raw = await ceiling(sink_url, samples, args.rows, args.concurrency, fifo=fifo)
+            print(
+                f"relay → SQS {shape} ({args.db}, relay batch {chunk}, {args.concurrency} "
+                f"requests in flight, {len(samples[0]):,} B messages): {result.delivered:,} "
+                f"delivered in {elapsed:.1f} s = {rate:,.0f} messages/s; retried "
+                f"{result.retried}, failed {result.failed}, left {left}; sink got "
+                f"{stats['messages']:,} messages, {stats['distinct_ids']:,} distinct ids in "
+                f"{stats['batches']:,} requests (seeded in {seeded:.1f} s)"
+            )
+            print(f"  sender alone (send_batch of {chunk}, no database): {alone:,.0f} messages/s")
+            print(
+                f"  ceiling: plain aioboto3 send_message_batch x10, {args.concurrency} in "
+                f"flight, same sink = {raw:,.0f} messages/s; ratio relay {rate / raw:.2f}, "
+                f"sender {alone / raw:.2f}"
+            )
+            if stats["distinct_ids"] != args.rows or stats["duplicates"] or left:
+                print("  WARNING: not every row arrived exactly once")
+        await senders.aclose()
+        await context.aclose()
+        how = "SenderCache subclass (bench-built)" if BenchSenders.built_here else "factory"
+        print(f"(SQS sender built by: {how})")
+    finally:
+        sink.terminate()
+        sink.wait(timeout=10)
+        await drop_database(pg_name)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
