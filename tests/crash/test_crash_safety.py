@@ -229,6 +229,7 @@ async def test_kill_the_worker_again_and_again_lose_nothing(
             worker.wait()
         final = _worker(url, log)
         workers.append(final)
+        await asyncio.sleep(3)  # let it start and install its SIGTERM handler
         deadline = time.monotonic() + 150
         while time.monotonic() < deadline and not await _settled(context):
             await asyncio.sleep(0.5)

@@ -126,7 +126,8 @@ async def test_an_end_to_end_run_leaks_nothing(
         logging.getLogger("dispatch_engine").info("flush")
     finally:
         configure_logging("INFO", json=True)
-    logs = capsys.readouterr().out
+    captured = capsys.readouterr()
+    logs = captured.err + captured.out
     assert '"event": "request"' in logs  # the request log is there…
     forbidden = [*EMAILS, *PHONES, SECRET, "AKIDEXAMPLE", "dora@example.com", "+999123"]
     for value in forbidden:

@@ -1,4 +1,4 @@
-"""Structured JSON logs (structlog) with request, account and dispatch ids — never PII.
+"""Structured JSON logs (structlog, on stderr) with request, account and dispatch ids — never PII.
 
 Log events carry ids and reasons only: no addresses, tokens, secrets or message bodies.
 The request log line records the route's path without its query string (a token lookup
@@ -36,7 +36,7 @@ QUIET_LIBRARIES = (
 
 
 def configure_logging(level: str = "INFO", json: bool = True) -> None:
-    """JSON lines on stdout; stdlib logging (uvicorn, apscheduler) goes the same way."""
+    """JSON lines on stderr; stdlib logging (uvicorn, apscheduler) goes the same way."""
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     )
@@ -51,25 +51,31 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(),  # sys.stdout as it is at each call
+        logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
     root = logging.getLogger()
     root.setLevel(level.upper())
     for noisy in QUIET_LIBRARIES:  # their debug lines carry SQL parameters and payloads
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if not any(isinstance(h, _CurrentStdout) for h in root.handlers):
-        handler = _CurrentStdout()
+    if not any(isinstance(h, _CurrentStderr) for h in root.handlers):
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
 
 
-class _CurrentStdout(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever sys.stdout is now (test capture swaps it)."""
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    """Logs go to stderr, so a command's stdout stays its result (`KEY=$(… apikey create)`);
+    resolved at each call because test capture swaps sys.stderr."""
+    return structlog.PrintLogger(sys.stderr)
+
+
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is now (test capture swaps it)."""
 
     @property
     def stream(self) -> object:
-        return sys.stdout
+        return sys.stderr
 
     @stream.setter
     def stream(self, _value: object) -> None:
