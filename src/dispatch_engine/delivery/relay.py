@@ -3,6 +3,7 @@ after the queue acknowledged, retries failures with backoff, and gives up as `fa
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from collections import defaultdict
@@ -56,6 +57,7 @@ class OutboxRelay:
         self.base = settings.relay_backoff_seconds
         self.cap = settings.relay_backoff_max_seconds
         self.lease = timedelta(seconds=max(30, settings.claim_lease_seconds))
+        self.holding: dict[str, list[int]] = {}  # claim token → outbox ids in flight
         self.breaker = CircuitBreaker(
             threshold=settings.relay_breaker_threshold,
             cooldown=timedelta(seconds=settings.relay_breaker_cooldown_seconds),
@@ -93,30 +95,65 @@ class OutboxRelay:
                 token, rows, kinds = await self._claim(session, now)
             if not rows:
                 return RelayResult()
-            by_account: dict[str, list[OutboxEntry]] = defaultdict(list)
-            for row in rows:
-                by_account[row.account_id].append(row)
-            failures: dict[str, SendFailure] = {}
-            skipped: dict[int, tuple[str, datetime]] = {}
-            for account_id, entries in by_account.items():
-                integration = kinds.get(account_id)
-                sender = await self.senders.get(integration) if integration else None
-                if integration is None or sender is None:
-                    later = (NO_SENDER, now + timedelta(seconds=30))
-                    skipped.update((e.id, later) for e in entries)
-                    continue
-                key = f"{integration.account_id}:{integration.version}"
-                open_until = self.breaker.open_until(key, now)
-                if open_until is not None:
-                    skipped.update((e.id, (CIRCUIT_OPEN, open_until)) for e in entries)
-                    continue
-                pushed = await self._push(sender, entries, integration.kind)
-                outage = len(pushed) == len(entries) and all(f.retryable for f in pushed)
-                self.breaker.record(key, ok=not outage, now=now)
-                for failure in pushed:
-                    failures[failure.message_id] = failure
-            async with session.begin():
-                return await self._write_back(session, token, rows, failures, skipped, now)
+            self.holding[token] = [row.id for row in rows]
+            try:
+                result = await self._push_and_record(session, token, rows, kinds, now)
+            except asyncio.CancelledError:
+                raise  # shutdown hands these rows back (release_held_claims)
+            except Exception:
+                self.holding.pop(token, None)
+                raise
+            self.holding.pop(token, None)
+            return result
+
+    async def release_held_claims(self) -> int:
+        """Hand back outbox rows of a round cut short, so the next relay takes them at once
+        (if the queue had accepted them already they go again, with the same message id)."""
+        released = 0
+        for token, ids in list(self.holding.items()):
+            async with self.context.sessions() as session, session.begin():
+                await session.execute(
+                    update(OutboxEntry)
+                    .where(OutboxEntry.id.in_(ids), OutboxEntry.claim_token == token)
+                    .values(claim_token=None, lease_until=None)
+                    .execution_options(synchronize_session=False)
+                )
+            released += len(ids)
+            self.holding.pop(token, None)
+        return released
+
+    async def _push_and_record(
+        self,
+        session: AsyncSession,
+        token: str,
+        rows: list[OutboxEntry],
+        kinds: dict[str, QueueIntegration],
+        now: datetime,
+    ) -> RelayResult:
+        by_account: dict[str, list[OutboxEntry]] = defaultdict(list)
+        for row in rows:
+            by_account[row.account_id].append(row)
+        failures: dict[str, SendFailure] = {}
+        skipped: dict[int, tuple[str, datetime]] = {}
+        for account_id, entries in by_account.items():
+            integration = kinds.get(account_id)
+            sender = await self.senders.get(integration) if integration else None
+            if integration is None or sender is None:
+                later = (NO_SENDER, now + timedelta(seconds=30))
+                skipped.update((e.id, later) for e in entries)
+                continue
+            key = f"{integration.account_id}:{integration.version}"
+            open_until = self.breaker.open_until(key, now)
+            if open_until is not None:
+                skipped.update((e.id, (CIRCUIT_OPEN, open_until)) for e in entries)
+                continue
+            pushed = await self._push(sender, entries, integration.kind)
+            outage = len(pushed) == len(entries) and all(f.retryable for f in pushed)
+            self.breaker.record(key, ok=not outage, now=now)
+            for failure in pushed:
+                failures[failure.message_id] = failure
+        async with session.begin():
+            return await self._write_back(session, token, rows, failures, skipped, now)
 
     async def _claim(
         self, session: AsyncSession, now: datetime

@@ -20,6 +20,7 @@ from dispatch_engine.context import AppContext
 from dispatch_engine.delivery.engine import DeliveryEngine
 from dispatch_engine.delivery.facts import DndSettings
 from dispatch_engine.delivery.relay import OutboxRelay
+from dispatch_engine.incidents import job as incident_job
 from dispatch_engine.queues.factory import SenderCache
 from dispatch_engine.scheduler.maintenance import (
     erase_finished_contacts,
@@ -89,6 +90,10 @@ class Worker:
                 if await erase_finished_contacts(session, now) == 0:
                     return
 
+    async def incident_clocks(self) -> None:
+        """Report newly overdue incident clocks once; send incident notifications."""
+        await incident_job.run_clock_job(self.context, self.http)
+
     async def _guarded(self, name: str, job: str) -> None:
         task = asyncio.current_task()
         if task is not None:
@@ -107,6 +112,7 @@ class Worker:
             ("deliver", settings.claim_interval_seconds),
             ("relay_outbox", settings.relay_interval_seconds),
             ("maintain", settings.maintenance_interval_seconds),
+            ("incident_clocks", incident_job.INTERVAL_SECONDS),
         ):
             self.scheduler.add_job(
                 self._guarded,
@@ -124,7 +130,7 @@ class Worker:
         """Stop claiming, let running jobs finish (bounded), close clients."""
         self._stopping = True
         if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+            self.scheduler.pause()  # no new runs; APScheduler's shutdown would cancel ours
         running = set(self._running)
         if running:
             _, late = await asyncio.wait(running, timeout=grace_seconds)
@@ -132,7 +138,10 @@ class Worker:
                 task.cancel()
             if late:
                 await asyncio.wait(late, timeout=5)
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
         released = await self.engine.release_held_claims()
+        released += await self.relay.release_held_claims()
         if released:
             log.info("claims_released", count=released)
         await self.senders.aclose()
