@@ -11,7 +11,8 @@ SQS: `POST /` with `X-Amz-Target: AmazonSQS.<Operation>`) for senders:
 Signatures are not checked. It stores nothing but counters, plus, when started with
 `keep_ids`, the set of accepted message ids (the FIFO de-duplication id, else the
 `message_id` inside the JSON body) to check that nothing was lost or sent twice.
-`GET /_sink/stats` answers the counters as JSON, `POST /_sink/reset` zeroes them.
+`GET /_sink/stats` answers the counters as JSON, `GET /_sink/ids` the accepted ids,
+`POST /_sink/reset` zeroes them.
 
 Run it in its own process so it does not share an event loop with the code measured:
 
@@ -122,6 +123,10 @@ class _SqsProtocol(asyncio.Protocol):
         if path.startswith(b"/_sink/"):
             if path == b"/_sink/reset" and method == b"POST":
                 self.stats.reset()
+            if path == b"/_sink/ids":  # every accepted id (with --keep-ids), for checkers
+                payload = orjson.dumps(sorted(self.stats.ids))
+                self._respond(200, payload, content_type=b"application/json")
+                return
             self._respond(200, orjson.dumps(self.stats.as_json()), content_type=b"application/json")
             return
         target = headers.get(b"x-amz-target", b"")
