@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from dispatch_engine.incidents.cli import build_incidents_app
 from dispatch_engine.settings import Settings
 
 app = typer.Typer(help="dispatch-engine: survey invitation dispatch.", no_args_is_help=True)
@@ -30,6 +31,9 @@ def _settings() -> Settings:
 
     configure_logging(settings.log_level, settings.log_json)
     return settings
+
+
+app.add_typer(build_incidents_app(_settings), name="incidents")
 
 
 def _migrate(settings: Settings) -> None:
@@ -109,6 +113,10 @@ def worker(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        if settings.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(settings.metrics_port, addr=settings.host)
         runner.start()
         err.print("dispatch-engine worker running (SIGTERM to stop)")
         await stop.wait()

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
         description="Recorded on every message a worker decides (observability, tests).",
     )
     run_scheduler: bool = True
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="`worker` serves Prometheus metrics on this port (the API serves /metrics).",
+    )
     claim_batch_size: int = Field(default=500, ge=1, le=10_000)
     claim_lease_seconds: int = Field(default=60, ge=5)
     claim_interval_seconds: float = Field(default=1.0, gt=0)

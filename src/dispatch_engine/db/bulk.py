@@ -120,9 +120,11 @@ async def update_rows(
     names = [key, *columns]
     arrays = [f"${i}::{_pg_array_type(table.c[name])}[]" for i, name in enumerate(names, start=1)]
     assignments = ", ".join(f'"{c}" = v."{c}"' for c in columns)
+    aliases = ", ".join(f'"{n}"' for n in names)
+    # Identifiers come from the table's own metadata, values travel as parameters.
     sql = (
-        f'UPDATE "{table.name}" AS t SET {assignments} '
-        f"FROM unnest({', '.join(arrays)}) AS v({', '.join(chr(34) + n + chr(34) for n in names)}) "
+        f'UPDATE "{table.name}" AS t SET {assignments} '  # noqa: S608
+        f"FROM unnest({', '.join(arrays)}) AS v({aliases}) "
         f'WHERE t."{key}" = v."{key}"'
     )
     connection = await session.connection()
