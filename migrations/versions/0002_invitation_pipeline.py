@@ -235,9 +235,7 @@ def upgrade() -> None:
         sa.Column(
             "created_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False
         ),
-        sa.Column(
-            "ready_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False
-        ),
+        sa.Column("ready_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False),
         sa.Column(
             "next_attempt_at", dispatch_engine.db.types.UTCDateTime(timezone=True), nullable=False
         ),

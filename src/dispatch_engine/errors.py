@@ -39,6 +39,19 @@ class ValidationFailed(DomainError):
         )
 
 
+class InvalidFields(DomainError):
+    """Several fields refused at once (each with its reason), as one 422 problem."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__(
+            detail="; ".join(f"{e.field}: {e.reason}" for e in errors),
+            errors=errors,
+            status=422,
+            slug="validation-error",
+            title="Request validation failed",
+        )
+
+
 class NotFound(DomainError):
     def __init__(self, what: str) -> None:
         super().__init__(

@@ -20,6 +20,7 @@ CONFIG = {"admin", "backend", "backend_acme"}
 CONTROL = ALL
 OPERATOR = {"admin", "operator"}
 ADMIN = {"admin"}
+PUBLIC = {"public"}  # no API key needed: every caller, even anonymous, gets 200
 
 # (method, path template, body, roles allowed, account-scoped?)
 ROUTES: list[tuple[str, str, Any, set[str], bool]] = [
@@ -106,6 +107,73 @@ ROUTES: list[tuple[str, str, Any, set[str], bool]] = [
     ("GET", "/v1/admin/pauses", None, OPERATOR, False),
     ("DELETE", "/v1/admin/pauses/{pause}", None, OPERATOR, False),
     ("GET", "/v1/admin/audit", None, OPERATOR, False),
+    ("POST", "/v1/incidents", {"title": "Queue down", "service": "SQS relay"}, OPERATOR, False),
+    ("GET", "/v1/incidents", None, OPERATOR, False),
+    ("GET", "/v1/incidents/{incident}", None, OPERATOR, False),
+    ("PATCH", "/v1/incidents/{incident}", {"impact": "slow"}, OPERATOR, False),
+    (
+        "POST",
+        "/v1/incidents/{incident}/transitions",
+        {"to": "acknowledged", "severity": "P3"},
+        OPERATOR,
+        False,
+    ),
+    (
+        "POST",
+        "/v1/incidents/{incident}/status-updates",
+        {"template": "investigating", "symptoms": "late emails"},
+        OPERATOR,
+        False,
+    ),
+    ("GET", "/v1/incidents/{incident}/status-updates", None, OPERATOR, False),
+    ("GET", "/v1/incidents/{incident}/impacted-sendings", None, OPERATOR, False),
+    (
+        "POST",
+        "/v1/incidents/{incident}/approvals",
+        {
+            "account": "acme",
+            "approver_email": "owner@example.com",
+            "channel": "email",
+            "approved_at": "2026-03-02T09:00:00Z",
+        },
+        OPERATOR,
+        False,
+    ),
+    ("GET", "/v1/incidents/{incident}/approvals", None, OPERATOR, False),
+    (
+        "POST",
+        "/v1/incidents/{incident}/resends",
+        {"sendings": ["m_unknown"], "dry_run": True},
+        OPERATOR,
+        False,
+    ),
+    ("GET", "/v1/incidents/{incident}/resends", None, OPERATOR, False),
+    (
+        "POST",
+        "/v1/incidents/{incident}/communications",
+        {"account": "acme", "channel": "phone", "recipient": "Olivia", "what": "called"},
+        OPERATOR,
+        False,
+    ),
+    ("GET", "/v1/incidents/{incident}/communications", None, OPERATOR, False),
+    (
+        "PUT",
+        "/v1/incidents/{resolved_incident}/postmortem",
+        {"findings": "f", "improvement_actions": ["a"], "link": "https://wiki.example/pm"},
+        OPERATOR,
+        False,
+    ),
+    ("GET", "/v1/incidents/{resolved_incident}/postmortem", None, OPERATOR, False),
+    ("GET", "/v1/status-feed", None, PUBLIC, False),
+    (
+        "POST",
+        "/v1/admin/notification-webhooks",
+        {"name": "ops", "url": "https://hooks.example.com/services/T0/B0/x"},
+        OPERATOR,
+        False,
+    ),
+    ("GET", "/v1/admin/notification-webhooks", None, OPERATOR, False),
+    ("DELETE", "/v1/admin/notification-webhooks/{webhook}", None, OPERATOR, False),
 ]
 
 
@@ -133,10 +201,30 @@ async def test_every_route_is_in_the_matrix(context: AppContext) -> None:
         (m, p.replace("{account}", "{account_id}").replace("{policy}", "{policy_id}")
          .replace("{message}", "{message_id}").replace("{dispatch}", "{dispatch_id}")
          .replace("{spare_key}", "{key_id}").replace("{batch}", "{batch_id}")
-         .replace("{invite}", "{invite_id}").replace("{pause}", "{pause_id}").split("?")[0])
+         .replace("{invite}", "{invite_id}").replace("{pause}", "{pause_id}")
+         .replace("{resolved_incident}", "{incident_id}").replace("{incident}", "{incident_id}")
+         .replace("{webhook}", "{webhook_id}").split("?")[0])
         for m, p, *_ in ROUTES
     }  # fmt: skip
     assert declared == templated
+
+
+async def _incident(client: httpx.AsyncClient, admin: dict[str, str]) -> str:
+    created = await client.post(
+        "/v1/incidents", headers=admin, json={"title": "Matrix", "service": "relay"}
+    )
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
+
+
+async def _webhook(client: httpx.AsyncClient, admin: dict[str, str]) -> str:
+    created = await client.post(
+        "/v1/admin/notification-webhooks",
+        headers=admin,
+        json={"name": "spare", "url": "https://hooks.example.com/spare"},
+    )
+    assert created.status_code == 201, created.text
+    return str(created.json()["id"])
 
 
 @pytest.mark.parametrize("role", sorted(ALL | {"backend_other", "anonymous", "revoked"}))
@@ -179,6 +267,19 @@ async def test_authorization_matrix(
     revoked_id = next(k["id"] for k in listed if revoked_key.startswith(f"de_{k['prefix']}_"))
     assert (await client.delete(f"/v1/api-keys/{revoked_id}", headers=admin)).status_code == 204
     keys["revoked"] = bearer(revoked_key)
+    incident = await _incident(client, admin)
+    resolved = await _incident(client, admin)
+    for step in ("acknowledged", "investigating", "identified", "resolved"):
+        moved = await client.post(
+            f"/v1/incidents/{resolved}/transitions",
+            headers=admin,
+            json={"to": step, "severity": "P2"},
+        )
+        assert moved.status_code == 200, moved.text
+    pm = {"findings": "f", "improvement_actions": ["a"], "link": "https://wiki.example/pm"}
+    assert (
+        await client.put(f"/v1/incidents/{resolved}/postmortem", headers=admin, json=pm)
+    ).status_code == 201
 
     for method, template, body, allowed, scoped in ROUTES:
         spare = (await client.post("/v1/api-keys", headers=admin, json={"role": "operator"})).json()
@@ -200,6 +301,9 @@ async def test_authorization_matrix(
             "invite": invite["id"],
             "token": invite["token"],
             "pause": pause.get("id") or pause.get("pause", ""),
+            "incident": incident,
+            "resolved_incident": resolved,
+            "webhook": await _webhook(client, admin) if "{webhook}" in template else "",
             "role": role,
         }
         path = _fill(template, ids)
@@ -207,7 +311,9 @@ async def test_authorization_matrix(
             method, path, headers=keys[role], json=_fill(body, ids) if body is not None else None
         )
         where = f"{role} {method} {template}: {response.status_code} {response.text[:200]}"
-        if role in ("anonymous", "revoked"):
+        if allowed is PUBLIC:
+            assert response.status_code == 200, where
+        elif role in ("anonymous", "revoked"):
             assert response.status_code == 401, where
             assert response.headers["content-type"] == "application/problem+json", where
         elif role == "backend_other" and scoped:

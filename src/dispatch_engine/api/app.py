@@ -18,8 +18,10 @@ from dispatch_engine.api.routes import (
     dispatches,
     events,
     health,
+    incidents,
     invites,
     local_queue,
+    notification_webhooks,
     policies,
     preview,
 )
@@ -88,6 +90,8 @@ def create_app(
         local_queue,
         admin_pauses,
         audit,
+        incidents,
+        notification_webhooks,
     ):
         app.include_router(module.router)
     return app

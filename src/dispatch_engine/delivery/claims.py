@@ -16,7 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dispatch_engine.db.bulk import member_of
 from dispatch_engine.models import Message
 
-CLAIMABLE_STATES = ("pending", "deferred", "delayed")
+CLAIMABLE_STATES = ("pending", "deferred")
+# A `delayed` message is decided again only if it was never decided; one that passed but
+# whose queue push is late is the relay's to finish (deciding it again would send it twice).
+UNDECIDED_DELAY = "not_decided_in_time"
 
 
 def new_claim_token() -> str:
@@ -34,7 +37,10 @@ async def claim_due_messages(
     candidates = (
         select(Message.id)
         .where(
-            Message.state.in_(CLAIMABLE_STATES),
+            or_(
+                Message.state.in_(CLAIMABLE_STATES),
+                and_(Message.state == "delayed", Message.reason == UNDECIDED_DELAY),
+            ),
             Message.not_before <= now,
             or_(Message.lease_until.is_(None), Message.lease_until < now),
         )

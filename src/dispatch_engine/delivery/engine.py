@@ -34,6 +34,7 @@ from dispatch_engine.delivery.facts import (
 )
 from dispatch_engine.delivery.lookups import (
     BatchFacts,
+    invites_with_later_steps,
     load_batch_facts,
     load_ledger,
     load_lock_holders,
@@ -168,6 +169,9 @@ class DeliveryEngine:
         facts.unsubscribed = await load_unsubscribes(session, wanted)
         facts.lock_holders = await load_lock_holders(session, lock_keys)
         facts.ledger = await load_ledger(session, rule2_hashes, earliest)
+        facts.invites_with_later_steps = await invites_with_later_steps(
+            session, [m for m in facts.messages if m.resend_of]
+        )
         # Facts are read-only snapshots: detach them so the write-back's set-based
         # statements are the only writes (no per-row ORM flush of touched attributes).
         session.expunge_all()
@@ -426,6 +430,8 @@ class _BatchWriter:
             self._invite_update(invite, **values)
 
     def _schedule_next(self, message: Message, invite: Invite) -> None:
+        if message.resend_of and invite.id in self.facts.invites_with_later_steps:
+            return  # the original already moved the invite on; a resend must not do it twice
         lineup = self.facts.live_lineups.get(message.policy_id, [])
         step = current_step(self.facts, message)
         after = step.position if step is not None and step.position else message.position - 1

@@ -41,6 +41,7 @@ class BatchFacts:
     lock_holders: dict[str, Invite] = field(default_factory=dict)
     ledger: dict[str, list[FatigueLedger]] = field(default_factory=dict)
     rules: dict[str, Any] = field(default_factory=dict)  # policy id → PolicyRules (facts.py)
+    invites_with_later_steps: set[str] = field(default_factory=set)  # (for resends)
 
 
 class _HasId(Protocol):
@@ -172,3 +173,23 @@ __all__ = [
     "load_lock_holders",
     "load_unsubscribes",
 ]
+
+
+async def invites_with_later_steps(session: AsyncSession, resends: Sequence[Message]) -> set[str]:
+    """Invites of resent messages that already have a message at a later lineup position
+    (only resends need this; one query, usually skipped)."""
+    if not resends:
+        return set()
+    found: set[str] = set()
+    rows = await session.execute(
+        select(Message.invite_id, Message.position).where(
+            Message.invite_id.in_({m.invite_id for m in resends})
+        )
+    )
+    latest: dict[str, int] = {}
+    for invite_id, position in rows.all():
+        latest[invite_id] = max(latest.get(invite_id, 0), position)
+    for message in resends:
+        if latest.get(message.invite_id, 0) > message.position:
+            found.add(message.invite_id)
+    return found

@@ -5,6 +5,19 @@ from dispatch_engine.models.api_key import ApiKey
 from dispatch_engine.models.audit import AuditRecord
 from dispatch_engine.models.base import Base, new_id
 from dispatch_engine.models.dispatch import Dispatch
+from dispatch_engine.models.incident import (
+    Incident,
+    IncidentAccount,
+    IncidentApproval,
+    IncidentApprovalSending,
+    IncidentClockAlert,
+    IncidentCommunication,
+    IncidentNotification,
+    IncidentPostmortem,
+    IncidentResend,
+    IncidentStatusUpdate,
+    NotificationWebhook,
+)
 from dispatch_engine.models.invite import (
     ContactBatch,
     FatigueLedger,
@@ -27,10 +40,21 @@ __all__ = [
     "Dispatch",
     "FatigueLedger",
     "IdempotencyKey",
+    "Incident",
+    "IncidentAccount",
+    "IncidentApproval",
+    "IncidentApprovalSending",
+    "IncidentClockAlert",
+    "IncidentCommunication",
+    "IncidentNotification",
+    "IncidentPostmortem",
+    "IncidentResend",
+    "IncidentStatusUpdate",
     "Invite",
     "LineupMessage",
     "LocalQueueMessage",
     "Message",
+    "NotificationWebhook",
     "OperatorPause",
     "OutboxEntry",
     "Policy",

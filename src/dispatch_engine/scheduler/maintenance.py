@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dispatch_engine.delivery.claims import UNDECIDED_DELAY
 from dispatch_engine.models import Invite, Message, OutboxEntry
 
 WAITING = ("pending", "deferred", "held")
@@ -57,7 +58,7 @@ async def mark_delayed(session: AsyncSession, now: datetime, after: timedelta) -
     unclaimed = await session.execute(
         update(Message)
         .where(Message.state == "pending", Message.not_before <= cutoff)
-        .values(state="delayed", rule="queue", reason="not_decided_in_time")
+        .values(state="delayed", rule="queue", reason=UNDECIDED_DELAY)
         .execution_options(synchronize_session=False)
     )
     unpushed = await session.execute(

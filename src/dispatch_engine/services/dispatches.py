@@ -9,7 +9,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dispatch_engine.errors import Conflict, DomainError, FieldError, NotFound, ValidationFailed
+from dispatch_engine.errors import (
+    Conflict,
+    DomainError,
+    FieldError,
+    InvalidFields,
+    NotFound,
+    ValidationFailed,
+)
 from dispatch_engine.models import Dispatch, LineupMessage, Policy, new_id
 from dispatch_engine.rules.lineup import total_delay, validity_problem
 from dispatch_engine.schemas.dispatches import DispatchCreate, DispatchOut
@@ -121,13 +128,7 @@ def _validity_error(validity: int, lineup: Sequence[LineupMessage]) -> DomainErr
 
 def _raise_template_errors(errors: list[FieldError]) -> None:
     if errors:
-        raise DomainError(
-            detail="; ".join(f"{e.field}: {e.reason}" for e in errors),
-            errors=errors,
-            status=422,
-            slug="validation-error",
-            title="Request validation failed",
-        )
+        raise InvalidFields(errors)
 
 
 async def create_dispatch(

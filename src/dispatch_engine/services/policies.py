@@ -11,7 +11,7 @@ from pydantic_core import ErrorDetails
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dispatch_engine.errors import Conflict, DomainError, FieldError, NotFound, ValidationFailed
+from dispatch_engine.errors import Conflict, FieldError, InvalidFields, NotFound, ValidationFailed
 from dispatch_engine.models import Account, LineupMessage, Policy, QueueIntegration, new_id
 from dispatch_engine.rules.business_hours import BusinessHours, BusinessHoursError
 from dispatch_engine.rules.lineup import delay_problems, total_delay, validity_problem
@@ -64,12 +64,8 @@ def validated_dnd(webhooks: DndWebhooks, url_policy: UrlPolicy) -> DndWebhooks:
 def check_delays(delays: Sequence[int], field_prefix: str = "lineup") -> None:
     problems = delay_problems(delays)
     if problems:
-        raise DomainError(
-            detail="; ".join(p.reason for p in problems),
-            errors=[FieldError(f"{field_prefix}[{p.position}].delay", p.reason) for p in problems],
-            status=422,
-            slug="validation-error",
-            title="Request validation failed",
+        raise InvalidFields(
+            [FieldError(f"{field_prefix}[{p.position}].delay", p.reason) for p in problems]
         )
 
 
@@ -94,13 +90,7 @@ def _parse_section(model: type[SectionT], name: str, data: Mapping[str, Any]) ->
             location: tuple[int | str, ...] = detail["loc"]
             path = ".".join([name] + [str(part) for part in location])
             errors.append(FieldError(path, str(detail["msg"])))
-        raise DomainError(
-            detail="; ".join(f"{e.field}: {e.reason}" for e in errors),
-            errors=errors,
-            status=422,
-            slug="validation-error",
-            title="Request validation failed",
-        ) from None
+        raise InvalidFields(errors) from None
 
 
 # --- reads ----------------------------------------------------------------------------------

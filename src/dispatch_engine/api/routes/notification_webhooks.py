@@ -1,0 +1,68 @@
+"""`/v1/admin/notification-webhooks`: where incident notifications go (R-INC-8).
+
+URLs are validated against the SSRF rules when configured (and again, with DNS, on every
+call); they are stored encrypted and shown by origin only, since a Slack-style webhook
+URL is itself the credential.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response, status
+from sqlalchemy import delete
+
+from dispatch_engine.api.deps import OperatorActor, SessionDep
+from dispatch_engine.incidents import notifications as service
+from dispatch_engine.models import IncidentNotification
+
+router = APIRouter(prefix="/v1/admin/notification-webhooks", tags=["admin"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=service.WebhookOut)
+async def create_webhook(
+    body: service.WebhookIn, actor: OperatorActor, session: SessionDep
+) -> service.WebhookOut:
+    """Add a webhook; `events` limits what it receives (default: every incident event)."""
+    async with session.begin():
+        webhook = await service.create_webhook(
+            session,
+            body,
+            cipher=actor.context.cipher,
+            policy=actor.context.url_policy,
+            now=actor.now(),
+            key_id=actor.principal.key_id,
+        )
+        out = service.webhook_out(webhook)
+        actor.audit(
+            session,
+            "notification_webhook.create",
+            "notification_webhook",
+            webhook.id,
+            after=out.model_dump(mode="json"),
+        )
+    return out
+
+
+@router.get("", response_model=list[service.WebhookOut])
+async def list_webhooks(actor: OperatorActor, session: SessionDep) -> list[service.WebhookOut]:
+    async with session.begin():
+        return [service.webhook_out(w) for w in await service.list_webhooks(session)]
+
+
+@router.delete("/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_webhook(webhook_id: str, actor: OperatorActor, session: SessionDep) -> Response:
+    """Remove a webhook; its undelivered notifications are dropped with it."""
+    async with session.begin():
+        webhook = await service.get_webhook(session, webhook_id)
+        before = service.webhook_out(webhook).model_dump(mode="json")
+        await session.execute(
+            delete(IncidentNotification).where(IncidentNotification.webhook_id == webhook.id)
+        )
+        await session.delete(webhook)
+        actor.audit(
+            session,
+            "notification_webhook.delete",
+            "notification_webhook",
+            webhook_id,
+            before=before,
+        )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,257 @@
+"""Impacted sendings (R-INC-4): failed and delayed messages scheduled in the incident's
+time range (start → resolved, or now), grouped by account, as JSON pages or streamed CSV.
+
+A delayed message that was re-sent is withdrawn (state `suppressed`, rule `incident`) so it
+cannot go out twice; it stays on this list, with the id it was re-sent as.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from dispatch_engine.incidents.cursor import decode_keys, encode_keys, parse_time
+from dispatch_engine.models import Account, Incident, IncidentResend, Message
+
+IMPACTED_STATES = ("failed", "delayed")
+WITHDRAWN_RULE = "incident"
+WITHDRAWN_REASON = "superseded_by_resend"
+CSV_PAGE = 1000
+CSV_COLUMNS = (
+    "account",
+    "account_name",
+    "sending",
+    "dispatch",
+    "channel",
+    "state",
+    "reason",
+    "scheduled_at",
+    "invite",
+    "resend_of",
+    "resent_as",
+)
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass(frozen=True)
+class ImpactedQuery:
+    incident_id: str
+    start: datetime
+    end: datetime
+    account: str | None = None
+    channel: str | None = None
+
+
+class SendingOut(BaseModel):
+    sending: str
+    dispatch: str
+    channel: str
+    state: str
+    reason: str | None
+    scheduled_at: datetime
+    invite: str
+    resend_of: str | None
+    resent_as: list[str]
+
+
+class AccountGroup(BaseModel):
+    account: str
+    account_name: str | None
+    sendings: list[SendingOut]
+
+
+class ImpactedPage(BaseModel):
+    incident: str
+    range_start: datetime
+    range_end: datetime
+    accounts: list[AccountGroup]
+    next_cursor: str | None
+
+
+def time_range(incident: Incident, now: datetime) -> tuple[datetime, datetime]:
+    return incident.started_at, incident.resolved_at or now
+
+
+def impacted_condition() -> ColumnElement[bool]:
+    """Failed or delayed — or withdrawn because it was re-sent."""
+    return or_(
+        Message.state.in_(IMPACTED_STATES),
+        and_(
+            Message.state == "suppressed",
+            Message.rule == WITHDRAWN_RULE,
+            Message.reason == WITHDRAWN_REASON,
+        ),
+    )
+
+
+def is_impacted(message: Message) -> bool:
+    return message.state in IMPACTED_STATES or (
+        message.state == "suppressed"
+        and message.rule == WITHDRAWN_RULE
+        and message.reason == WITHDRAWN_REASON
+    )
+
+
+def _conditions(q: ImpactedQuery) -> list[ColumnElement[bool]]:
+    conditions = [impacted_condition(), Message.due_at >= q.start, Message.due_at <= q.end]
+    if q.account:
+        conditions.append(Message.account_id == q.account)
+    if q.channel:
+        conditions.append(Message.channel == q.channel)
+    return conditions
+
+
+async def impacted_ids(session: AsyncSession, q: ImpactedQuery) -> list[str]:
+    query = select(Message.id).where(*_conditions(q)).order_by(Message.due_at, Message.id)
+    return list((await session.execute(query)).scalars())
+
+
+async def _page(
+    session: AsyncSession, q: ImpactedQuery, after: tuple[str, datetime, str] | None, limit: int
+) -> list[Message]:
+    query = select(Message).where(*_conditions(q))
+    if after is not None:
+        account, due, last = after
+        query = query.where(
+            or_(
+                Message.account_id > account,
+                and_(Message.account_id == account, Message.due_at > due),
+                and_(Message.account_id == account, Message.due_at == due, Message.id > last),
+            )
+        )
+    query = query.order_by(Message.account_id, Message.due_at, Message.id).limit(limit)
+    return list((await session.execute(query)).scalars())
+
+
+async def _extras(
+    session: AsyncSession, rows: Sequence[Message]
+) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Account names and resend ids of a page's messages (two queries)."""
+    accounts = {r.account_id for r in rows}
+    ids = [r.id for r in rows]
+    names: dict[str, str] = {}
+    resent: dict[str, list[str]] = defaultdict(list)
+    if accounts:
+        names = {
+            a: str(n)
+            for a, n in await session.execute(
+                select(Account.id, Account.name).where(Account.id.in_(accounts))
+            )
+        }
+        for original, new in await session.execute(
+            select(IncidentResend.original_message_id, IncidentResend.new_message_id)
+            .where(IncidentResend.original_message_id.in_(ids))
+            .order_by(IncidentResend.created_at, IncidentResend.id)
+        ):
+            resent[original].append(new)
+    return names, resent
+
+
+def _sending(row: Message, resent: dict[str, list[str]]) -> SendingOut:
+    return SendingOut(
+        sending=row.id,
+        dispatch=row.dispatch_id,
+        channel=row.channel,
+        state=row.state,
+        reason=row.reason,
+        scheduled_at=row.due_at,
+        invite=row.invite_id,
+        resend_of=row.resend_of,
+        resent_as=resent.get(row.id, []),
+    )
+
+
+def _after(cursor: str | None) -> tuple[str, datetime, str] | None:
+    if not cursor:
+        return None
+    account, due, last = decode_keys(cursor, 3)
+    return account, parse_time(due), last
+
+
+async def impacted_page(
+    session: AsyncSession, q: ImpactedQuery, *, limit: int, cursor: str | None
+) -> ImpactedPage:
+    rows = await _page(session, q, _after(cursor), limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    names, resent = await _extras(session, rows)
+    groups: dict[str, AccountGroup] = {}
+    for row in rows:
+        group = groups.get(row.account_id)
+        if group is None:
+            group = groups[row.account_id] = AccountGroup(
+                account=row.account_id, account_name=names.get(row.account_id), sendings=[]
+            )
+        group.sendings.append(_sending(row, resent))
+    last = rows[-1] if rows else None
+    return ImpactedPage(
+        incident=q.incident_id,
+        range_start=q.start,
+        range_end=q.end,
+        accounts=list(groups.values()),
+        next_cursor=encode_keys(last.account_id, last.due_at.isoformat(), last.id)
+        if more and last
+        else None,
+    )
+
+
+def safe_cell(value: Any) -> str:
+    """A spreadsheet must not run a cell as a formula: prefix risky starts with a quote."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+
+
+def _time(at: datetime) -> str:
+    return at.isoformat().replace("+00:00", "Z")
+
+
+def _csv_line(values: Sequence[Any]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerow([safe_cell(v) for v in values])
+    return buffer.getvalue()
+
+
+async def stream_csv(
+    sessions: async_sessionmaker[AsyncSession], q: ImpactedQuery
+) -> AsyncIterator[str]:
+    """RFC 4180 CSV (CRLF, quoted where needed), one short transaction per page."""
+    yield _csv_line(CSV_COLUMNS)
+    after: tuple[str, datetime, str] | None = None
+    while True:
+        async with sessions() as session, session.begin():
+            rows = await _page(session, q, after, CSV_PAGE)
+            names, resent = await _extras(session, rows)
+        if not rows:
+            return
+        chunk = [
+            _csv_line(
+                (
+                    row.account_id,
+                    names.get(row.account_id, ""),
+                    row.id,
+                    row.dispatch_id,
+                    row.channel,
+                    row.state,
+                    row.reason or "",
+                    _time(row.due_at),
+                    row.invite_id,
+                    row.resend_of or "",
+                    " ".join(resent.get(row.id, [])),
+                )
+            )
+            for row in rows
+        ]
+        yield "".join(chunk)
+        if len(rows) < CSV_PAGE:
+            return
+        last = rows[-1]
+        after = (last.account_id, last.due_at, last.id)

@@ -1,0 +1,211 @@
+"""Request and response models of the incident API. Times are RFC 3339 with an offset:
+naive datetimes are refused (AwareDatetime)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
+
+from dispatch_engine.incidents.states import State
+from dispatch_engine.schemas.common import AccountId, StrictModel
+
+Severity = Literal["P1", "P2", "P3", "P4"]
+ShortText = Annotated[str, Field(min_length=1, max_length=200)]
+LongText = Annotated[str, Field(min_length=1, max_length=20_000)]
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError("must be an absolute http(s) URL")
+    return value
+
+
+def _utc(value: datetime) -> datetime:
+    return value.astimezone(UTC)
+
+
+UtcTime = Annotated[AwareDatetime, AfterValidator(_utc)]
+"""RFC 3339 with an offset (naive times are refused), normalised to UTC."""
+Link = Annotated[str, Field(min_length=8, max_length=2048), AfterValidator(_http_url)]
+
+
+class IncidentFields(StrictModel):
+    """The editable fields (all optional: PATCH sends only what changes)."""
+
+    title: ShortText | None = None
+    service: ShortText | None = Field(default=None, description="Product or service impacted.")
+    description: LongText | None = None
+    impact: LongText | None = None
+    severity: Severity | None = Field(
+        default=None, description="P1/P2 are major. Agreed at acknowledgement; changeable later."
+    )
+    started_at: UtcTime | None = Field(
+        default=None, description="When the impact began (default: when reported)."
+    )
+    symptoms: LongText | None = None
+    steps_to_reproduce: LongText | None = None
+    evidence_links: list[Link] | None = Field(default=None, max_length=100)
+    stakeholders: list[ShortText] | None = Field(default=None, max_length=100)
+    impacted_accounts: list[AccountId] | None = Field(default=None, max_length=10_000)
+    commander: ShortText | None = Field(default=None, description="Incident commander.")
+    communicator: ShortText | None = Field(default=None, description="Designated communicator.")
+    customer_tickets: list[ShortText] | None = Field(default=None, max_length=1000)
+
+
+class IncidentCreate(IncidentFields):
+    title: ShortText
+    service: ShortText
+
+
+class TransitionIn(StrictModel):
+    to: State
+    severity: Severity | None = Field(
+        default=None, description="Required when acknowledging an incident without severity."
+    )
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class ClockOut(BaseModel):
+    name: Literal["ack", "update", "postmortem"]
+    running: bool
+    due_at: datetime | None = Field(description="Due time while running, else null.")
+    opens_at: datetime | None = None
+    overdue: bool
+
+
+class IncidentOut(BaseModel):
+    id: str
+    title: str
+    service: str
+    description: str | None
+    impact: str | None
+    severity: Severity | None
+    major: bool
+    state: State
+    started_at: datetime
+    symptoms: str | None
+    steps_to_reproduce: str | None
+    evidence_links: list[str]
+    stakeholders: list[str]
+    impacted_accounts: list[str]
+    commander: str | None
+    communicator: str | None
+    customer_tickets: list[str]
+    reported_at: datetime
+    acknowledged_at: datetime | None
+    investigating_at: datetime | None
+    identified_at: datetime | None
+    resolved_at: datetime | None
+    closed_at: datetime | None
+    last_update_at: datetime | None
+    clocks: list[ClockOut]
+    overdue: bool
+    postmortem_required: bool
+    postmortem_recorded: bool
+    updated_at: datetime
+    version: int
+
+
+class IncidentPage(BaseModel):
+    items: list[IncidentOut]
+    next_cursor: str | None
+
+
+class StatusUpdateIn(StrictModel):
+    template: Literal["investigating", "identified", "resolved"]
+    symptoms: LongText | None = Field(
+        default=None, description="Required for investigating and identified."
+    )
+    eta: UtcTime | None = Field(
+        default=None, description="Identified only (required there); investigating: unknown."
+    )
+    message: LongText | None = Field(default=None, description="Optional extra public text.")
+    accounts: list[AccountId] = Field(
+        default_factory=list,
+        max_length=100,
+        description="Accounts this notice names publicly; none unless listed here.",
+    )
+
+
+class StatusUpdateOut(BaseModel):
+    id: str
+    incident: str
+    template: str
+    service: str
+    symptoms: str | None
+    eta: datetime | None
+    message: str | None
+    accounts: list[str]
+    text: str
+    posted_at: datetime
+    expires_at: datetime | None
+
+
+class FeedNotice(BaseModel):
+    """What the public feed shows: the notice's own fields, nothing from the incident."""
+
+    id: str
+    incident: str
+    template: str
+    service: str
+    text: str
+    symptoms: str | None
+    eta: datetime | None
+    accounts: list[str]
+    posted_at: datetime
+    expires_at: datetime | None
+
+
+class StatusFeed(BaseModel):
+    generated_at: datetime
+    notices: list[FeedNotice]
+
+
+class CommunicationIn(StrictModel):
+    account: AccountId
+    channel: Literal["direct_email", "in_app", "phone"]
+    recipient: ShortText
+    what: LongText
+    by: ShortText | None = Field(default=None, description="Who (default: the API key id).")
+    at: UtcTime | None = Field(default=None, description="When (default: now).")
+
+
+class CommunicationOut(BaseModel):
+    id: str
+    incident: str
+    account: str
+    channel: str
+    recipient: str
+    by: str
+    at: datetime
+    what: str
+    recorded_at: datetime
+
+
+class ServiceCredit(StrictModel):
+    account: AccountId
+    credit: ShortText = Field(description="What is due, e.g. '10% of the March invoice'.")
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class PostmortemIn(StrictModel):
+    findings: LongText
+    improvement_actions: list[LongText] = Field(min_length=1, max_length=200)
+    link: Link
+    service_credits: list[ServiceCredit] = Field(default_factory=list, max_length=10_000)
+
+
+class PostmortemOut(BaseModel):
+    incident: str
+    findings: str
+    improvement_actions: list[str]
+    link: str
+    service_credits: list[dict[str, Any]]
+    time_to_resolution_seconds: int
+    time_to_resolution: str = Field(description="ISO 8601 duration, start to resolved.")
+    recorded_at: datetime
+    updated_at: datetime
