@@ -296,7 +296,7 @@ async def main() -> None:
             data_dir=workdir,
             webhook_allow_http=True,
             webhook_allowlist=["127.0.0.1/32"],
-            dnd_concurrency=256,
+            dnd_concurrency=48,
         )
         dnd_url = None
         if args.dnd_ms is not None:

@@ -65,6 +65,7 @@ class Settings(BaseSettings):
     dnd_concurrency: int = Field(default=64, ge=1)
     relay_batch_size: int = Field(default=500, ge=1, le=10_000)
     relay_interval_seconds: float = Field(default=0.5, gt=0)
+    relay_parallel: int = Field(default=3, ge=1, le=32)
     relay_max_attempts: int = Field(default=8, ge=1)
     relay_backoff_seconds: float = Field(default=2.0, gt=0)
     relay_backoff_max_seconds: float = Field(default=300.0, gt=0)

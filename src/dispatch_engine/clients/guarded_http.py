@@ -184,11 +184,15 @@ class _ResponseStream(httpx.AsyncByteStream):
 class _PinnedTransport(httpx.AsyncBaseTransport):
     """httpx transport over an httpcore pool that uses :class:`_PinnedBackend`."""
 
-    def __init__(self, backend: _PinnedBackend, ssl_context: ssl.SSLContext) -> None:
+    def __init__(
+        self, backend: _PinnedBackend, ssl_context: ssl.SSLContext, max_connections: int = 100
+    ) -> None:
+        # Keep as many idle connections as may be busy: a webhook answering a batch of
+        # checks is asked again at once, and reconnecting each time costs more than the call.
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context,
-            max_connections=100,
-            max_keepalive_connections=20,
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
             keepalive_expiry=5.0,
             http1=True,
             http2=False,
@@ -271,7 +275,9 @@ class GuardedHttpClient:
         self._backend = _PinnedBackend()
         context = ssl_context if ssl_context is not None else httpx.create_ssl_context()
         self._client = httpx.AsyncClient(
-            transport=_PinnedTransport(self._backend, context),
+            transport=_PinnedTransport(
+                self._backend, context, max_connections=max_concurrency_per_host
+            ),
             follow_redirects=False,
             # Ignore HTTP(S)_PROXY etc.: a proxy would do its own, unvetted DNS resolution.
             trust_env=False,

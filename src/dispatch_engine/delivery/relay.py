@@ -7,6 +7,7 @@ import asyncio
 import random
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -58,20 +59,33 @@ class OutboxRelay:
         self.cap = settings.relay_backoff_max_seconds
         self.lease = timedelta(seconds=max(30, settings.claim_lease_seconds))
         self.holding: dict[str, list[int]] = {}  # claim token → outbox ids in flight
+        sqlite = context.engine.dialect.name == "sqlite"
+        self.parallel = 1 if sqlite else settings.relay_parallel
         self.breaker = CircuitBreaker(
             threshold=settings.relay_breaker_threshold,
             cooldown=timedelta(seconds=settings.relay_breaker_cooldown_seconds),
         )
 
-    async def run_until_idle(self, max_rounds: int = 1000) -> RelayResult:
+    async def run_until_idle(
+        self, max_rounds: int = 1000, should_stop: Callable[[], bool] | None = None
+    ) -> RelayResult:
+        """Rounds until the outbox has nothing due, with `parallel` rounds in flight so the
+        database work of one overlaps the queue pushes of another (PostgreSQL: SKIP LOCKED
+        keeps their claims apart; SQLite runs one at a time)."""
         total = RelayResult()
-        for _ in range(max_rounds):
-            result = await self.run_once()
-            total.delivered += result.delivered
-            total.retried += result.retried
-            total.failed += result.failed
-            if result.handled == 0:
-                break
+
+        async def lane() -> None:
+            for _ in range(max_rounds):
+                if should_stop is not None and should_stop():
+                    return
+                result = await self.run_once()
+                total.delivered += result.delivered
+                total.retried += result.retried
+                total.failed += result.failed
+                if result.handled == 0:
+                    return
+
+        await asyncio.gather(*(lane() for _ in range(self.parallel)))
         return total
 
     async def observe_depth(self) -> None:

@@ -69,11 +69,7 @@ class Worker:
                 return
 
     async def relay_outbox(self) -> None:
-        for _ in range(MAX_ROUNDS_PER_TICK):
-            if self._stopping:
-                break
-            if (await self.relay.run_once()).handled == 0:
-                break
+        await self.relay.run_until_idle(MAX_ROUNDS_PER_TICK, lambda: self._stopping)
         await self.relay.observe_depth()
 
     async def maintain(self) -> None:
