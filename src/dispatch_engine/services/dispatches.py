@@ -244,5 +244,5 @@ async def resume_dispatch(
         dispatch.version += 1
         dispatch.updated_at = now
         await session.flush()
-        await retiming.release_held(session, retiming.of_dispatches([dispatch.id]))
+        await retiming.release_held(session, now, retiming.of_dispatches([dispatch.id]))
     return lineup

@@ -338,7 +338,7 @@ async def patch_policy(
         business_hours_of(rules)
         if rules.model_dump(mode="json") != policy.business_rules:
             policy.business_rules = rules.model_dump(mode="json")
-            await retiming.redo_business_deferrals(session, policy.id)
+            await retiming.redo_business_deferrals(session, policy.id, now)
     if patch.get("dnd_webhooks") is not None:
         dnd = _parse_section(
             DndWebhooks, "dnd_webhooks", _merge(policy.dnd_webhooks, patch["dnd_webhooks"])
@@ -366,7 +366,7 @@ async def set_policy_status(
         _touch(policy, now)
         if status == "active":
             await session.flush()
-            await retiming.release_held(session, retiming.of_policy(policy.id))
+            await retiming.release_held(session, now, retiming.of_policy(policy.id))
 
 
 async def _shift_positions(
@@ -455,8 +455,9 @@ async def edit_lineup_message(
         delay if m.id == message.id and delay is not None else m.delay_seconds for m in lineup
     ]
     check_delays(delays)
-    if channel is not None:
+    if channel is not None and channel != message.channel:
         message.channel = channel
+        await retiming.change_step_channel(session, message.id, channel)
     if delay is not None and delay != message.delay_seconds:
         await retiming.retime_step(session, message.id, message.delay_seconds, delay)
         message.delay_seconds = delay

@@ -125,7 +125,7 @@ async def lift_pause(pause_id: str, actor: OperatorActor, session: SessionDep) -
                 else Message.channel == pause.target
             )
             await session.flush()
-            await retiming.release_held(session, condition)
+            await retiming.release_held(session, actor.now(), condition)
             actor.audit(
                 session,
                 "pause.lift",
