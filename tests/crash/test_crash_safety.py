@@ -10,12 +10,9 @@ the queue can be frozen (SIGSTOP) to make an outage without losing its contents.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,22 +26,11 @@ from sqlalchemy import func, select
 
 from dispatch_engine.context import AppContext
 from dispatch_engine.models import Message, OutboxEntry
-from tests.conftest import ENCRYPTION_KEYS, HMAC_KEYS
+from tests.procs import ALL_WEEK, BIN, free_port, start_worker
 
-BIN = Path(sys.executable).parent
-ALL_WEEK = {
-    d: [{"start": "00:00", "end": "24:00"}]
-    for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-}
 CONTACTS = 160
 UNSUBSCRIBED = 16
 KILL_CYCLES = 12
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _start_moto(port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -65,29 +51,20 @@ def _start_moto(port: int, log: Path) -> subprocess.Popen[bytes]:
 
 
 def _worker(url: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DISPATCH_DATABASE_URL": url,
-        "DISPATCH_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
-        "DISPATCH_HMAC_KEYS": HMAC_KEYS,
-        "DISPATCH_DATA_DIR": str(log.parent),
-        "DISPATCH_CLAIM_BATCH_SIZE": "10",
-        "DISPATCH_RELAY_BATCH_SIZE": "10",
-        "DISPATCH_CLAIM_INTERVAL_SECONDS": "0.05",
-        "DISPATCH_RELAY_INTERVAL_SECONDS": "0.05",
-        "DISPATCH_CLAIM_LEASE_SECONDS": "5",
-        "DISPATCH_RELAY_BACKOFF_SECONDS": "0.2",
-        "DISPATCH_RELAY_BACKOFF_MAX_SECONDS": "1",
-        "DISPATCH_RELAY_MAX_ATTEMPTS": "1000",
-        "DISPATCH_RELAY_BREAKER_COOLDOWN_SECONDS": "0.5",
-        "DISPATCH_SQS_CONCURRENCY": "2",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    return subprocess.Popen(
-        [str(BIN / "dispatch-engine"), "worker", "--grace", "2"],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
+    return start_worker(
+        url,
+        log,
+        grace=2,
+        claim_batch_size="10",
+        relay_batch_size="10",
+        claim_interval_seconds="0.05",
+        relay_interval_seconds="0.05",
+        claim_lease_seconds="5",
+        relay_backoff_seconds="0.2",
+        relay_backoff_max_seconds="1",
+        relay_max_attempts="1000",
+        relay_breaker_cooldown_seconds="0.5",
+        sqs_concurrency="2",
     )
 
 
@@ -146,7 +123,7 @@ async def test_kill_the_worker_again_and_again_lose_nothing(
 
     context.clock = SystemClock()
     rng = random.Random(20261128)
-    port = _free_port()
+    port = free_port()
     moto = _start_moto(port, tmp_path / "moto.log")
     endpoint = f"http://127.0.0.1:{port}"
     workers: list[subprocess.Popen[bytes]] = []

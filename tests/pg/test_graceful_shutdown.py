@@ -4,10 +4,8 @@ within its grace period; another worker then finishes the rest exactly once."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,34 +15,22 @@ from sqlalchemy import func, select
 
 from dispatch_engine.context import AppContext
 from dispatch_engine.models import LocalQueueMessage, Message
-from tests.conftest import ENCRYPTION_KEYS, HMAC_KEYS, setup_account
+from tests.conftest import setup_account
+from tests.procs import send_now_dispatch, start_worker
 
-CLI = str(Path(sys.executable).with_name("dispatch-engine"))
-ALL_WEEK = {
-    d: [{"start": "00:00", "end": "24:00"}]
-    for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-}
 CONTACTS = 4000
 GRACE = 5.0
 
 
 def _worker(url: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DISPATCH_DATABASE_URL": url,
-        "DISPATCH_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
-        "DISPATCH_HMAC_KEYS": HMAC_KEYS,
-        "DISPATCH_DATA_DIR": str(log.parent),
-        "DISPATCH_CLAIM_BATCH_SIZE": "100",
-        "DISPATCH_CLAIM_INTERVAL_SECONDS": "0.1",
-        "DISPATCH_RELAY_INTERVAL_SECONDS": "0.1",
-        "DISPATCH_CLAIM_LEASE_SECONDS": "300",
-    }
-    return subprocess.Popen(
-        [CLI, "worker", "--grace", str(GRACE)],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
+    return start_worker(
+        url,
+        log,
+        grace=GRACE,
+        claim_batch_size="100",
+        claim_interval_seconds="0.1",
+        relay_interval_seconds="0.1",
+        claim_lease_seconds="300",
     )
 
 
@@ -63,30 +49,7 @@ async def test_sigterm_returns_leases_and_exits_in_grace(
 
     context.clock = SystemClock()
     await setup_account(client, admin)
-    policy = (
-        await client.post(
-            "/v1/accounts/acme/policies",
-            headers=admin,
-            json={
-                "name": "Now",
-                "lineup": [{"channel": "email", "delay": "PT0S"}],
-                "business_rules": {"time_zone": "UTC", "days": ALL_WEEK},
-                "fatigue": {"pending_token": {"enabled": False}},
-            },
-        )
-    ).json()
-    dispatch = (
-        await client.post(
-            "/v1/accounts/acme/dispatches",
-            headers=admin,
-            json={
-                "questionnaire_id": "q",
-                "policy_id": policy["id"],
-                "token_validity": "P7D",
-                "message_templates": {policy["lineup"][0]["id"]: "tpl"},
-            },
-        )
-    ).json()
+    dispatch = await send_now_dispatch(client, admin, fatigue={"pending_token": {"enabled": False}})
     posted = await client.post(
         f"/v1/accounts/acme/dispatches/{dispatch['id']}/contacts",
         headers=admin,

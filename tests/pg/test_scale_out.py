@@ -6,7 +6,6 @@ the per-worker counts show the load was shared."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -19,10 +18,9 @@ from sqlalchemy import func, select
 
 from dispatch_engine.context import AppContext
 from dispatch_engine.models import Message, OutboxEntry
-from tests.conftest import ENCRYPTION_KEYS, HMAC_KEYS, setup_account
-from tests.crash.test_crash_safety import ALL_WEEK, _free_port
+from tests.conftest import setup_account
+from tests.procs import ALL_WEEK, free_port, start_worker
 
-BIN = Path(sys.executable).parent
 CONTACTS = 20_000
 
 
@@ -45,25 +43,15 @@ def _sink(port: int, log: Path) -> subprocess.Popen[bytes]:
 
 
 def _worker(url: str, name: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DISPATCH_DATABASE_URL": url,
-        "DISPATCH_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
-        "DISPATCH_HMAC_KEYS": HMAC_KEYS,
-        "DISPATCH_DATA_DIR": str(log.parent),
-        "DISPATCH_WORKER_ID": name,
-        "DISPATCH_CLAIM_BATCH_SIZE": "250",
-        "DISPATCH_CLAIM_INTERVAL_SECONDS": "0.1",
-        "DISPATCH_RELAY_INTERVAL_SECONDS": "0.1",
-        "DISPATCH_RELAY_BATCH_SIZE": "250",
-        "DISPATCH_CLAIM_LEASE_SECONDS": "5",
-        "AWS_EC2_METADATA_DISABLED": "true",
-    }
-    return subprocess.Popen(
-        [str(BIN / "dispatch-engine"), "worker", "--grace", "5"],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
+    return start_worker(
+        url,
+        log,
+        worker_id=name,
+        claim_batch_size="250",
+        claim_interval_seconds="0.1",
+        relay_interval_seconds="0.1",
+        relay_batch_size="250",
+        claim_lease_seconds="5",
     )
 
 
@@ -93,7 +81,7 @@ async def test_three_workers_share_twenty_thousand_with_a_kill_and_a_term(
     from dispatch_engine.clock import SystemClock
 
     context.clock = SystemClock()
-    port = _free_port()
+    port = free_port()
     sink = _sink(port, tmp_path / "sink.log")
     endpoint = f"http://127.0.0.1:{port}"
     workers: dict[str, subprocess.Popen[bytes]] = {}

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,30 +14,20 @@ from sqlalchemy import func, select
 
 from dispatch_engine.context import AppContext
 from dispatch_engine.models import LocalQueueMessage, Message, OutboxEntry
-from tests.conftest import ENCRYPTION_KEYS, HMAC_KEYS, setup_account
+from tests.conftest import setup_account
+from tests.procs import send_now_dispatch, start_worker
 
-CLI = str(Path(sys.executable).with_name("dispatch-engine"))
-ALL_WEEK = {
-    d: [{"start": "00:00", "end": "24:00"}]
-    for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-}
 CONTACTS = 3000
 
 
 def _worker(url: str, name: str, log: Path) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "DISPATCH_DATABASE_URL": url,
-        "DISPATCH_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
-        "DISPATCH_HMAC_KEYS": HMAC_KEYS,
-        "DISPATCH_WORKER_ID": name,
-        "DISPATCH_CLAIM_BATCH_SIZE": "50",
-        "DISPATCH_CLAIM_INTERVAL_SECONDS": "0.1",
-        "DISPATCH_RELAY_INTERVAL_SECONDS": "0.1",
-        "DISPATCH_DATA_DIR": str(log.parent),
-    }
-    return subprocess.Popen(
-        [CLI, "worker"], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    return start_worker(
+        url,
+        log,
+        worker_id=name,
+        claim_batch_size="50",
+        claim_interval_seconds="0.1",
+        relay_interval_seconds="0.1",
     )
 
 
@@ -52,30 +40,7 @@ async def test_two_worker_processes_share_the_load_and_never_double_send(
 
     context.clock = SystemClock()  # the processes run on real time
     await setup_account(client, admin)
-    policy = (
-        await client.post(
-            "/v1/accounts/acme/policies",
-            headers=admin,
-            json={
-                "name": "Now",
-                "lineup": [{"channel": "email", "delay": "PT0S"}],
-                "business_rules": {"time_zone": "UTC", "days": ALL_WEEK},
-                "fatigue": {"pending_token": {"enabled": False}},
-            },
-        )
-    ).json()
-    dispatch = (
-        await client.post(
-            "/v1/accounts/acme/dispatches",
-            headers=admin,
-            json={
-                "questionnaire_id": "q",
-                "policy_id": policy["id"],
-                "token_validity": "P7D",
-                "message_templates": {policy["lineup"][0]["id"]: "tpl"},
-            },
-        )
-    ).json()
+    dispatch = await send_now_dispatch(client, admin, fatigue={"pending_token": {"enabled": False}})
     contacts = [{"email": f"p{i}@example.com"} for i in range(CONTACTS)]
     response = await client.post(
         f"/v1/accounts/acme/dispatches/{dispatch['id']}/contacts",
