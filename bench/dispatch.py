@@ -9,12 +9,14 @@ mark sent, COPY outbox rows) over the same rows, on the same database.
     .venv/bin/python -m bench.dispatch --rows 1000000
     .venv/bin/python -m bench.dispatch --rows 200000 --db sqlite
     .venv/bin/python -m bench.dispatch --rows 50000 --dnd-ms 20
+    .venv/bin/python -m bench.dispatch --rows 200000 --workers 2   # N worker processes
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import secrets
 import tempfile
@@ -255,6 +257,38 @@ async def ceiling_pg(url: str, batch: int) -> tuple[int, float]:
         await connection.close()
 
 
+def _worker_process(settings: Settings, batch: int, results: Any) -> None:
+    """One worker process: its own context and engine, until nothing is due."""
+
+    async def run() -> int:
+        context = build_context(settings, FrozenClock(NOW))
+        try:
+            result = await DeliveryEngine(context, batch_size=batch).run_until_idle(10_000_000)
+            return result.claimed
+        finally:
+            await context.aclose()
+
+    results.put(asyncio.run(run()))
+
+
+def run_worker_processes(settings: Settings, workers: int, batch: int) -> tuple[int, float]:
+    """N processes drain the same due messages concurrently (SKIP LOCKED keeps them apart)."""
+    spawn = multiprocessing.get_context("spawn")
+    results = spawn.Queue()
+    processes = [
+        spawn.Process(target=_worker_process, args=(settings, batch, results))
+        for _ in range(workers)
+    ]
+    started = time.perf_counter()
+    for process in processes:
+        process.start()
+    claimed = sum(results.get() for _ in processes)
+    elapsed = time.perf_counter() - started
+    for process in processes:
+        process.join()
+    return claimed, elapsed
+
+
 def start_dnd_server(delay_ms: float) -> tuple[str, uvicorn.Server]:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -284,6 +318,7 @@ async def main() -> None:
     parser.add_argument("--db", choices=["pg", "sqlite"], default="pg")
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--dnd-ms", type=float, default=None)
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (PostgreSQL)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="de-bench-"))
     url, pg_name = await create_database("postgresql" if args.db == "pg" else "sqlite", workdir)
@@ -310,6 +345,15 @@ async def main() -> None:
         if args.db == "pg":
             async with context.engine.connect() as connection:
                 await connection.exec_driver_sql("ANALYZE")
+        if args.workers > 1:
+            claimed, elapsed = run_worker_processes(settings, args.workers, args.batch)
+            rate = claimed / elapsed
+            print(
+                f"pipeline ({args.db}, {args.workers} worker processes): {claimed:,} messages "
+                f"decided in {elapsed:.1f} s = {rate:,.0f} messages/s"
+            )
+            await context.aclose()
+            return
         worker = Worker(context)
         engine = DeliveryEngine(context, worker.engine.dnd_client, batch_size=args.batch)
         started = time.perf_counter()
