@@ -8,3 +8,5 @@ $PY -m bench.dispatch --rows 2000
 if [ -f bench/relay.py ]; then
   $PY -m bench.relay --rows 2000
 fi
+$PY -m bench.end_to_end --rows 2000
+$PY -m bench.soak --minutes 0.2 --rate 20
