@@ -106,8 +106,3 @@ class Unauthenticated(DomainError):
 class Forbidden(DomainError):
     def __init__(self, detail: str) -> None:
         super().__init__(detail=detail, status=403, slug="forbidden", title="Forbidden")
-
-
-class NotImplementedYet(DomainError):
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail=detail, status=501, slug="not-implemented", title="Not implemented")

@@ -26,7 +26,7 @@ from sqlalchemy import func, select
 
 from dispatch_engine.context import AppContext
 from dispatch_engine.models import Message, OutboxEntry
-from tests.procs import ALL_WEEK, BIN, free_port, start_worker
+from tests.procs import BIN, free_port, send_now_dispatch, start_worker
 
 CONTACTS = 160
 UNSUBSCRIBED = 16
@@ -153,29 +153,7 @@ async def test_kill_the_worker_again_and_again_lose_nothing(
             },
         )
         assert put.status_code == 200, put.text
-        policy = (
-            await client.post(
-                "/v1/accounts/acme/policies",
-                headers=admin,
-                json={
-                    "name": "Now",
-                    "lineup": [{"channel": "email", "delay": "PT0S"}],
-                    "business_rules": {"time_zone": "UTC", "days": ALL_WEEK},
-                },
-            )
-        ).json()
-        dispatch = (
-            await client.post(
-                "/v1/accounts/acme/dispatches",
-                headers=admin,
-                json={
-                    "questionnaire_id": "q",
-                    "policy_id": policy["id"],
-                    "token_validity": "P7D",
-                    "message_templates": {policy["lineup"][0]["id"]: "tpl"},
-                },
-            )
-        ).json()
+        dispatch = await send_now_dispatch(client, admin)
         contacts = [{"email": f"p{i}@example.com", "external_id": f"c{i}"} for i in range(CONTACTS)]
         posted = await client.post(
             f"/v1/accounts/acme/dispatches/{dispatch['id']}/contacts",

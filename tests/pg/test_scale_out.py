@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from dispatch_engine.context import AppContext
 from dispatch_engine.models import Message, OutboxEntry
 from tests.conftest import setup_account
-from tests.procs import ALL_WEEK, free_port, start_worker
+from tests.procs import free_port, send_now_dispatch, start_worker
 
 CONTACTS = 20_000
 
@@ -100,29 +100,7 @@ async def test_three_workers_share_twenty_thousand_with_a_kill_and_a_term(
             },
         )
         assert put.status_code == 200, put.text
-        policy = (
-            await client.post(
-                "/v1/accounts/acme/policies",
-                headers=admin,
-                json={
-                    "name": "Now",
-                    "lineup": [{"channel": "email", "delay": "PT0S"}],
-                    "business_rules": {"time_zone": "UTC", "days": ALL_WEEK},
-                },
-            )
-        ).json()
-        dispatch = (
-            await client.post(
-                "/v1/accounts/acme/dispatches",
-                headers=admin,
-                json={
-                    "questionnaire_id": "q",
-                    "policy_id": policy["id"],
-                    "token_validity": "P7D",
-                    "message_templates": {policy["lineup"][0]["id"]: "tpl"},
-                },
-            )
-        ).json()
+        dispatch = await send_now_dispatch(client, admin)
         csv = "email\n" + "".join(f"p{i}@example.com\n" for i in range(CONTACTS))
         posted = await client.post(
             f"/v1/accounts/acme/dispatches/{dispatch['id']}/contacts",

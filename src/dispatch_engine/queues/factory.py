@@ -35,12 +35,7 @@ def build_sender(context: AppContext, integration: QueueIntegration) -> QueueSen
     if integration.kind == "azure_service_bus":
         from dispatch_engine.queues.servicebus import ServiceBusQueueSender
 
-        return ServiceBusQueueSender(
-            connection_string=secrets.get("connection_string"),
-            namespace=config.get("namespace"),
-            queue_name=config.get("queue_name"),
-            topic_name=config.get("topic_name"),
-        )
+        return ServiceBusQueueSender.from_integration(config, secrets)
     return None
 
 
