@@ -267,14 +267,24 @@ async def drain(context: AppContext, http: GuardedHttpClient) -> DrainResult:
         if not claimed:
             return DrainResult()
         gate = asyncio.Semaphore(CONCURRENCY)
+        outcomes: list[_Outcome | None] = [None] * len(claimed)
+        by_hook: dict[str, list[int]] = {}
+        for index, (_, hook) in enumerate(claimed):
+            by_hook.setdefault(hook.id, []).append(index)
 
-        async def send(row: IncidentNotification, hook: NotificationWebhook) -> _Outcome:
+        async def send_in_order(indexes: list[int]) -> None:
+            """One webhook receives its events in the order they happened; different
+            webhooks are served concurrently."""
             async with gate:
-                return await _post(http, context.cipher, row, hook)
+                for index in indexes:
+                    row, hook = claimed[index]
+                    outcomes[index] = await _post(http, context.cipher, row, hook)
 
-        outcomes = await asyncio.gather(*(send(row, hook) for row, hook in claimed))
+        await asyncio.gather(*(send_in_order(indexes) for indexes in by_hook.values()))
+        sent = [outcome for outcome in outcomes if outcome is not None]
+        assert len(sent) == len(claimed)
         async with session.begin():
-            return await _write_back(session, token, claimed, outcomes, now)
+            return await _write_back(session, token, claimed, sent, now)
 
 
 async def _write_back(
