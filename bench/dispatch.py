@@ -319,6 +319,9 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--dnd-ms", type=float, default=None)
     parser.add_argument("--workers", type=int, default=1, help="worker processes (PostgreSQL)")
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="rounds at once per worker (PostgreSQL)"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="de-bench-"))
     url, pg_name = await create_database("postgresql" if args.db == "pg" else "sqlite", workdir)
@@ -332,6 +335,7 @@ async def main() -> None:
             webhook_allow_http=True,
             webhook_allowlist=["127.0.0.1/32"],
             dnd_concurrency=48,
+            **({"claim_concurrency": args.concurrency} if args.concurrency else {}),
         )
         dnd_url = None
         if args.dnd_ms is not None:
@@ -356,15 +360,16 @@ async def main() -> None:
             return
         worker = Worker(context)
         engine = DeliveryEngine(context, worker.engine.dnd_client, batch_size=args.batch)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         result = await engine.run_until_idle(max_rounds=10_000_000)
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
         await worker.shutdown(0)
         rate = result.claimed / elapsed
         dnd = f", DND webhook answering in {args.dnd_ms:g} ms" if args.dnd_ms is not None else ""
         print(
             f"pipeline ({args.db}{dnd}): {result.claimed:,} messages decided in {elapsed:.1f} s "
-            f"= {rate:,.0f} messages/s; outcomes {dict(result.outcomes)}"
+            f"= {rate:,.0f} messages/s; outcomes {dict(result.outcomes)}; worker CPU "
+            f"{cpu / max(1, result.claimed) * 1e6:,.0f} µs/message"
         )
         await context.aclose()
         if args.db == "pg" and args.dnd_ms is None:

@@ -439,6 +439,24 @@ async def test_fatigue_rule_2_max_invites_across_policies(
     assert first(await api.invite(d3, "ann-5"))["state"] == "sent"
 
 
+async def test_fatigue_rule_2_holds_when_rounds_race(api: Api, context: AppContext) -> None:
+    """Rounds running at once (one per message) must not all see an empty ledger: the
+    person's first sends are serialised, so a limit of 1 lets exactly one invite out."""
+    one_in_30 = {**NO_RULE_1, "max_invites": {"enabled": True, "count": 1, "days": 30}}
+    racers = 6
+    for n in range(racers):
+        policy = await api.policy(
+            f"P{n}",
+            fatigue={**one_in_30, "max_invites": {**one_in_30["max_invites"], "scope": "all"}},
+        )
+        await api.post(await api.dispatch(policy, f"q{n}"), contact(ANN, f"ann-{n}"))
+    engine = DeliveryEngine(context, batch_size=1)
+    result = await engine.run_until_idle(concurrency=racers)
+    assert result.claimed >= racers
+    assert result.outcomes["sent"] == 1, result.outcomes
+    assert result.outcomes["fatigue_max_invites"] == racers - 1
+
+
 async def test_fatigue_rule_2_questionnaire_scope_counts_only_that_questionnaire(
     api: Api, worker: Worker
 ) -> None:

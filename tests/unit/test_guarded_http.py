@@ -11,12 +11,13 @@ import socket
 import ssl
 import threading
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpcore
+import aiohttp
 import pytest
 import uvicorn
 from cryptography import x509
@@ -32,7 +33,7 @@ from dispatch_engine.clients.guarded_http import (
     UnsafeUrlError,
     UpstreamTimeout,
     UpstreamUnavailable,
-    _PinnedBackend,
+    _PinnedResolver,
 )
 from dispatch_engine.security.ssrf import UrlPolicy
 
@@ -447,12 +448,180 @@ async def test_rebinding_to_forbidden_address_is_caught_per_call(
     assert http_server.state.paths() == ["/ok"]
 
 
-async def test_backend_never_dials_unvetted_hosts() -> None:
-    backend = _PinnedBackend()
-    with pytest.raises(httpcore.ConnectError):
-        await backend.connect_tcp("unvetted.example", 80)
-    with pytest.raises(httpcore.ConnectError):
-        await backend.connect_unix_socket("/var/run/docker.sock")
+async def test_resolver_never_answers_for_unvetted_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Even a name the system resolver would answer is refused until it is pinned.
+    calls = fake_dns(monkeypatch, lambda name: [LOOPBACK])
+    resolver = _PinnedResolver()
+    with pytest.raises(OSError, match="not vetted"):
+        await resolver.resolve("unvetted.example", 80)
+    resolver.pin("Vetted.Example", ["127.0.0.1", "::1"])
+    answers = await resolver.resolve("vetted.example", 80, family=socket.AF_UNSPEC)
+    assert [(a["host"], a["port"], a["hostname"]) for a in answers] == [
+        ("127.0.0.1", 80, "vetted.example"),
+        ("::1", 80, "vetted.example"),
+    ]
+    only_v4 = await resolver.resolve("vetted.example", 80, family=socket.AF_INET)
+    assert [a["host"] for a in only_v4] == ["127.0.0.1"]
+    with pytest.raises(OSError, match="not vetted"):
+        await resolver.resolve("other.example", 80)
+    resolver.unpin("vetted.example")
+    with pytest.raises(OSError, match="not vetted"):
+        await resolver.resolve("vetted.example", 80)
+    assert calls == []
+
+
+async def test_connector_refuses_unvetted_host_without_connecting(
+    monkeypatch: pytest.MonkeyPatch, http_server: RunningServer
+) -> None:
+    """The client's own connection pool cannot reach a host no call has vetted."""
+    calls = fake_dns(monkeypatch, lambda name: [LOOPBACK] if name.endswith(".example") else None)
+    async with make_client() as guarded:
+        assert await guarded.post_json(f"http://vetted.example:{http_server.port}/ok", {})
+        session = guarded._get_session()
+        with pytest.raises(aiohttp.ClientConnectorDNSError):
+            await session.post(f"http://unvetted.example:{http_server.port}/ok", data=b"{}")
+        # The pin ends with the last call for the host: no new connection until vetted again.
+        with pytest.raises(OSError, match="not vetted"):
+            await guarded._resolver.resolve("vetted.example", http_server.port)
+    assert http_server.state.paths() == ["/ok"]
+    assert calls == ["vetted.example"]
+
+
+async def test_dns_change_between_calls_dials_only_the_new_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two listeners on one port at 127.0.0.1 and 127.0.0.3; DNS moves from one to the other.
+
+    The listeners answer ``Connection: close`` so that the second call must dial again.
+    """
+    hits: list[str] = []
+
+    def handler(name: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any]:
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            hits.append(name)
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+            await writer.drain()
+            writer.close()
+
+        return on_connect
+
+    first = await asyncio.start_server(handler("first"), LOOPBACK, 0)
+    port = first.sockets[0].getsockname()[1]
+    second = await asyncio.start_server(handler("second"), "127.0.0.3", port)
+    answers = iter([[LOOPBACK], ["127.0.0.3"], ["127.0.0.3"]])
+    fake_dns(monkeypatch, lambda name: next(answers) if name == "moving.example" else None)
+    policy = UrlPolicy(allow_http=True, allowlist=("127.0.0.1/32", "127.0.0.3/32"))
+    try:
+        async with make_client(policy) as guarded:
+            url = f"http://moving.example:{port}/hook"
+            assert (await guarded.post_json(url, {})).status_code == 200
+            assert hits == ["first"]
+            assert (await guarded.post_json(url, {})).status_code == 200
+            assert (await guarded.post_json(url, {})).status_code == 200
+        assert hits == ["first", "second", "second"]
+    finally:
+        for listener in (first, second):
+            listener.close()
+            await listener.wait_closed()
+
+
+async def keep_alive_listener(
+    connections: list[int],
+) -> tuple[asyncio.Server, int]:
+    """A raw HTTP/1.1 server that serves many requests per connection and counts connections."""
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    listener = await asyncio.start_server(on_connect, LOOPBACK, 0)
+    return listener, listener.sockets[0].getsockname()[1]
+
+
+async def test_keep_alive_connections_are_reused() -> None:
+    connections: list[int] = []
+    listener, port = await keep_alive_listener(connections)
+    try:
+        async with make_client() as guarded:
+            for _ in range(5):
+                assert (await guarded.post_json(f"http://127.0.0.1:{port}/", {})).body == b"{}"
+            assert len(connections) == 1
+            results = await asyncio.gather(
+                *(guarded.post_json(f"http://127.0.0.1:{port}/", {}) for _ in range(8))
+            )
+            assert [r.status_code for r in results] == [200] * 8
+            assert len(connections) <= 4  # max_concurrency_per_host
+    finally:
+        listener.close()
+        await listener.wait_closed()
+
+
+async def test_oversized_body_connection_is_not_reused(http_server: RunningServer) -> None:
+    async with make_client() as guarded:
+        with pytest.raises(ResponseTooLarge):
+            await guarded.post_json(http_server.url("/big-chunked"), {})
+        # The undrained connection was dropped; the next call still gets a clean answer.
+        response = await guarded.post_json(http_server.url("/ok"), {"n": 1})
+    assert json.loads(response.body) == {"received": {"n": 1}}
+
+
+@pytest.mark.parametrize(
+    ("scenario", "expected"),
+    [
+        ("garbage", UpstreamUnavailable),
+        ("refused", UpstreamUnavailable),
+        ("slow", UpstreamTimeout),
+        ("big", ResponseTooLarge),
+    ],
+)
+async def test_errors_and_tracebacks_carry_origin_only(
+    http_server: RunningServer, scenario: str, expected: type[GuardedHttpError]
+) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.write(b"HTTP/1.1 abc nonsense\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(garbage, LOOPBACK, 0)
+    garbage_port = listener.sockets[0].getsockname()[1]
+    closed = _free_socket()
+    refused_port = closed.getsockname()[1]
+    closed.close()
+    secret = "/hook/SECRET-PATH?token=SECRET-QUERY"
+    url = {
+        "garbage": f"http://127.0.0.1:{garbage_port}{secret}",
+        "refused": f"http://127.0.0.1:{refused_port}{secret}",
+        "slow": http_server.url("/slow?token=SECRET-QUERY"),
+        "big": http_server.url("/big?token=SECRET-QUERY"),
+    }[scenario]
+    try:
+        async with make_client(read_timeout=0.3) as guarded:
+            with pytest.raises(expected) as info:
+                await guarded.post_json(url, {})
+    finally:
+        listener.close()
+        await listener.wait_closed()
+    rendered = "".join(traceback.format_exception(info.value))
+    for text in (str(info.value), repr(info.value), rendered):
+        assert "SECRET" not in text
+        assert "/hook" not in text and "/slow" not in text and "/big" not in text
+    assert "127.0.0.1:" in str(info.value)
 
 
 async def test_tls_uses_original_hostname_for_sni_and_certificate(

@@ -21,6 +21,7 @@ from dispatch_engine.schemas.queue_message import (
     ProbeMessageV1,
     build_invitation,
     build_probe,
+    encode_invitation,
     encode_message,
     format_utc,
     load_json_schema,
@@ -298,3 +299,80 @@ def test_format_utc() -> None:
     assert format_utc(T0.replace(microsecond=5)) == "2026-03-02T09:00:00.000005Z"
     with pytest.raises(ValueError, match="when must be timezone-aware"):
         format_utc(datetime(2026, 1, 1), "when")
+
+
+_ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_", min_size=1, max_size=20)
+_times = st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+
+
+class TestFastEncoder:
+    """The delivery hot path encodes without pydantic; it must give the same bytes."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        channel=st.sampled_from(["email", "sms"]),
+        message_id=_ids,
+        token=_ids,
+        position=st.integers(min_value=1, max_value=50),
+        scheduled=_times,
+        sent=_times,
+        attributes=st.dictionaries(_ids, st.text(max_size=30), max_size=4),
+        sandbox=st.booleans(),
+        resend_of=st.none() | _ids,
+    )
+    def test_same_bytes_as_the_validated_model(
+        self,
+        validator: Draft202012Validator,
+        channel: str,
+        message_id: str,
+        token: str,
+        position: int,
+        scheduled: datetime,
+        sent: datetime,
+        attributes: dict[str, str],
+        sandbox: bool,
+        resend_of: str | None,
+    ) -> None:
+        address = "alice@example.com" if channel == "email" else "+14155550123"
+        common: dict[str, Any] = {
+            "message_id": message_id,
+            "invite_id": "inv_1",
+            "token": token,
+            "account": "acme",
+            "dispatch": "dsp_1",
+            "questionnaire": "nps",
+            "channel": channel,
+            "address": address,
+            "message_template": "tpl",
+            "lineup_position": position,
+            "lineup_message_id": "step-1",
+            "attributes": attributes,
+            "sandbox": sandbox,
+            "resend_of": resend_of,
+        }
+        slow = encode_message(build_invitation(**common, scheduled_at=scheduled, sent_at=sent))
+        fast = encode_invitation(
+            **common, scheduled_at=format_utc(scheduled), sent_at=format_utc(sent)
+        )
+        assert fast == slow
+        validator.validate(orjson.loads(fast))
+
+    def test_refuses_an_unknown_channel(self) -> None:
+        with pytest.raises(ValueError, match="channel"):
+            encode_invitation(
+                message_id="m",
+                invite_id="i",
+                token="t",
+                account="a",
+                dispatch="d",
+                questionnaire="q",
+                channel="fax",  # type: ignore[arg-type]
+                address="x",
+                message_template="tpl",
+                lineup_position=1,
+                lineup_message_id="s",
+                scheduled_at="2026-03-02T09:00:00Z",
+                sent_at="2026-03-02T09:00:00Z",
+            )

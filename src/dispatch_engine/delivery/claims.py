@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.db.bulk import member_of
@@ -26,14 +27,8 @@ def new_claim_token() -> str:
     return secrets.token_hex(16)
 
 
-async def claim_due_messages(
-    session: AsyncSession, *, now: datetime, limit: int, lease: timedelta
-) -> tuple[str, list[str]]:
-    """Claim up to `limit` due messages, sandbox first, then in due order.
-
-    Returns the claim token and the claimed ids. Runs inside the caller's transaction.
-    """
-    token = new_claim_token()
+def _due_candidates(session: AsyncSession, now: datetime, limit: int) -> Select[Any]:
+    """Due, unleased messages: sandbox first, then in due order (locked on PostgreSQL)."""
     candidates = (
         select(Message.id)
         .where(
@@ -49,15 +44,46 @@ async def claim_due_messages(
     )
     if session.get_bind().dialect.name == "postgresql":
         candidates = candidates.with_for_update(skip_locked=True)
-    ids = list((await session.execute(candidates)).scalars())
-    if ids:
-        await session.execute(
-            update(Message)
-            .where(member_of(session, Message.id, ids))
-            .values(claim_token=token, lease_until=now + lease)
-            .execution_options(synchronize_session=False)
-        )
-    return token, ids
+    return candidates
+
+
+async def lock_due_messages(session: AsyncSession, *, now: datetime, limit: int) -> list[str]:
+    """Lock up to `limit` due messages for this transaction only (PostgreSQL, SKIP LOCKED).
+
+    The fast path: a round that can decide without waiting on anything outside the database
+    decides and writes back inside this same transaction, so the row locks are the claim.
+    A worker that dies mid-round loses its connection, the transaction rolls back, and the
+    messages are due again at once, with no lease to wait out.
+    """
+    return list((await session.execute(_due_candidates(session, now, limit))).scalars())
+
+
+async def lease_messages(
+    session: AsyncSession, ids: list[str], *, now: datetime, lease: timedelta
+) -> str:
+    """Claim locked `ids` beyond this transaction: a claim token and a lease (the slow path,
+    for rounds that call webhooks). Returns the token that fences the write-back."""
+    token = new_claim_token()
+    await session.execute(
+        update(Message)
+        .where(member_of(session, Message.id, ids))
+        .values(claim_token=token, lease_until=now + lease)
+        .execution_options(synchronize_session=False)
+    )
+    return token
+
+
+async def claim_due_messages(
+    session: AsyncSession, *, now: datetime, limit: int, lease: timedelta
+) -> tuple[str, list[str]]:
+    """Claim up to `limit` due messages, sandbox first, then in due order.
+
+    Returns the claim token and the claimed ids. Runs inside the caller's transaction.
+    """
+    ids = await lock_due_messages(session, now=now, limit=limit)
+    if not ids:
+        return new_claim_token(), ids
+    return await lease_messages(session, ids, now=now, lease=lease), ids
 
 
 async def still_owned(session: AsyncSession, ids: list[str], token: str) -> set[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +23,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dispatch_engine.clients.dnd_webhook import DndClient, DndQuery
 from dispatch_engine.context import AppContext
 from dispatch_engine.db.bulk import insert_rows, member_of, update_rows
-from dispatch_engine.delivery.claims import claim_due_messages, release_claims, still_owned
+from dispatch_engine.delivery.claims import (
+    claim_due_messages,
+    lease_messages,
+    lock_due_messages,
+    release_claims,
+    still_owned,
+)
 from dispatch_engine.delivery.contacts import open_contact
 from dispatch_engine.delivery.facts import (
     DndSettings,
@@ -39,6 +46,7 @@ from dispatch_engine.delivery.lookups import (
     load_ledger,
     load_lock_holders,
     load_unsubscribes,
+    lock_people,
 )
 from dispatch_engine.models import (
     Dispatch,
@@ -53,7 +61,7 @@ from dispatch_engine.models.base import table_of
 from dispatch_engine.observability import metrics
 from dispatch_engine.rules.base import Decision, Defer, Hold, Pass, Suppress
 from dispatch_engine.rules.pipeline import MessageFacts, decide, needs_dnd_check
-from dispatch_engine.schemas.queue_message import build_invitation, encode_message
+from dispatch_engine.schemas.queue_message import encode_invitation, format_utc
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +69,14 @@ log = structlog.get_logger(__name__)
 @dataclass
 class RoundResult:
     claimed: int = 0
-    outcomes: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)  # reason (or outcome) → count
+    by_outcome: Counter[tuple[str, str]] = field(default_factory=Counter)  # for the metrics
+
+    def record(self) -> RoundResult:
+        """Count the round in the metrics, once it is committed."""
+        for (outcome, reason), count in self.by_outcome.items():
+            metrics.MESSAGES.labels(outcome, reason).inc(count)
+        return self
 
 
 class DeliveryEngine:
@@ -82,27 +97,67 @@ class DeliveryEngine:
         self.lease = lease or timedelta(seconds=context.settings.claim_lease_seconds)
         self.dnd = dnd or DndSettings()
         self.holding: dict[str, list[str]] = {}  # claim token → ids of rounds in flight
+        single_writer = context.engine.dialect.name == "sqlite"
+        self.concurrency = 1 if single_writer else context.settings.claim_concurrency
+        # PostgreSQL row locks can be the claim for rounds that call no webhook; SQLite has
+        # none, and holding its one write lock while deciding would stall the API.
+        self.locks_are_claims = not single_writer
 
-    async def run_until_idle(self, max_rounds: int = 1000) -> RoundResult:
-        """Rounds until nothing is due (tests and the embedded worker use this)."""
+    async def run_until_idle(
+        self,
+        max_rounds: int = 1000,
+        *,
+        concurrency: int | None = None,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> RoundResult:
+        """Rounds until nothing is due, `max_rounds` were run, or `should_stop()`.
+
+        On PostgreSQL several rounds run at once (`claim_concurrency`), each on its own
+        connection: while one batch waits on the database another is being decided, which
+        is what a single worker is otherwise bound by. SKIP LOCKED keeps them apart exactly as
+        it keeps worker processes apart. SQLite has one writer, so it runs one round at a time.
+        """
+        lanes = concurrency or self.concurrency
         total = RoundResult()
-        for _ in range(max_rounds):
-            result = await self.run_once()
-            total.claimed += result.claimed
-            total.outcomes.update(result.outcomes)
-            if result.claimed == 0:
-                break
+        remaining = max_rounds
+
+        async def lane() -> None:
+            nonlocal remaining
+            while remaining > 0 and not should_stop():
+                remaining -= 1
+                result = await self.run_once()
+                total.claimed += result.claimed
+                total.outcomes.update(result.outcomes)
+                if result.claimed == 0:
+                    return
+
+        async with asyncio.TaskGroup() as group:
+            for _ in range(max(1, lanes)):
+                group.create_task(lane())
         return total
 
     async def run_once(self) -> RoundResult:
         now = self.context.clock.now()
         async with self.context.sessions() as session:
-            async with session.begin():
-                token, ids = await claim_due_messages(
-                    session, now=now, limit=self.batch_size, lease=self.lease
-                )
-            if not ids:
-                return RoundResult()
+            if self.locks_are_claims:
+                decided: RoundResult | None = None
+                async with session.begin():
+                    ids = await lock_due_messages(session, now=now, limit=self.batch_size)
+                    if not ids:
+                        return RoundResult()
+                    if await self._needs_webhooks(session, ids):
+                        token = await lease_messages(session, ids, now=now, lease=self.lease)
+                    else:
+                        decided = await self._decide_locked(session, ids, now)
+                if decided is not None:
+                    return decided.record()  # committed: the locks were the claim
+            else:
+                async with session.begin():
+                    token, ids = await claim_due_messages(
+                        session, now=now, limit=self.batch_size, lease=self.lease
+                    )
+                if not ids:
+                    return RoundResult()
             self.holding[token] = ids
             try:
                 result = await self._decide(session, ids, token, now)
@@ -112,7 +167,20 @@ class DeliveryEngine:
                 self.holding.pop(token, None)  # the lease brings them back
                 raise
             self.holding.pop(token, None)
-            return result
+            return result.record()
+
+    async def _decide_locked(
+        self, session: AsyncSession, ids: list[str], now: datetime
+    ) -> RoundResult:
+        """Decide and write back inside the claiming transaction (its row locks are the
+        claim); a fatigue-lock conflict rolls back to a savepoint and decides again."""
+        for attempt in range(3):
+            try:
+                async with session.begin_nested():
+                    return await self._decide_and_write(session, ids, None, now, {})
+            except IntegrityError:
+                log.info("delivery_writeback_retry", attempt=attempt + 1)
+        raise RuntimeError("write-back kept conflicting; the messages are due again")
 
     async def _decide(
         self, session: AsyncSession, ids: list[str], token: str, now: datetime
@@ -139,7 +207,10 @@ class DeliveryEngine:
             self.holding.pop(token, None)
         return released
 
-    async def _facts(self, session: AsyncSession, ids: list[str], now: datetime) -> BatchFacts:
+    async def _facts(
+        self, session: AsyncSession, ids: list[str], now: datetime, *, for_write: bool = False
+    ) -> BatchFacts:
+        """The batch's facts; `for_write` also locks the rule-2 people until commit."""
         facts = await load_batch_facts(session, ids)
         wanted: set[tuple[str, str, str]] = set()
         lock_keys: set[str] = set()
@@ -166,6 +237,8 @@ class DeliveryEngine:
             if rules.max_invites.enabled:
                 rule2_hashes.add(invite.uuid_hash)
                 earliest = min(earliest, now - timedelta(days=rules.max_invites.days))
+        if for_write:
+            await lock_people(session, rule2_hashes)
         facts.unsubscribed = await load_unsubscribes(session, wanted)
         facts.lock_holders = await load_lock_holders(session, lock_keys)
         facts.ledger = await load_ledger(session, rule2_hashes, earliest)
@@ -215,27 +288,33 @@ class DeliveryEngine:
         }
 
     async def _any_dnd(self, session: AsyncSession, ids: list[str]) -> bool:
-        """One cheap query: does any claimed message's policy have a DND webhook at all?"""
         async with session.begin():
-            dispatch_ids = select(Message.dispatch_id).where(member_of(session, Message.id, ids))
-            policy_ids = select(Dispatch.policy_id).where(Dispatch.id.in_(dispatch_ids))
-            webhooks = await session.execute(
-                select(Policy.dnd_webhooks).where(Policy.id.in_(policy_ids.distinct()))
-            )
-            return any(any(hooks.values()) for hooks in webhooks.scalars() if hooks)
+            return await self._needs_webhooks(session, ids)
+
+    async def _needs_webhooks(self, session: AsyncSession, ids: list[str]) -> bool:
+        """One cheap query: does any claimed message's policy have a DND webhook at all?"""
+        if self.dnd_client is None:
+            return False
+        dispatch_ids = select(Message.dispatch_id).where(member_of(session, Message.id, ids))
+        policy_ids = select(Dispatch.policy_id).where(Dispatch.id.in_(dispatch_ids))
+        webhooks = await session.execute(
+            select(Policy.dnd_webhooks).where(Policy.id.in_(policy_ids.distinct()))
+        )
+        return any(any(hooks.values()) for hooks in webhooks.scalars() if hooks)
 
     async def _decide_and_write(
         self,
         session: AsyncSession,
         ids: list[str],
-        token: str,
+        token: str | None,
         now: datetime,
         answers: dict[str, str],
     ) -> RoundResult:
-        owned = await still_owned(session, ids, token)
+        """`token` None: the caller's transaction holds the rows' locks (the fast path)."""
+        owned = set(ids) if token is None else await still_owned(session, ids, token)
         if not owned:
             return RoundResult(claimed=len(ids))
-        facts = await self._facts(session, sorted(owned), now)
+        facts = await self._facts(session, sorted(owned), now, for_write=True)
         writer = _BatchWriter(self.context, facts, now)
         sent_in_batch: Counter[tuple[str, str | None]] = Counter()
         for message in facts.messages:
@@ -258,7 +337,7 @@ class DeliveryEngine:
                 sent_in_batch[(person, None)] += 1
             writer.apply(message, decision)
         await writer.flush(session)
-        return RoundResult(claimed=len(ids), outcomes=writer.outcomes)
+        return RoundResult(claimed=len(ids), outcomes=writer.outcomes, by_outcome=writer.by_outcome)
 
 
 def _with_unknown_dnd(mf: MessageFacts) -> MessageFacts:
@@ -281,13 +360,15 @@ class _BatchWriter:
         self.stale_locks: list[str] = []
         self.first_sends: set[str] = set()  # invites whose first message this batch sent
         self.outcomes: Counter[str] = Counter()
+        self.by_outcome: Counter[tuple[str, str]] = Counter()  # for the metrics, once a batch
+        self.sent_at = format_utc(now)  # the whole batch goes out at this instant
 
     def _invite_update(self, invite: Invite, **values: Any) -> None:
         self.invite_updates.setdefault(invite.id, {"id": invite.id}).update(values)
 
     def _count(self, message: Message, outcome: str, reason: str | None) -> None:
         self.outcomes[reason or outcome] += 1
-        metrics.MESSAGES.labels(outcome, reason or "").inc()
+        self.by_outcome[(outcome, reason or "")] += 1
         if outcome != "held":
             metrics.CLAIM_LAG.observe(max(0.0, (self.now - message.not_before).total_seconds()))
 
@@ -369,7 +450,7 @@ class _BatchWriter:
         assert step is not None and invite.contact is not None
         contact = open_contact(self.context.cipher, invite.id, invite.contact)
         address = contact["email"] if message.channel == "email" else contact["mobile"]
-        body = build_invitation(
+        body = encode_invitation(
             message_id=message.id,
             invite_id=invite.id,
             token=invite.token,
@@ -381,8 +462,8 @@ class _BatchWriter:
             message_template=dispatch.message_templates[step.id],
             lineup_position=step.position or message.position,
             lineup_message_id=step.id,
-            scheduled_at=message.due_at,
-            sent_at=self.now,
+            scheduled_at=format_utc(message.due_at),
+            sent_at=self.sent_at,
             attributes=contact.get("attributes") or {},
             sandbox=invite.sandbox,
             resend_of=message.resend_of,
@@ -392,7 +473,7 @@ class _BatchWriter:
                 "message_id": message.id,
                 "account_id": message.account_id,
                 "invite_id": invite.id,
-                "body": encode_message(body),
+                "body": body,
                 "created_at": self.now,
                 "ready_at": message.not_before,
                 "next_attempt_at": self.now,

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.db.bulk import member_of
@@ -156,14 +156,40 @@ async def load_ledger(
     if not hashes:
         return {}
     rows = await session.execute(
-        select(FatigueLedger).where(
+        _snapshot_rows(FatigueLedger).where(
             member_of(session, FatigueLedger.uuid_hash, hashes), FatigueLedger.sent_at >= since
         )
     )
     ledger: dict[str, list[FatigueLedger]] = defaultdict(list)
-    for row in rows.scalars():
+    for row in cast(list[FatigueLedger], rows.all()):
         ledger[row.uuid_hash].append(row)
     return dict(ledger)
+
+
+def person_lock_id(uuid_hash: str) -> int:
+    """A signed 64-bit advisory-lock id for one person (their keyed hash is already uniform)."""
+    digest = uuid_hash.rpartition(":")[2]
+    return int(digest[:16], 16) - (1 << 63) if len(digest) >= 16 else hash(digest)
+
+
+async def lock_people(session: AsyncSession, hashes: set[str]) -> None:
+    """Serialise fatigue rule 2 per person across concurrent rounds and workers.
+
+    Rule 2 counts ledger rows, which a concurrent round may be about to add for the same
+    person; a transaction-scoped advisory lock per person, taken before the ledger is read
+    and in one global order (no deadlock), makes the second round read the first's sends.
+    SQLite needs nothing: its write-back transactions never overlap (BEGIN IMMEDIATE).
+    """
+    if not hashes or session.get_bind().dialect.name != "postgresql":
+        return
+    ids = sorted({person_lock_id(h) for h in hashes})
+    await session.execute(
+        text(
+            "SELECT count(pg_advisory_xact_lock(k))"
+            " FROM (SELECT unnest(CAST(:ids AS bigint[])) AS k ORDER BY 1) AS people"
+        ),
+        {"ids": ids},
+    )
 
 
 __all__ = [
@@ -172,6 +198,7 @@ __all__ = [
     "load_ledger",
     "load_lock_holders",
     "load_unsubscribes",
+    "lock_people",
 ]
 
 

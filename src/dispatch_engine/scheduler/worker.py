@@ -61,12 +61,7 @@ class Worker:
 
     async def deliver(self) -> None:
         """One tick: rounds of claimed batches until nothing is due (or shutdown)."""
-        for _ in range(MAX_ROUNDS_PER_TICK):
-            if self._stopping:
-                return
-            result = await self.engine.run_once()
-            if result.claimed == 0:
-                return
+        await self.engine.run_until_idle(MAX_ROUNDS_PER_TICK, should_stop=lambda: self._stopping)
 
     async def relay_outbox(self) -> None:
         await self.relay.run_until_idle(MAX_ROUNDS_PER_TICK, lambda: self._stopping)

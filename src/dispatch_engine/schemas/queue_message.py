@@ -31,6 +31,7 @@ __all__ = [
     "SmsRecipient",
     "build_invitation",
     "build_probe",
+    "encode_invitation",
     "encode_message",
     "format_utc",
     "load_json_schema",
@@ -181,6 +182,62 @@ def build_invitation(
         sandbox=sandbox,
         resend_of=resend_of,
     )
+
+
+def encode_invitation(
+    *,
+    message_id: str,
+    invite_id: str,
+    token: str,
+    account: str,
+    dispatch: str,
+    questionnaire: str,
+    channel: Literal["email", "sms"],
+    address: str,
+    message_template: str,
+    lineup_position: int,
+    lineup_message_id: str,
+    scheduled_at: str,
+    sent_at: str,
+    attributes: Mapping[str, str] | None = None,
+    sandbox: bool = False,
+    resend_of: str | None = None,
+) -> bytes:
+    """The queue body of an invitation, byte for byte what ``encode_message(build_invitation(
+    …))`` gives, without building a validated model (the delivery hot path).
+
+    Every input was validated before it reached the database (addresses at ingest, ids by
+    construction); times are given already formatted with :func:`format_utc`, since a whole
+    batch shares its ``sent_at``. Tests hold the two encoders equal and validate the output
+    against the JSON Schema.
+    """
+    if channel == "email":
+        recipient = {"email": address}
+    elif channel == "sms":
+        recipient = {"mobile": address}
+    else:
+        raise ValueError("channel must be 'email' or 'sms'")
+    payload = {
+        "schema": SCHEMA_NAME,
+        "type": "invitation",
+        "message_id": message_id,
+        "invite_id": invite_id,
+        "token": token,
+        "account": account,
+        "dispatch": dispatch,
+        "questionnaire": questionnaire,
+        "channel": channel,
+        "recipient": recipient,
+        "message_template": message_template,
+        "lineup_position": lineup_position,
+        "lineup_message_id": lineup_message_id,
+        "scheduled_at": scheduled_at,
+        "sent_at": sent_at,
+        "attributes": dict(attributes) if attributes else {},
+        "sandbox": sandbox,
+        "resend_of": resend_of,
+    }
+    return orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)
 
 
 def build_probe(*, message_id: str, account: str, sent_at: datetime) -> ProbeMessageV1:
