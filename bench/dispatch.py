@@ -19,9 +19,10 @@ import asyncio
 import multiprocessing
 import os
 import secrets
+import socket
 import tempfile
-import threading
 import time
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -260,18 +261,25 @@ async def ceiling_pg(url: str, batch: int) -> tuple[int, float]:
 def _worker_process(settings: Settings, batch: int, results: Any) -> None:
     """One worker process: its own context and engine, until nothing is due."""
 
-    async def run() -> int:
+    async def run() -> tuple[int, dict[str, int]]:
+        from dispatch_engine.scheduler.worker import Worker
+
         context = build_context(settings, FrozenClock(NOW))
+        worker = Worker(context)  # for its guarded DND client, as in production
         try:
-            result = await DeliveryEngine(context, batch_size=batch).run_until_idle(10_000_000)
-            return result.claimed
+            engine = DeliveryEngine(context, worker.engine.dnd_client, batch_size=batch)
+            result = await engine.run_until_idle(10_000_000)
+            return result.claimed, dict(result.outcomes)
         finally:
+            await worker.shutdown(0)
             await context.aclose()
 
     results.put(asyncio.run(run()))
 
 
-def run_worker_processes(settings: Settings, workers: int, batch: int) -> tuple[int, float]:
+def run_worker_processes(
+    settings: Settings, workers: int, batch: int
+) -> tuple[int, float, Counter[str]]:
     """N processes drain the same due messages concurrently (SKIP LOCKED keeps them apart)."""
     spawn = multiprocessing.get_context("spawn")
     results = spawn.Queue()
@@ -282,19 +290,28 @@ def run_worker_processes(settings: Settings, workers: int, batch: int) -> tuple[
     started = time.perf_counter()
     for process in processes:
         process.start()
-    claimed = sum(results.get() for _ in processes)
+    claimed, outcomes = 0, Counter[str]()
+    for _ in processes:
+        done, seen = results.get()
+        claimed += done
+        outcomes.update(seen)
     elapsed = time.perf_counter() - started
     for process in processes:
         process.join()
-    return claimed, elapsed
+    return claimed, elapsed, outcomes
 
 
-def start_dnd_server(delay_ms: float) -> tuple[str, uvicorn.Server]:
-    async def app(scope: Any, receive: Any, send: Any) -> None:
+class _DndApp:
+    """A webhook that answers "not in DND" after a fixed delay (ASGI, picklable for spawn)."""
+
+    def __init__(self, delay_ms: float) -> None:
+        self.delay = delay_ms / 1000
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
         await receive()
-        await asyncio.sleep(delay_ms / 1000)
+        await asyncio.sleep(self.delay)
         await send(
             {
                 "type": "http.response.start",
@@ -304,12 +321,27 @@ def start_dnd_server(delay_ms: float) -> tuple[str, uvicorn.Server]:
         )
         await send({"type": "http.response.body", "body": b'{"dnd": false}'})
 
+
+def _serve_dnd(delay_ms: float, port: int) -> None:
+    uvicorn.run(_DndApp(delay_ms), host="127.0.0.1", port=port, log_level="error")
+
+
+def start_dnd_server(delay_ms: float) -> tuple[str, multiprocessing.process.BaseProcess]:
+    """The webhook runs in its own process, as a customer's would: its CPU is not the
+    worker's, and it does not share the worker's GIL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
-    threading.Thread(target=server.run, daemon=True).start()
-    while not server.started:
-        time.sleep(0.05)
-    return f"http://127.0.0.1:{port}/dnd", server
+    process = multiprocessing.get_context("spawn").Process(
+        target=_serve_dnd, args=(delay_ms, port), daemon=True
+    )
+    process.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return f"http://127.0.0.1:{port}/dnd", process
 
 
 async def main() -> None:
@@ -319,6 +351,7 @@ async def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--dnd-ms", type=float, default=None)
     parser.add_argument("--workers", type=int, default=1, help="worker processes (PostgreSQL)")
+    parser.add_argument("--dnd-concurrency", type=int, default=64, help="webhook calls at once")
     parser.add_argument(
         "--concurrency", type=int, default=None, help="rounds at once per worker (PostgreSQL)"
     )
@@ -334,7 +367,7 @@ async def main() -> None:
             data_dir=workdir,
             webhook_allow_http=True,
             webhook_allowlist=["127.0.0.1/32"],
-            dnd_concurrency=48,
+            dnd_concurrency=args.dnd_concurrency,
             **({"claim_concurrency": args.concurrency} if args.concurrency else {}),
         )
         dnd_url = None
@@ -350,11 +383,15 @@ async def main() -> None:
             async with context.engine.connect() as connection:
                 await connection.exec_driver_sql("ANALYZE")
         if args.workers > 1:
-            claimed, elapsed = run_worker_processes(settings, args.workers, args.batch)
+            claimed, elapsed, outcomes = run_worker_processes(settings, args.workers, args.batch)
             rate = claimed / elapsed
+            dnd = (
+                f", DND webhook answering in {args.dnd_ms:g} ms" if args.dnd_ms is not None else ""
+            )
             print(
-                f"pipeline ({args.db}, {args.workers} worker processes): {claimed:,} messages "
-                f"decided in {elapsed:.1f} s = {rate:,.0f} messages/s"
+                f"pipeline ({args.db}{dnd}, {args.workers} worker processes): {claimed:,} "
+                f"messages decided in {elapsed:.1f} s = {rate:,.0f} messages/s; "
+                f"outcomes {dict(outcomes)}"
             )
             await context.aclose()
             return
@@ -380,7 +417,7 @@ async def main() -> None:
             )
     finally:
         if server is not None:
-            server.should_exit = True
+            server.terminate()
         await drop_database(pg_name)
 
 

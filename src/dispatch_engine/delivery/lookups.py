@@ -144,9 +144,10 @@ async def load_lock_holders(session: AsyncSession, keys: set[str]) -> dict[str, 
     if not keys:
         return {}
     rows = await session.execute(
-        select(Invite).where(member_of(session, Invite.fatigue_lock, keys))
+        _snapshot_rows(Invite).where(member_of(session, Invite.fatigue_lock, keys))
     )
-    return {invite.fatigue_lock: invite for invite in rows.scalars() if invite.fatigue_lock}
+    holders = cast(list[Invite], rows.all())
+    return {invite.fatigue_lock: invite for invite in holders if invite.fatigue_lock}
 
 
 async def load_ledger(
