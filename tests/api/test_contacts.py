@@ -931,7 +931,12 @@ async def test_rows_are_stored_and_pollable_while_the_file_is_still_arriving(
                     {"d": dispatch["id"]},
                 )
             ).one()
+        # The first chunk commits while the rest of the file has not arrived.
+        deadline = asyncio.get_running_loop().time() + 15
         batch = await get_batch(client, acme, batch_id)
+        while batch["counts"]["rows"] < chunk_rows and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+            batch = await get_batch(client, acme, batch_id)
         assert batch["status"] == "processing"
         assert batch["counts"] == counts(chunk_rows, chunk_rows)
         assert batch["finished_at"] is None

@@ -8,6 +8,7 @@ statement. Bulk inserts use COPY there. SQLite gets the portable forms.
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from operator import itemgetter
 from typing import Any
 
 import asyncpg
@@ -70,9 +71,11 @@ async def insert_rows(session: AsyncSession, table: Table, rows: Sequence[dict[s
     driver = raw.driver_connection
     assert driver is not None
     try:
-        await driver.copy_records_to_table(
-            table.name, records=[tuple(row[c] for c in columns) for row in rows], columns=columns
+        record = itemgetter(*columns)  # one C call per row (a 1-tuple needs wrapping)
+        records = (
+            [record(row) for row in rows] if len(columns) > 1 else [(record(row),) for row in rows]
         )
+        await driver.copy_records_to_table(table.name, records=records, columns=columns)
     except asyncpg.IntegrityConstraintViolationError as exc:
         # Same exception type as the ORM paths, so callers retry races in one place.
         raise IntegrityError(f"COPY {table.name}", None, exc) from exc

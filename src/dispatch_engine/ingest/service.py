@@ -13,10 +13,12 @@ token has expired or been answered by then).
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import structlog
@@ -28,7 +30,7 @@ from dispatch_engine.context import AppContext
 from dispatch_engine.db.bulk import existing_values, insert_rows, member_of
 from dispatch_engine.delivery.contacts import seal_contact
 from dispatch_engine.delivery.facts import fatigue_lock_key, fatigue_of
-from dispatch_engine.ingest.rows import ContactIn, Rejection, parse_contact
+from dispatch_engine.ingest.rows import Rejection, parse_contact
 from dispatch_engine.models import (
     ContactBatch,
     Dispatch,
@@ -45,6 +47,7 @@ from dispatch_engine.security.hashing import KeyedHasher
 
 log = structlog.get_logger(__name__)
 CHUNK_RETRIES = 3
+YIELD_EVERY_ROWS = 250  # rows prepared between two chances for the writing chunk to progress
 
 
 def keyed_hash(hasher: KeyedHasher, value: str) -> str:
@@ -70,7 +73,7 @@ class IngestTarget:
     lineup: Sequence[LineupMessage]
     received_at: datetime
 
-    @property
+    @cached_property
     def channels(self) -> frozenset[str]:
         return frozenset(step.channel for step in self.lineup)
 
@@ -94,20 +97,38 @@ async def ingest_stream(
     target: IngestTarget,
     rows: AsyncIterator[tuple[int, dict[str, Any]]],
 ) -> IngestCounts:
-    """Consume rows in chunks of `upload_batch_rows`; returns the totals."""
+    """Consume rows in chunks of `upload_batch_rows`; returns the totals.
+
+    Two chunks are in hand at a time: while one is written to the database, the next is
+    parsed, hashed and sealed, so the database's work and ours overlap. Writes stay in
+    file order, one transaction per chunk, each seeing the chunks before it committed.
+    """
     totals = IngestCounts()
     chunk: list[tuple[int, dict[str, Any]]] = []
     size = context.settings.upload_batch_rows
+    writing: asyncio.Task[IngestCounts] | None = None
+
+    async def hand_over(rows_in_hand: list[tuple[int, dict[str, Any]]]) -> None:
+        nonlocal writing
+        prepared = await prepare_chunk(context, batch_id, target, rows_in_hand)
+        if writing is not None:
+            _add(totals, await writing)
+        writing = asyncio.create_task(store_chunk(context, batch_id, target, prepared))
+
     try:
         async for item in rows:
             chunk.append(item)
             if len(chunk) >= size:
-                _add(totals, await ingest_chunk(context, batch_id, target, chunk))
+                await hand_over(chunk)
                 chunk = []
     finally:
         # Rows read before an unreadable part of the file are stored, whatever the chunk size.
-        if chunk:
-            _add(totals, await ingest_chunk(context, batch_id, target, chunk))
+        try:
+            if chunk:
+                await hand_over(chunk)
+        finally:
+            if writing is not None:
+                _add(totals, await writing)
     return totals
 
 
@@ -121,20 +142,109 @@ def _add(totals: IngestCounts, counts: IngestCounts) -> None:
     totals.duplicates += counts.duplicates
 
 
-async def ingest_chunk(
+@dataclass
+class _Candidate:
+    """One valid row, ready to insert unless the database says it is a duplicate."""
+
+    external_id: str | None
+    uuid_hash: str
+    invite: dict[str, Any]
+    message: dict[str, Any] | None
+
+
+@dataclass
+class PreparedChunk:
+    """A chunk parsed, hashed and sealed: everything but what only the database knows."""
+
+    rows: int
+    rejections: list[Rejection]
+    candidates: list[_Candidate]
+
+
+async def prepare_chunk(
     context: AppContext,
     batch_id: str,
     target: IngestTarget,
     chunk: Sequence[tuple[int, dict[str, Any]]],
+) -> PreparedChunk:
+    """Parse, validate, hash and seal a chunk (CPU only; yields now and then so the chunk
+    being written meanwhile keeps its database round trips moving)."""
+    now = context.clock.now()
+    dispatch, policy = target.dispatch, target.policy
+    channels, uuid_field = target.channels, policy.uuid_field
+    hasher, cipher = context.hasher, context.cipher
+    first = target.lineup[0] if target.lineup else None
+    sandbox = bool(getattr(policy, "is_sandbox", False))
+    due = target.received_at + timedelta(seconds=first.delay_seconds) if first else None
+    prepared = PreparedChunk(rows=len(chunk), rejections=[], candidates=[])
+    for index, (number, row) in enumerate(chunk):
+        if index % YIELD_EVERY_ROWS == YIELD_EVERY_ROWS - 1:
+            await asyncio.sleep(0)
+        contact = parse_contact(number, row, channels=channels, uuid_field=uuid_field)
+        if isinstance(contact, Rejection):
+            prepared.rejections.append(contact)
+            continue
+        invite_id = new_id("inv")
+        uuid_hash = keyed_hash(hasher, contact.uuid_value)
+        invite = {
+            "id": invite_id,
+            "account_id": dispatch.account_id,
+            "dispatch_id": dispatch.id,
+            "policy_id": policy.id,
+            "questionnaire_id": dispatch.questionnaire_id,
+            "batch_id": batch_id,
+            "row_number": number,
+            "token": new_token(),
+            "external_id": contact.external_id,
+            "sandbox": sandbox,
+            "uuid_hash": uuid_hash,
+            "fatigue_epoch": policy.fatigue_epoch,
+            "fatigue_lock": None,
+            "email_hash": keyed_hash(hasher, contact.email) if contact.email else None,
+            "mobile_hash": keyed_hash(hasher, contact.mobile) if contact.mobile else None,
+            "time_zone": contact.time_zone,
+            "contact": seal_contact(
+                cipher,
+                invite_id,
+                email=contact.email,
+                mobile=contact.mobile,
+                attributes=contact.attributes,
+            ),
+            "state": "active" if first else "completed",
+            "created_at": now,
+            "received_at": target.received_at,
+            "valid_until": target.valid_until,
+        }
+        message = None
+        if first is not None:
+            message = {
+                "id": new_id("m"),
+                "invite_id": invite_id,
+                "account_id": dispatch.account_id,
+                "dispatch_id": dispatch.id,
+                "policy_id": policy.id,
+                "lineup_message_id": first.id,
+                "position": first.position or 1,
+                "channel": first.channel,
+                "priority": 0 if sandbox else 1,
+                "state": "pending",
+                "due_at": due,
+                "not_before": due,
+                "attempts": 0,
+                "created_at": now,
+            }
+        prepared.candidates.append(_Candidate(contact.external_id, uuid_hash, invite, message))
+    return prepared
+
+
+async def store_chunk(
+    context: AppContext, batch_id: str, target: IngestTarget, prepared: PreparedChunk
 ) -> IngestCounts:
-    parsed = [
-        parse_contact(number, row, channels=target.channels, uuid_field=target.policy.uuid_field)
-        for number, row in chunk
-    ]
+    """One transaction: drop duplicates, take fatigue locks, insert, count."""
     for attempt in range(1, CHUNK_RETRIES + 1):
         try:
             async with context.sessions() as session, session.begin():
-                return await _store_chunk(session, context, batch_id, target, chunk, parsed)
+                return await _store_chunk(session, context, batch_id, target, prepared)
         except IntegrityError:
             # A racing file took an external id or a fatigue lock first: look again.
             log.info("ingest_chunk_retry", batch=batch_id, attempt=attempt)
@@ -143,85 +253,38 @@ async def ingest_chunk(
     raise AssertionError("unreachable")
 
 
+async def ingest_chunk(
+    context: AppContext,
+    batch_id: str,
+    target: IngestTarget,
+    chunk: Sequence[tuple[int, dict[str, Any]]],
+) -> IngestCounts:
+    """Prepare and store one chunk (JSON uploads, tests)."""
+    prepared = await prepare_chunk(context, batch_id, target, chunk)
+    return await store_chunk(context, batch_id, target, prepared)
+
+
 async def _store_chunk(
     session: AsyncSession,
     context: AppContext,
     batch_id: str,
     target: IngestTarget,
-    chunk: Sequence[tuple[int, dict[str, Any]]],
-    parsed: Sequence[ContactIn | Rejection],
+    prepared: PreparedChunk,
 ) -> IngestCounts:
-    counts = IngestCounts(rows=len(chunk))
+    counts = IngestCounts(rows=prepared.rows, rejections=list(prepared.rejections))
     now = context.clock.now()
     dispatch, policy = target.dispatch, target.policy
-    accepted: list[tuple[int, ContactIn]] = []
-    for (number, _), result in zip(chunk, parsed, strict=True):
-        if isinstance(result, Rejection):
-            counts.rejections.append(result)
-        else:
-            accepted.append((number, result))
-    accepted = await _drop_known_external_ids(session, dispatch.id, accepted, counts)
+    kept = await _drop_known_external_ids(session, dispatch.id, prepared.candidates, counts)
     rule1 = fatigue_of(policy).pending_token.enabled
-    hasher = context.hasher
-    uuid_hashes = [keyed_hash(hasher, contact.uuid_value) for _, contact in accepted]
+    uuid_hashes = [candidate.uuid_hash for candidate in kept]
     locks = await _assign_locks(session, policy, dispatch, uuid_hashes, now) if rule1 else {}
-    first = target.lineup[0] if target.lineup else None
     invites: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
-    sandbox = bool(getattr(policy, "is_sandbox", False))
-    for index, ((number, contact), uuid_hash) in enumerate(zip(accepted, uuid_hashes, strict=True)):
-        invite_id = new_id("inv")
-        invites.append(
-            {
-                "id": invite_id,
-                "account_id": dispatch.account_id,
-                "dispatch_id": dispatch.id,
-                "policy_id": policy.id,
-                "questionnaire_id": dispatch.questionnaire_id,
-                "batch_id": batch_id,
-                "row_number": number,
-                "token": new_token(),
-                "external_id": contact.external_id,
-                "sandbox": sandbox,
-                "uuid_hash": uuid_hash,
-                "fatigue_epoch": policy.fatigue_epoch,
-                "fatigue_lock": locks.get(index),
-                "email_hash": keyed_hash(hasher, contact.email) if contact.email else None,
-                "mobile_hash": keyed_hash(hasher, contact.mobile) if contact.mobile else None,
-                "time_zone": contact.time_zone,
-                "contact": seal_contact(
-                    context.cipher,
-                    invite_id,
-                    email=contact.email,
-                    mobile=contact.mobile,
-                    attributes=contact.attributes,
-                ),
-                "state": "active" if first else "completed",
-                "created_at": now,
-                "received_at": target.received_at,
-                "valid_until": target.valid_until,
-            }
-        )
-        if first is not None:
-            due = target.received_at + timedelta(seconds=first.delay_seconds)
-            messages.append(
-                {
-                    "id": new_id("m"),
-                    "invite_id": invite_id,
-                    "account_id": dispatch.account_id,
-                    "dispatch_id": dispatch.id,
-                    "policy_id": policy.id,
-                    "lineup_message_id": first.id,
-                    "position": first.position or 1,
-                    "channel": first.channel,
-                    "priority": 0 if sandbox else 1,
-                    "state": "pending",
-                    "due_at": due,
-                    "not_before": due,
-                    "attempts": 0,
-                    "created_at": now,
-                }
-            )
+    for index, candidate in enumerate(kept):
+        candidate.invite["fatigue_lock"] = locks.get(index)  # set afresh on every attempt
+        invites.append(candidate.invite)
+        if candidate.message is not None:
+            messages.append(candidate.message)
     await insert_rows(session, table_of(Invite), invites)
     await insert_rows(session, table_of(Message), messages)
     counts.accepted = len(invites)
@@ -233,22 +296,25 @@ async def _store_chunk(
 async def _drop_known_external_ids(
     session: AsyncSession,
     dispatch_id: str,
-    accepted: list[tuple[int, ContactIn]],
+    candidates: list[_Candidate],
     counts: IngestCounts,
-) -> list[tuple[int, ContactIn]]:
+) -> list[_Candidate]:
     """The same external id twice in one dispatch creates one invite (earlier file or row)."""
-    wanted = {c.external_id for _, c in accepted if c.external_id}
+    wanted = {c.external_id for c in candidates if c.external_id}
+    if not wanted:
+        return candidates
     known = await existing_values(
         session, Invite.external_id, wanted, Invite.dispatch_id == dispatch_id
     )
     kept = []
-    for number, contact in accepted:
-        if contact.external_id and contact.external_id in known:
-            counts.duplicates += 1
-            continue
-        if contact.external_id:
-            known.add(contact.external_id)
-        kept.append((number, contact))
+    for candidate in candidates:
+        external_id = candidate.external_id
+        if external_id:
+            if external_id in known:
+                counts.duplicates += 1
+                continue
+            known.add(external_id)
+        kept.append(candidate)
     return kept
 
 
