@@ -52,6 +52,7 @@ from dispatch_engine.models import (
     new_id,
 )
 from dispatch_engine.models.base import table_of
+from dispatch_engine.runtime import tune_gc
 from dispatch_engine.settings import Settings
 
 NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)  # a Wednesday noon
@@ -265,6 +266,8 @@ def _worker_process(settings: Settings, batch: int, results: Any) -> None:
         from dispatch_engine.scheduler.worker import Worker
 
         context = build_context(settings, FrozenClock(NOW))
+
+        tune_gc()  # as the worker process does at start
         worker = Worker(context)  # for its guarded DND client, as in production
         try:
             engine = DeliveryEngine(context, worker.engine.dnd_client, batch_size=batch)
@@ -376,6 +379,8 @@ async def main() -> None:
         from dispatch_engine.scheduler.worker import Worker
 
         context = build_context(settings, FrozenClock(NOW))
+
+        tune_gc()  # as the worker process does at start
         started = time.perf_counter()
         await seed(context, args.rows, dnd_url)
         print(f"seeded {args.rows:,} due first messages in {time.perf_counter() - started:.1f} s")

@@ -42,6 +42,7 @@ from dispatch_engine.models.base import table_of
 from dispatch_engine.queues.base import OutgoingMessage, QueueSender
 from dispatch_engine.queues.factory import SenderCache
 from dispatch_engine.queues.sqs import SqsLimits, SqsQueueSender
+from dispatch_engine.runtime import tune_gc
 from dispatch_engine.schemas.queue_message import build_invitation, encode_message
 from dispatch_engine.services.integrations import _aad, integration_secrets
 from dispatch_engine.settings import Settings
@@ -309,6 +310,7 @@ async def main() -> None:
             overrides["sqs_concurrency"] = args.concurrency
         settings = Settings(database_url=url, data_dir=workdir, **overrides)
         context = build_context(settings, FrozenClock(NOW))
+        tune_gc()  # as the worker process does at start
         senders = BenchSenders(context)
         await seed_account(context, sink_url)
         chunk = settings.relay_batch_size

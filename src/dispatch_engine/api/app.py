@@ -29,6 +29,7 @@ from dispatch_engine.clock import Clock
 from dispatch_engine.context import AppContext, build_context
 from dispatch_engine.observability.logging import configure_logging, request_context
 from dispatch_engine.observability.metrics import metrics_payload
+from dispatch_engine.runtime import tune_gc
 from dispatch_engine.settings import Settings
 
 
@@ -46,6 +47,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if owned:  # a service process of its own (tests bring their context)
+            tune_gc()
         worker = None
         if with_worker:
             from dispatch_engine.scheduler.worker import Worker

@@ -12,7 +12,18 @@ from operator import itemgetter
 from typing import Any
 
 import asyncpg
-from sqlalchemy import ColumnElement, String, Table, any_, bindparam, exists, func, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Integer,
+    String,
+    Table,
+    any_,
+    bindparam,
+    exists,
+    func,
+    select,
+)
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -30,7 +41,8 @@ def member_of(
 ) -> ColumnElement[bool]:
     """`column IN values`, as `= ANY(array)` on PostgreSQL (one cached statement)."""
     if dialect_of(session) == "postgresql":
-        return column == any_(bindparam(None, list(values), type_=ARRAY(String)))
+        element = BigInteger() if isinstance(column.type, Integer) else String()
+        return column == any_(bindparam(None, list(values), type_=ARRAY(element)))
     return column.in_(list(values))
 
 

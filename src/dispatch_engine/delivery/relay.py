@@ -10,7 +10,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from sqlalchemy import bindparam, func, or_, select, update
@@ -61,6 +61,7 @@ class OutboxRelay:
         self.holding: dict[str, list[int]] = {}  # claim token → outbox ids in flight
         sqlite = context.engine.dialect.name == "sqlite"
         self.parallel = 1 if sqlite else settings.relay_parallel
+        self.locks_are_claims = not sqlite  # SQLite's one write lock can't be held over a push
         self.breaker = CircuitBreaker(
             threshold=settings.relay_breaker_threshold,
             cooldown=timedelta(seconds=settings.relay_breaker_cooldown_seconds),
@@ -105,6 +106,17 @@ class OutboxRelay:
     async def run_once(self) -> RelayResult:
         now = self.context.clock.now()
         async with self.context.sessions() as session:
+            if self.locks_are_claims:
+                # PostgreSQL: the rows' locks are the claim for the whole round (select, push,
+                # record in one transaction). A relay that dies mid-push loses its connection,
+                # the transaction rolls back and the rows are due again at once (pushed again
+                # with the same message id: at least once).
+                async with session.begin():
+                    rows = await self._due_rows(session, now)
+                    if not rows:
+                        return RelayResult()
+                    kinds = await self._integrations(session, rows)
+                    return await self._push_and_record(session, None, rows, kinds, now)
             async with session.begin():
                 token, rows, kinds = await self._claim(session, now)
             if not rows:
@@ -139,7 +151,7 @@ class OutboxRelay:
     async def _push_and_record(
         self,
         session: AsyncSession,
-        token: str,
+        token: str | None,
         rows: list[OutboxEntry],
         kinds: dict[str, QueueIntegration],
         now: datetime,
@@ -166,42 +178,63 @@ class OutboxRelay:
             self.breaker.record(key, ok=not outage, now=now)
             for failure in pushed:
                 failures[failure.message_id] = failure
+        if token is None:  # the caller's transaction holds the rows
+            return await self._write_back(session, token, rows, failures, skipped, now)
         async with session.begin():
             return await self._write_back(session, token, rows, failures, skipped, now)
 
-    async def _claim(
-        self, session: AsyncSession, now: datetime
-    ) -> tuple[str, list[OutboxEntry], dict[str, QueueIntegration]]:
-        token = new_claim_token()
+    async def _due_rows(self, session: AsyncSession, now: datetime) -> list[OutboxEntry]:
+        """Due outbox rows in order, as plain row snapshots (locked on PostgreSQL)."""
+        outbox = table_of(OutboxEntry)
         query = (
-            select(OutboxEntry)
-            .where(
-                OutboxEntry.delivered_at.is_(None),
-                OutboxEntry.failed_at.is_(None),
-                OutboxEntry.next_attempt_at <= now,
-                or_(OutboxEntry.lease_until.is_(None), OutboxEntry.lease_until < now),
+            select(
+                outbox.c.id,
+                outbox.c.message_id,
+                outbox.c.account_id,
+                outbox.c.invite_id,
+                outbox.c.body,
+                outbox.c.ready_at,
+                outbox.c.attempts,
             )
-            .order_by(OutboxEntry.next_attempt_at, OutboxEntry.id)
+            .where(
+                outbox.c.delivered_at.is_(None),
+                outbox.c.failed_at.is_(None),
+                outbox.c.next_attempt_at <= now,
+                or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now),
+            )
+            .order_by(outbox.c.next_attempt_at, outbox.c.id)
             .limit(self.batch_size)
         )
         if session.get_bind().dialect.name == "postgresql":
             query = query.with_for_update(skip_locked=True)
-        rows = list((await session.execute(query)).scalars())
-        if not rows:
-            return token, [], {}
-        await session.execute(
-            update(OutboxEntry)
-            .where(OutboxEntry.id.in_([r.id for r in rows]))
-            .values(claim_token=token, lease_until=now + self.lease)
-            .execution_options(synchronize_session=False)
-        )
+        return cast(list[OutboxEntry], list((await session.execute(query)).all()))
+
+    async def _integrations(
+        self, session: AsyncSession, rows: list[OutboxEntry]
+    ) -> dict[str, QueueIntegration]:
         accounts = {r.account_id for r in rows}
         integrations = (
             await session.execute(
                 select(QueueIntegration).where(QueueIntegration.account_id.in_(accounts))
             )
         ).scalars()
-        return token, rows, {i.account_id: i for i in integrations}
+        return {i.account_id: i for i in integrations}
+
+    async def _claim(
+        self, session: AsyncSession, now: datetime
+    ) -> tuple[str, list[OutboxEntry], dict[str, QueueIntegration]]:
+        """The lease path (SQLite): claim token + lease, committed before the push."""
+        token = new_claim_token()
+        rows = await self._due_rows(session, now)
+        if not rows:
+            return token, [], {}
+        await session.execute(
+            update(OutboxEntry)
+            .where(member_of(session, OutboxEntry.id, [r.id for r in rows]))
+            .values(claim_token=token, lease_until=now + self.lease)
+            .execution_options(synchronize_session=False)
+        )
+        return token, rows, await self._integrations(session, rows)
 
     async def _push(
         self, sender: QueueSender, entries: list[OutboxEntry], kind: str
@@ -229,7 +262,7 @@ class OutboxRelay:
     async def _write_back(
         self,
         session: AsyncSession,
-        token: str,
+        token: str | None,
         rows: list[OutboxEntry],
         failures: dict[str, SendFailure],
         skipped: dict[int, tuple[str, datetime]],
@@ -273,24 +306,27 @@ class OutboxRelay:
             else:
                 result.retried += 1
         table = table_of(OutboxEntry)
-        fence = (table.c.id == bindparam("b_id")) & (table.c.claim_token == token)
+        fence = table.c.id == bindparam("b_id")
+        if token is not None:
+            fence = fence & (table.c.claim_token == token)
         if delivered:
-            await session.execute(
-                update(table)
-                .where(fence)
-                .values(delivered_at=now, claim_token=None, lease_until=None),
-                delivered,
-            )
+            delivered_ids = [d["b_id"] for d in delivered]
+            done = update(table).where(member_of(session, table.c.id, delivered_ids))
+            if token is not None:
+                done = done.where(table.c.claim_token == token)
+            await session.execute(done.values(delivered_at=now, claim_token=None, lease_until=None))
             result.delivered = len(delivered)
             # A push that was late (`delayed`) is now done: the message reads `sent` again.
-            delivered_ids = [
+            delivered_messages = [
                 row.message_id
                 for row in rows
                 if row.id not in skipped and row.message_id not in failures
             ]
             await session.execute(
                 update(Message)
-                .where(member_of(session, Message.id, delivered_ids), Message.state == "delayed")
+                .where(
+                    member_of(session, Message.id, delivered_messages), Message.state == "delayed"
+                )
                 .values(state="sent", rule=None, reason=None)
                 .execution_options(synchronize_session=False)
             )

@@ -22,6 +22,7 @@ from dispatch_engine.delivery.facts import DndSettings
 from dispatch_engine.delivery.relay import OutboxRelay
 from dispatch_engine.incidents import job as incident_job
 from dispatch_engine.queues.factory import SenderCache
+from dispatch_engine.runtime import tune_gc
 from dispatch_engine.scheduler.maintenance import (
     erase_finished_contacts,
     expire_tokens,
@@ -98,6 +99,7 @@ class Worker:
                 self._running.discard(task)
 
     def start(self) -> None:
+        tune_gc()
         settings = self.context.settings
         for job, seconds in (
             ("deliver", settings.claim_interval_seconds),
