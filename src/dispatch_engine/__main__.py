@@ -16,8 +16,10 @@ from dispatch_engine.settings import Settings
 app = typer.Typer(help="dispatch-engine: survey invitation dispatch.", no_args_is_help=True)
 apikey_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 queue_app = typer.Typer(help="The embedded local queue.", no_args_is_help=True)
+keys_app = typer.Typer(help="Encryption and HMAC key rings (rotation).", no_args_is_help=True)
 app.add_typer(apikey_app, name="apikey")
 app.add_typer(queue_app, name="queue")
+app.add_typer(keys_app, name="keys")
 err = Console(stderr=True)
 
 
@@ -224,6 +226,71 @@ def apikey_create(
         err.print(f"[red]error:[/red] {exc.detail}")
         raise typer.Exit(2) from None
     sys.stdout.write(key + "\n")
+
+
+@keys_app.command("reencrypt")
+def keys_reencrypt(
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=50_000, help="Rows per batch (one short transaction each)")
+    ] = 1000,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would change; write nothing")
+    ] = False,
+) -> None:
+    """Move stored values to the first (current) key of each ring: re-encrypt every
+    encrypted column, rehash invites that still hold contact data (with their fatigue
+    ledger rows, locks and unsubscribes). Run after prepending a key and restarting every
+    process; idempotent, resumable and safe while the service runs. Exit code 1 when some
+    value could not be moved (see `skipped`)."""
+    from rich.table import Table
+
+    from dispatch_engine.context import build_context
+    from dispatch_engine.services.key_rotation import RotationReport, rotate_keys
+
+    settings = _settings()
+
+    async def _rotate() -> RotationReport:
+        context = build_context(settings)
+        try:
+            return await rotate_keys(
+                context.engine,
+                context.cipher,
+                context.hasher,
+                batch_size=batch_size,
+                dry_run=dry_run,
+            )
+        finally:
+            await context.aclose()
+
+    report = asyncio.run(_rotate())
+    out = Console()
+    title = (
+        f"keys reencrypt{' (dry run)' if dry_run else ''}: "
+        f"encryption key {report.encryption_key_id}, hmac key {report.hmac_key_id}"
+    )
+    table = Table(title=title)
+    table.add_column("column")
+    table.add_column("ring")
+    table.add_column("would change" if dry_run else "changed", justify="right")
+    table.add_column("skipped", justify="right")
+    table.add_column("remaining", justify="right")
+    for column in report.columns:
+        remaining = "-" if column.remaining is None else str(column.remaining)
+        table.add_row(column.name, column.ring, str(column.changed), str(column.skipped), remaining)
+    out.print(table)
+    out.print(
+        f"total: changed {report.changed}, skipped {report.skipped}, "
+        f"encrypted values under old keys {report.encryption_remaining}",
+        soft_wrap=True,
+    )
+    if report.encryption_remaining == 0 and not dry_run:
+        out.print(
+            "No encrypted value is left under an old key: old keys may now leave "
+            "DISPATCH_ENCRYPTION_KEYS. Keep old DISPATCH_HMAC_KEYS (see docs/operations.md).",
+            soft_wrap=True,
+        )
+    if report.skipped:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from dispatch_engine.context import AppContext
 from dispatch_engine.db.bulk import existing_values, insert_rows, member_of
 from dispatch_engine.delivery.contacts import seal_contact
 from dispatch_engine.delivery.facts import fatigue_lock_key, fatigue_of
-from dispatch_engine.ingest.rows import Rejection, parse_contact
+from dispatch_engine.ingest.rows import ContactIn, Rejection, parse_contact
 from dispatch_engine.models import (
     ContactBatch,
     Dispatch,
@@ -150,6 +150,7 @@ class _Candidate:
     uuid_hash: str
     invite: dict[str, Any]
     message: dict[str, Any] | None
+    contact: ContactIn  # normalised values, for carrying history across an HMAC rotation
 
 
 @dataclass
@@ -233,7 +234,9 @@ async def prepare_chunk(
                 "attempts": 0,
                 "created_at": now,
             }
-        prepared.candidates.append(_Candidate(contact.external_id, uuid_hash, invite, message))
+        prepared.candidates.append(
+            _Candidate(contact.external_id, uuid_hash, invite, message, contact)
+        )
     return prepared
 
 
@@ -276,6 +279,8 @@ async def _store_chunk(
     dispatch, policy = target.dispatch, target.policy
     kept = await _drop_known_external_ids(session, dispatch.id, prepared.candidates, counts)
     rule1 = fatigue_of(policy).pending_token.enabled
+    if len(context.hasher.key_ids) > 1:
+        await _carry_forward(session, context.hasher, policy, kept, rule1=rule1)
     uuid_hashes = [candidate.uuid_hash for candidate in kept]
     locks = await _assign_locks(session, policy, dispatch, uuid_hashes, now) if rule1 else {}
     invites: list[dict[str, Any]] = []
@@ -291,6 +296,31 @@ async def _store_chunk(
     counts.rejected = len(counts.rejections)
     await _record_progress(session, batch_id, counts)
     return counts
+
+
+async def _carry_forward(
+    session: AsyncSession,
+    hasher: KeyedHasher,
+    policy: Policy,
+    kept: list[_Candidate],
+    *,
+    rule1: bool,
+) -> None:
+    """During an HMAC key rotation, bring these people's unsubscribes and fatigue history
+    (ledger, pending-token lock) from old-key hashes to the current key, before the locks
+    are assigned, so a rotation forgets nobody's opt-out or fatigue."""
+    from dispatch_engine.services.key_rotation import (  # imports this module
+        LockScope,
+        carry_forward_fatigue,
+        carry_forward_unsubscribes,
+    )
+
+    scope = LockScope(policy.id, policy.fatigue_epoch, bool(policy.is_sandbox)) if rule1 else None
+    await carry_forward_fatigue(
+        session, hasher, [c.contact.uuid_value for c in kept], lock_scope=scope
+    )
+    addresses = [a for c in kept for a in (c.contact.email, c.contact.mobile) if a]
+    await carry_forward_unsubscribes(session, hasher, addresses)
 
 
 async def _drop_known_external_ids(

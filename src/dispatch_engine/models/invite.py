@@ -128,6 +128,8 @@ class Unsubscribe(Base):
     """An address (keyed hash only) that gets nothing more on a channel from an account."""
 
     __tablename__ = "unsubscribes"
+    # The worker looks up a batch's address hashes across its accounts and channels.
+    __table_args__ = (Index("ix_unsubscribes_address_hash", "address_hash"),)
 
     account_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     channel: Mapped[str] = mapped_column(String(8), primary_key=True)
