@@ -87,6 +87,8 @@ async def main() -> None:
             end = started + args.minutes * 60
             warm = started + min(60, args.minutes * 60 / 4)
             rss_start: tuple[float, float] | None = None
+            samples: list[tuple[float, float, float]] = []  # minute, api MB, worker MB
+            next_sample = started
             posted = pulled = 0
             n = 0
             while time.monotonic() < end:
@@ -115,6 +117,10 @@ async def main() -> None:
                     pulled += len(batch)
                 if rss_start is None and time.monotonic() >= warm:
                     rss_start = (rss_mb(api.pid), rss_mb(worker.pid))
+                if time.monotonic() >= next_sample:
+                    minute = (time.monotonic() - started) / 60
+                    samples.append((minute, rss_mb(api.pid), rss_mb(worker.pid)))
+                    next_sample += max(60.0, args.minutes * 60 / 30)
                 await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - tick)))
             rss_end = (rss_mb(api.pid), rss_mb(worker.pid))
             metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
@@ -130,6 +136,9 @@ async def main() -> None:
                 f"({(after - before) / before * 100:+.1f} %)"
             )
         print(f"  p99 due→pushed latency ≤ {p99} s (histogram bucket bound)")
+        for index, label in ((1, "api"), (2, "worker")):
+            series = ", ".join(f"{s[0]:.0f}m {s[index]:.0f}" for s in samples)
+            print(f"  {label} RSS MB over time: {series}")
     finally:
         for process in (worker, api):
             if process is not None:
