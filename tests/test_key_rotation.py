@@ -411,7 +411,7 @@ def test_every_encrypting_call_site_has_its_column_registered() -> None:
         for path in source.rglob("*.py")
         if re.search(r"\.encrypt(_json)?\(", path.read_text())
         and path.parent.name != "security"
-        and path.name != "key_rotation.py"
+        and path.parent.name != "key_rotation"
     }
     assert writers == {
         "delivery/contacts.py",

@@ -24,11 +24,11 @@ from dispatch_engine.services.events import unsubscribe
 from dispatch_engine.services.key_rotation import (
     CarriedFatigue,
     LockScope,
-    _update_unchanged,
     carry_forward_fatigue,
     carry_forward_unsubscribes,
     rotate_keys,
 )
+from dispatch_engine.services.key_rotation.common import update_unchanged
 from tests.conftest import create_policy, empty_database, setup_account
 from tests.test_key_rotation import (
     EMAIL,
@@ -270,7 +270,7 @@ async def test_a_row_changed_by_another_writer_is_left_to_it(
     await add_invite(old, "inv_a", eve_k1, "lock-a")
     await add_invite(old, "inv_b", eve_k1, "lock-b")
     async with new.sessions() as session, session.begin():
-        done = await _update_unchanged(
+        done = await update_unchanged(
             session,
             table_of(Invite),
             "id",

@@ -93,7 +93,7 @@ async def insert_rows(session: AsyncSession, table: Table, rows: Sequence[dict[s
         raise IntegrityError(f"COPY {table.name}", None, exc) from exc
 
 
-def _pg_array_type(column: Any) -> str:
+def pg_array_type(column: Any) -> str:
     """The PostgreSQL array element type for a column, for `unnest($n::type[])`."""
     from sqlalchemy import BigInteger, Boolean, DateTime, Integer, LargeBinary
 
@@ -133,7 +133,7 @@ async def update_rows(
         )
         return
     names = [key, *columns]
-    arrays = [f"${i}::{_pg_array_type(table.c[name])}[]" for i, name in enumerate(names, start=1)]
+    arrays = [f"${i}::{pg_array_type(table.c[name])}[]" for i, name in enumerate(names, start=1)]
     assignments = ", ".join(f'"{c}" = v."{c}"' for c in columns)
     aliases = ", ".join(f'"{n}"' for n in names)
     # Identifiers come from the table's own metadata, values travel as parameters.

@@ -7,7 +7,7 @@ from typing import Any
 from dispatch_engine.security.crypto import FieldCipher
 
 
-def _aad(invite_id: str) -> bytes:
+def contact_aad(invite_id: str) -> bytes:
     return f"invite-contact:{invite_id}".encode()
 
 
@@ -20,8 +20,8 @@ def seal_contact(
     attributes: dict[str, str],
 ) -> str:
     payload: dict[str, Any] = {"email": email, "mobile": mobile, "attributes": attributes}
-    return cipher.encrypt_json(payload, aad=_aad(invite_id))
+    return cipher.encrypt_json(payload, aad=contact_aad(invite_id))
 
 
 def open_contact(cipher: FieldCipher, invite_id: str, sealed: str) -> dict[str, Any]:
-    return cipher.decrypt_json(sealed, aad=_aad(invite_id))
+    return cipher.decrypt_json(sealed, aad=contact_aad(invite_id))

@@ -64,6 +64,11 @@ class WebhookOut(BaseModel):
     created_at: datetime
 
 
+def webhook_url_aad(webhook_id: str) -> bytes:
+    """Associated data binding a notification webhook's encrypted URL to its row."""
+    return webhook_id.encode()
+
+
 def webhook_out(webhook: NotificationWebhook) -> WebhookOut:
     return WebhookOut(
         id=webhook.id,
@@ -97,7 +102,7 @@ async def create_webhook(
     webhook = NotificationWebhook(
         id=webhook_id,
         name=body.name,
-        url=cipher.encrypt(url, aad=webhook_id.encode()),
+        url=cipher.encrypt(url, aad=webhook_url_aad(webhook_id)),
         origin=_origin(url),
         events=sorted(set(body.events)),
         created_at=now,
@@ -242,7 +247,7 @@ async def _post(
     hook: NotificationWebhook,
 ) -> _Outcome:
     try:
-        url = cipher.decrypt(hook.url, aad=hook.id.encode())
+        url = cipher.decrypt(hook.url, aad=webhook_url_aad(hook.id))
         response = await http.post_json(url, row.payload)
     except UnsafeUrlError as exc:
         return _Outcome(False, retryable=False, error=f"refused: {exc}")

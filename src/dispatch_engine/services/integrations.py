@@ -36,7 +36,7 @@ def _split(
     return data, secrets
 
 
-def _aad(account_id: str) -> bytes:
+def secret_aad(account_id: str) -> bytes:
     """Binds the ciphertext to its account, so a copied value fails to decrypt elsewhere."""
     return f"queue-integration:{account_id}".encode()
 
@@ -53,7 +53,7 @@ async def put_integration(
     config, secrets = _split(body)
     existing = await session.get(QueueIntegration, account_id)
     before = integration_snapshot(existing) if existing else None
-    secret = cipher.encrypt_json(secrets, aad=_aad(account_id)) if secrets else None
+    secret = cipher.encrypt_json(secrets, aad=secret_aad(account_id)) if secrets else None
     if existing is None:
         existing = QueueIntegration(
             account_id=account_id,
@@ -88,7 +88,8 @@ def integration_secrets(integration: QueueIntegration, cipher: FieldCipher) -> d
     """Decrypted secrets, for the queue senders only."""
     if not integration.secret:
         return {}
-    data: dict[str, str] = cipher.decrypt_json(integration.secret, aad=_aad(integration.account_id))
+    aad = secret_aad(integration.account_id)
+    data: dict[str, str] = cipher.decrypt_json(integration.secret, aad=aad)
     return data
 
 
