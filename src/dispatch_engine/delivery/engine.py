@@ -137,37 +137,48 @@ class DeliveryEngine:
         return total
 
     async def run_once(self) -> RoundResult:
+        """One round: claim a batch, decide every message, write the decisions back."""
         now = self.context.clock.now()
         async with self.context.sessions() as session:
-            if self.locks_are_claims:
-                decided: RoundResult | None = None
-                async with session.begin():
-                    ids = await lock_due_messages(session, now=now, limit=self.batch_size)
-                    if not ids:
-                        return RoundResult()
-                    if await self._needs_webhooks(session, ids):
-                        token = await lease_messages(session, ids, now=now, lease=self.lease)
-                    else:
-                        decided = await self._decide_locked(session, ids, now)
-                if decided is not None:
-                    return decided.record()  # committed: the locks were the claim
-            else:
-                async with session.begin():
-                    token, ids = await claim_due_messages(
-                        session, now=now, limit=self.batch_size, lease=self.lease
-                    )
-                if not ids:
-                    return RoundResult()
-            self.holding[token] = ids
-            try:
-                result = await self._decide(session, ids, token, now)
-            except asyncio.CancelledError:
-                raise  # cut short (shutdown): the claims stay listed for release_held_claims
-            except Exception:
-                self.holding.pop(token, None)  # the lease brings them back
-                raise
-            self.holding.pop(token, None)
-            return result.record()
+            claimed = await self._claim(session, now)
+            if isinstance(claimed, RoundResult):  # nothing due, or decided under its locks
+                return claimed.record()
+            token, ids = claimed
+            return (await self._decide_leased(session, ids, token, now)).record()
+
+    async def _claim(
+        self, session: AsyncSession, now: datetime
+    ) -> RoundResult | tuple[str, list[str]]:
+        """Take a due batch. On PostgreSQL a batch that calls no webhook is decided right
+        here, under its row locks; any other batch is leased (claim token + lease) so that
+        no lock is held while webhooks answer."""
+        async with session.begin():
+            if not self.locks_are_claims:
+                token, ids = await claim_due_messages(
+                    session, now=now, limit=self.batch_size, lease=self.lease
+                )
+                return (token, ids) if ids else RoundResult()
+            ids = await lock_due_messages(session, now=now, limit=self.batch_size)
+            if not ids:
+                return RoundResult()
+            if not await self._needs_webhooks(session, ids):
+                return await self._decide_locked(session, ids, now)
+            return await lease_messages(session, ids, now=now, lease=self.lease), ids
+
+    async def _decide_leased(
+        self, session: AsyncSession, ids: list[str], token: str, now: datetime
+    ) -> RoundResult:
+        """Decide a leased batch; a shutdown that cuts it short hands the claims back."""
+        self.holding[token] = ids
+        try:
+            result = await self._decide(session, ids, token, now)
+        except asyncio.CancelledError:
+            raise  # cut short (shutdown): the claims stay listed for release_held_claims
+        except Exception:
+            self.holding.pop(token, None)  # the lease brings them back
+            raise
+        self.holding.pop(token, None)
+        return result
 
     async def _decide_locked(
         self, session: AsyncSession, ids: list[str], now: datetime

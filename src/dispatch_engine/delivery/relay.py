@@ -104,6 +104,7 @@ class OutboxRelay:
         metrics.OUTBOX_OLDEST_AGE.set(max(0.0, age))
 
     async def run_once(self) -> RelayResult:
+        """One round: take due outbox rows, push them, record what the queue said."""
         now = self.context.clock.now()
         async with self.context.sessions() as session:
             if self.locks_are_claims:
@@ -121,16 +122,27 @@ class OutboxRelay:
                 token, rows, kinds = await self._claim(session, now)
             if not rows:
                 return RelayResult()
-            self.holding[token] = [row.id for row in rows]
-            try:
-                result = await self._push_and_record(session, token, rows, kinds, now)
-            except asyncio.CancelledError:
-                raise  # shutdown hands these rows back (release_held_claims)
-            except Exception:
-                self.holding.pop(token, None)
-                raise
+            return await self._push_leased(session, token, rows, kinds, now)
+
+    async def _push_leased(
+        self,
+        session: AsyncSession,
+        token: str,
+        rows: list[OutboxEntry],
+        kinds: dict[str, QueueIntegration],
+        now: datetime,
+    ) -> RelayResult:
+        """Push leased rows; a shutdown that cuts the round short hands them back."""
+        self.holding[token] = [row.id for row in rows]
+        try:
+            result = await self._push_and_record(session, token, rows, kinds, now)
+        except asyncio.CancelledError:
+            raise  # shutdown hands these rows back (release_held_claims)
+        except Exception:
             self.holding.pop(token, None)
-            return result
+            raise
+        self.holding.pop(token, None)
+        return result
 
     async def release_held_claims(self) -> int:
         """Hand back outbox rows of a round cut short, so the next relay takes them at once
