@@ -44,7 +44,7 @@ from dispatch_engine.queues.factory import SenderCache
 from dispatch_engine.queues.sqs import SqsLimits, SqsQueueSender
 from dispatch_engine.runtime import tune_gc
 from dispatch_engine.schemas.queue_message import build_invitation, encode_message
-from dispatch_engine.services.integrations import _aad, integration_secrets
+from dispatch_engine.services.integrations import integration_secrets, secret_aad
 from dispatch_engine.settings import Settings
 
 NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
@@ -142,7 +142,7 @@ async def seed_account(context: AppContext, sink_url: str) -> None:
                 kind="sqs",
                 config={},
                 secret=context.cipher.encrypt_json(
-                    {"secret_access_key": SECRET}, aad=_aad(ACCOUNT)
+                    {"secret_access_key": SECRET}, aad=secret_aad(ACCOUNT)
                 ),
                 created_at=NOW,
                 updated_at=NOW,
