@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 $PY -m bench.ingest --rows 2000
 $PY -m bench.dispatch --rows 2000
+$PY -m bench.dispatch --rows 1000 --dnd-ms 5 --workers 2
 if [ -f bench/relay.py ]; then
   $PY -m bench.relay --rows 2000
 fi

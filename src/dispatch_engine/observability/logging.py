@@ -24,6 +24,7 @@ QUIET_LIBRARIES = (
     "asyncpg",
     "httpx",
     "httpcore",
+    "aiohttp",
     "botocore",
     "aiobotocore",
     "aioboto3",
