@@ -90,7 +90,9 @@ async def still_owned(session: AsyncSession, ids: list[str], token: str) -> set[
     """The claimed ids whose claim is still ours, locked until commit (the fence)."""
     if not ids:
         return set()
-    query = select(Message.id).where(and_(Message.id.in_(ids), Message.claim_token == token))
+    query = select(Message.id).where(
+        and_(member_of(session, Message.id, ids), Message.claim_token == token)
+    )
     if session.get_bind().dialect.name == "postgresql":
         query = query.with_for_update()
     return set((await session.execute(query)).scalars())
@@ -101,7 +103,7 @@ async def release_claims(session: AsyncSession, ids: list[str], token: str) -> N
     if ids:
         await session.execute(
             update(Message)
-            .where(Message.id.in_(ids), Message.claim_token == token)
+            .where(member_of(session, Message.id, ids), Message.claim_token == token)
             .values(claim_token=None, lease_until=None)
             .execution_options(synchronize_session=False)
         )

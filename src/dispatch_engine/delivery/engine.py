@@ -571,7 +571,9 @@ class _BatchWriter:
         invites = table_of(Invite)
         if self.stale_locks:  # released before any invite takes the lock over
             await session.execute(
-                update(invites).where(invites.c.id.in_(self.stale_locks)).values(fatigue_lock=None)
+                update(invites)
+                .where(member_of(session, invites.c.id, self.stale_locks))
+                .values(fatigue_lock=None)
             )
         groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for values in self.invite_updates.values():

@@ -84,13 +84,15 @@ async def load_batch_facts(session: AsyncSession, ids: Sequence[str]) -> BatchFa
     )
     policy_ids = {d.policy_id for d in dispatches.values()} | {m.policy_id for m in messages}
     policies = _by_id(
-        (await session.execute(select(Policy).where(Policy.id.in_(policy_ids)))).scalars()
+        (
+            await session.execute(select(Policy).where(member_of(session, Policy.id, policy_ids)))
+        ).scalars()
     )
     step_rows = (
         await session.execute(
             select(LineupMessage).where(
-                (LineupMessage.policy_id.in_(policy_ids))
-                | (LineupMessage.id.in_({m.lineup_message_id for m in messages}))
+                member_of(session, LineupMessage.policy_id, policy_ids)
+                | member_of(session, LineupMessage.id, {m.lineup_message_id for m in messages})
             )
         )
     ).scalars()
@@ -211,7 +213,7 @@ async def invites_with_later_steps(session: AsyncSession, resends: Sequence[Mess
     found: set[str] = set()
     rows = await session.execute(
         select(Message.invite_id, Message.position).where(
-            Message.invite_id.in_({m.invite_id for m in resends})
+            member_of(session, Message.invite_id, {m.invite_id for m in resends})
         )
     )
     latest: dict[str, int] = {}

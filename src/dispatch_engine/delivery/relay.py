@@ -152,7 +152,9 @@ class OutboxRelay:
             async with self.context.sessions() as session, session.begin():
                 await session.execute(
                     update(OutboxEntry)
-                    .where(OutboxEntry.id.in_(ids), OutboxEntry.claim_token == token)
+                    .where(
+                        member_of(session, OutboxEntry.id, ids), OutboxEntry.claim_token == token
+                    )
                     .values(claim_token=None, lease_until=None)
                     .execution_options(synchronize_session=False)
                 )
@@ -227,7 +229,9 @@ class OutboxRelay:
         accounts = {r.account_id for r in rows}
         integrations = (
             await session.execute(
-                select(QueueIntegration).where(QueueIntegration.account_id.in_(accounts))
+                select(QueueIntegration).where(
+                    member_of(session, QueueIntegration.account_id, accounts)
+                )
             )
         ).scalars()
         return {i.account_id: i for i in integrations}

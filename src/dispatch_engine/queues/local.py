@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatch_engine.clock import Clock
+from dispatch_engine.db.bulk import insert_rows, member_of
 from dispatch_engine.models import LocalQueueMessage
 from dispatch_engine.models.base import table_of
 from dispatch_engine.queues.base import OutgoingMessage, SendFailure
@@ -32,7 +33,11 @@ class LocalQueueSender:
                 (
                     await session.execute(
                         select(LocalQueueMessage.message_id).where(
-                            LocalQueueMessage.message_id.in_([m.message_id for m in messages])
+                            member_of(
+                                session,
+                                LocalQueueMessage.message_id,
+                                [m.message_id for m in messages],
+                            )
                         )
                     )
                 ).scalars()
@@ -49,8 +54,7 @@ class LocalQueueSender:
                 for m in messages
                 if m.message_id not in existing
             ]
-            if rows:
-                await session.execute(table_of(LocalQueueMessage).insert(), rows)
+            await insert_rows(session, table_of(LocalQueueMessage), rows)
         return []
 
     async def probe(self, body: bytes, message_id: str) -> None:

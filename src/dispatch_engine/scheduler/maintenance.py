@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import and_, delete, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from dispatch_engine.db.bulk import member_of
 from dispatch_engine.delivery.claims import UNDECIDED_DELAY
 from dispatch_engine.models import Invite, Message, OutboxEntry
 
@@ -106,13 +107,16 @@ async def erase_finished_contacts(session: AsyncSession, now: datetime) -> int:
         return 0
     await session.execute(
         update(Invite)
-        .where(Invite.id.in_(candidates))
+        .where(member_of(session, Invite.id, candidates))
         .values(contact=None, erased_at=now)
         .execution_options(synchronize_session=False)
     )
     await session.execute(
         delete(OutboxEntry)
-        .where(OutboxEntry.invite_id.in_(candidates), OutboxEntry.delivered_at.is_not(None))
+        .where(
+            member_of(session, OutboxEntry.invite_id, candidates),
+            OutboxEntry.delivered_at.is_not(None),
+        )
         .execution_options(synchronize_session=False)
     )
     return len(candidates)

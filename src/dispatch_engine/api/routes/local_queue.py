@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy import bindparam, delete, select, update
 
 from dispatch_engine.api.deps import ReadActor, SessionDep
+from dispatch_engine.db.bulk import member_of
 from dispatch_engine.models import LocalQueueMessage
 from dispatch_engine.models.base import table_of
 from dispatch_engine.schemas.common import StrictModel
@@ -98,7 +99,7 @@ async def ack(
                 await session.execute(
                     select(LocalQueueMessage.receipt).where(
                         LocalQueueMessage.account_id == account_id,
-                        LocalQueueMessage.receipt.in_(body.receipts),
+                        member_of(session, LocalQueueMessage.receipt, body.receipts),
                     )
                 )
             ).scalars()
@@ -107,7 +108,7 @@ async def ack(
             await session.execute(
                 delete(LocalQueueMessage).where(
                     LocalQueueMessage.account_id == account_id,
-                    LocalQueueMessage.receipt.in_(found),
+                    member_of(session, LocalQueueMessage.receipt, found),
                 )
             )
     return AckResult(acked=len(found), unknown=[r for r in body.receipts if r not in found])
