@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     claim_batch_size: int = Field(default=500, ge=1, le=10_000)
     claim_lease_seconds: int = Field(default=60, ge=5)
     # Rounds a worker runs at once on PostgreSQL (SQLite always runs one).
-    claim_concurrency: int = Field(default=2, ge=1, le=16)
+    claim_concurrency: int = Field(default=3, ge=1, le=16)
     claim_interval_seconds: float = Field(default=1.0, gt=0)
     dnd_max_failures: int = Field(default=5, ge=1)
     dnd_retry_seconds: int = Field(default=60, ge=1)
