@@ -305,6 +305,24 @@ async def check_rotated(url: str, data_dir: Path, originals: dict[str, Any]) -> 
         await context.aclose()
 
 
+async def rule2_and_open_policies(api: Api) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A policy allowing one invite per person in 30 days, and one with no fatigue at all."""
+    rule2 = await create_policy(
+        api.http,
+        api.headers,
+        name="Rule2",
+        lineup=EMAIL,
+        fatigue={
+            "pending_token": {"enabled": False},
+            "max_invites": {"enabled": True, "count": 1, "days": 30, "scope": "all"},
+        },
+    )
+    open_policy = await create_policy(
+        api.http, api.headers, name="Open", lineup=EMAIL, fatigue=NO_FATIGUE
+    )
+    return rule2, open_policy
+
+
 async def deliver_after_rotation(url: str, data_dir: Path, originals: dict[str, Any]) -> None:
     """k1 gone from the encryption ring: everything still reads, and fresh invites ingested
     under k2 are held back by unsubscribes, locks and sends recorded under k1."""
@@ -314,19 +332,7 @@ async def deliver_after_rotation(url: str, data_dir: Path, originals: dict[str, 
         assert await plaintexts(context) == originals
         async with api_of(context) as api:
             policies = {p["name"]: p for p in await api.call("GET", "/v1/accounts/acme/policies")}
-            rule2 = await create_policy(
-                api.http,
-                api.headers,
-                name="Rule2",
-                lineup=EMAIL,
-                fatigue={
-                    "pending_token": {"enabled": False},
-                    "max_invites": {"enabled": True, "count": 1, "days": 30, "scope": "all"},
-                },
-            )
-            open_policy = await create_policy(
-                api.http, api.headers, name="Open", lineup=EMAIL, fatigue=NO_FATIGUE
-            )
+            rule2, open_policy = await rule2_and_open_policies(api)
             again = await api.dispatch(policies["Default"], "q1-again")
             await api.post(again, {**BOB, "external_id": "bob-2"})
             counted = await api.dispatch(rule2, "q2")
@@ -432,19 +438,7 @@ async def ingest_under_new_hmac_key(url: str, data_dir: Path) -> None:
     context = context_for(url, data_dir, ENC_K2_K1, MAC_K2_K1, clock)
     try:
         async with api_of(context) as api:
-            rule2 = await create_policy(
-                api.http,
-                api.headers,
-                name="Rule2",
-                lineup=EMAIL,
-                fatigue={
-                    "pending_token": {"enabled": False},
-                    "max_invites": {"enabled": True, "count": 1, "days": 30, "scope": "all"},
-                },
-            )
-            open_policy = await create_policy(
-                api.http, api.headers, name="Open", lineup=EMAIL, fatigue=NO_FATIGUE
-            )
+            rule2, open_policy = await rule2_and_open_policies(api)
             counted = await api.dispatch(rule2, "q2")
             # Eve: her only invite was erased, so only her k1 ledger row knows she was sent.
             await api.post(counted, {**EVE, "external_id": "eve-2"})
