@@ -285,7 +285,7 @@ class OutboxRelay:
         now: datetime,
     ) -> RelayResult:
         result = RelayResult()
-        delivered: list[dict[str, Any]] = []
+        delivered: list[OutboxEntry] = []
         retry: list[dict[str, Any]] = []
         failed_messages: list[dict[str, Any]] = []
         for row in rows:
@@ -303,7 +303,7 @@ class OutboxRelay:
                 continue
             failure = failures.get(row.message_id)
             if failure is None:
-                delivered.append({"b_id": row.id})
+                delivered.append(row)
                 continue
             attempts = row.attempts + 1
             give_up = not failure.retryable or attempts >= self.max_attempts
@@ -326,18 +326,13 @@ class OutboxRelay:
         if token is not None:
             fence = fence & (table.c.claim_token == token)
         if delivered:
-            delivered_ids = [d["b_id"] for d in delivered]
-            done = update(table).where(member_of(session, table.c.id, delivered_ids))
+            done = update(table).where(member_of(session, table.c.id, [r.id for r in delivered]))
             if token is not None:
                 done = done.where(table.c.claim_token == token)
             await session.execute(done.values(delivered_at=now, claim_token=None, lease_until=None))
             result.delivered = len(delivered)
             # A push that was late (`delayed`) is now done: the message reads `sent` again.
-            delivered_messages = [
-                row.message_id
-                for row in rows
-                if row.id not in skipped and row.message_id not in failures
-            ]
+            delivered_messages = [r.message_id for r in delivered]
             await session.execute(
                 update(Message)
                 .where(

@@ -157,6 +157,23 @@ async def _pg_conditional_update(
     return [record[0] for record in records]
 
 
+async def write_unchanged(
+    session: AsyncSession,
+    table: Table,
+    key: str,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    new: Sequence[str],
+    old: Sequence[str],
+    dry_run: bool,
+) -> int:
+    """:func:`update_unchanged`, or with ``dry_run`` nothing written: the rows changed (or
+    that would be)."""
+    if dry_run:
+        return len(rows)
+    return len(await update_unchanged(session, table, key, rows, new=new, old=old))
+
+
 async def update_unchanged(
     session: AsyncSession,
     table: Table,

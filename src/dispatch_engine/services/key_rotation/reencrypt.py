@@ -14,7 +14,7 @@ from dispatch_engine.services.key_rotation.common import (
     EncryptedColumn,
     in_batches,
     under_old_key,
-    update_unchanged,
+    write_unchanged,
 )
 
 log = structlog.get_logger(__name__)
@@ -58,14 +58,9 @@ async def reencrypt_column(
                     f"old_{spec.column}": token,
                 }
             )
-        if dry_run:
-            changed = len(updates)
-        else:
-            done = await update_unchanged(
-                session, table, spec.key, updates, new=[spec.column], old=[spec.column]
-            )
-            changed = len(done)
-        result.changed += changed
+        result.changed += await write_unchanged(
+            session, table, spec.key, updates, new=[spec.column], old=[spec.column], dry_run=dry_run
+        )
         result.skipped += skipped
         return rows[-1][0]
 

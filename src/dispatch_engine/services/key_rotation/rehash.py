@@ -36,6 +36,7 @@ from dispatch_engine.services.key_rotation.common import (
     relabelled_lock,
     under_old_key,
     update_unchanged,
+    write_unchanged,
 )
 
 log = structlog.get_logger(__name__)
@@ -284,26 +285,23 @@ async def repair_locks(
                 InviteRehash(invite_id, old, {**old, "fatigue_lock": f"{parts[0]}:{uuid_hash}"})
             )
         await release_conflicting_locks(session, plans)
-        if dry_run:
-            result.changed += len(plans)
-        else:
-            updates = [
-                {
-                    "k": p.invite_id,
-                    "new_fatigue_lock": p.new["fatigue_lock"],
-                    "old_fatigue_lock": p.old["fatigue_lock"],
-                }
-                for p in plans
-            ]
-            done = await update_unchanged(
-                session,
-                table_of(Invite),
-                "id",
-                updates,
-                new=["fatigue_lock"],
-                old=["fatigue_lock"],
-            )
-            result.changed += len(done)
+        updates = [
+            {
+                "k": p.invite_id,
+                "new_fatigue_lock": p.new["fatigue_lock"],
+                "old_fatigue_lock": p.old["fatigue_lock"],
+            }
+            for p in plans
+        ]
+        result.changed += await write_unchanged(
+            session,
+            table_of(Invite),
+            "id",
+            updates,
+            new=["fatigue_lock"],
+            old=["fatigue_lock"],
+            dry_run=dry_run,
+        )
         return rows[-1][0]
 
     await in_batches(sessions, step)
@@ -338,18 +336,15 @@ async def repair_ledger(
         updates = [
             {"k": row_id, "new_uuid_hash": new, "old_uuid_hash": old} for row_id, old, new in rows
         ]
-        if dry_run:
-            result.changed += len(updates)
-        else:
-            done = await update_unchanged(
-                session,
-                table_of(FatigueLedger),
-                "id",
-                updates,
-                new=["uuid_hash"],
-                old=["uuid_hash"],
-            )
-            result.changed += len(done)
+        result.changed += await write_unchanged(
+            session,
+            table_of(FatigueLedger),
+            "id",
+            updates,
+            new=["uuid_hash"],
+            old=["uuid_hash"],
+            dry_run=dry_run,
+        )
         return rows[-1][0]
 
     await in_batches(sessions, step)
