@@ -256,17 +256,6 @@ async def store_chunk(
     raise AssertionError("unreachable")
 
 
-async def ingest_chunk(
-    context: AppContext,
-    batch_id: str,
-    target: IngestTarget,
-    chunk: Sequence[tuple[int, dict[str, Any]]],
-) -> IngestCounts:
-    """Prepare and store one chunk (JSON uploads, tests)."""
-    prepared = await prepare_chunk(context, batch_id, target, chunk)
-    return await store_chunk(context, batch_id, target, prepared)
-
-
 async def _store_chunk(
     session: AsyncSession,
     context: AppContext,
