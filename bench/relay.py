@@ -22,8 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import aioboto3
@@ -59,6 +61,31 @@ ATTRIBUTES = {  # pads the invitation to about 1 KB, as a real one with a few at
     "order_ref": "ORD-2026-03-0000000000",
     "notes": "x" * 380,
 }
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Messages moved, wall seconds and this process's CPU seconds for one measured run."""
+
+    messages: int
+    wall: float
+    cpu: float
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.wall
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu / self.messages * 1e6
+
+    @staticmethod
+    def start() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+    @classmethod
+    def since(cls, messages: int, started: tuple[float, float]) -> Timing:
+        return cls(messages, time.perf_counter() - started[0], time.process_time() - started[1])
 
 
 class BenchSenders(SenderCache):
@@ -204,11 +231,11 @@ async def analyze(context: AppContext) -> None:
             await connection.exec_driver_sql("ANALYZE outbox")
 
 
-async def drain(context: AppContext, senders: SenderCache) -> tuple[Any, float]:
+async def drain(context: AppContext, senders: SenderCache) -> tuple[Any, Timing]:
     relay = OutboxRelay(context, senders)
-    started = time.perf_counter()
+    started = Timing.start()
     result = await relay.run_until_idle(max_rounds=10_000_000)
-    return result, time.perf_counter() - started
+    return result, Timing.since(result.delivered, started)
 
 
 async def pending(context: AppContext) -> int:
@@ -222,9 +249,17 @@ async def pending(context: AppContext) -> int:
 
 
 async def ceiling(
-    sink_url: str, samples: list[bytes], messages: int, concurrency: int, *, fifo: bool
-) -> float:
-    """Plain aioboto3: `messages` sent as batches of 10, `concurrency` calls in flight."""
+    sink_url: str,
+    samples: list[bytes],
+    messages: int,
+    concurrency: int,
+    *,
+    fifo: bool,
+    validate: bool = True,
+) -> Timing:
+    """Plain aioboto3: `messages` sent as batches of 10, `concurrency` calls in flight
+    (`validate=False`: botocore's client-side parameter validation off, as the sender has
+    it)."""
     queue_url = f"{sink_url}/123456789012/ceiling{'.fifo' if fifo else ''}"
     texts = [b.decode() for b in samples]
     calls = (messages + 9) // 10
@@ -255,18 +290,19 @@ async def ceiling(
         config=Config(
             retries={"max_attempts": 1, "mode": "standard"},
             max_pool_connections=max(10, concurrency),
+            parameter_validation=validate,
         ),
     )
     async with client_context as client:
         await client.get_queue_url(QueueName="warm-up")  # connection, endpoint resolution
-        started = time.perf_counter()
+        started = Timing.start()
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-        return calls * 10 / (time.perf_counter() - started)
+        return Timing.since(calls * 10, started)
 
 
 async def sender_alone(
     sink_url: str, samples: list[bytes], messages: int, chunk: int, limits: SqsLimits, *, fifo: bool
-) -> float:
+) -> Timing:
     """SqsQueueSender.send_batch in relay-sized calls, no database: the sender's own cost."""
     sender = SqsQueueSender(
         queue_url=f"{sink_url}/123456789012/alone{'.fifo' if fifo else ''}",
@@ -283,12 +319,41 @@ async def sender_alone(
     ]
     try:
         assert await sender.send_batch(batch[:1]) == []  # client, connection
-        started = time.perf_counter()
+        started = Timing.start()
         for offset in range(0, messages, chunk):
             assert await sender.send_batch(batch[offset : offset + chunk]) == []
-        return messages / (time.perf_counter() - started)
+        return Timing.since(messages, started)
     finally:
         await sender.aclose()
+
+
+def report(shape: str, runs: list[dict[str, Timing]], chunk: int, concurrency: int) -> None:
+    """Medians over the repeats: rates, CPU per message, and ratios of paired runs."""
+
+    def rate(key: str) -> str:
+        return f"{median(r[key].rate for r in runs):,.0f} messages/s"
+
+    def cpu(key: str) -> str:
+        return f"{median(r[key].cpu_us for r in runs):.0f} µs CPU each"
+
+    def ratio(key: str, to: str) -> str:
+        return f"{median(r[key].rate / r[to].rate for r in runs):.2f}"
+
+    print(f"{shape}: medians of {len(runs)} paired runs")
+    print(f"  relay (OutboxRelay, batch {chunk}): {rate('relay')} ({cpu('relay')})")
+    print(
+        f"  sender alone (send_batch of {chunk}, no database): {rate('sender')} ({cpu('sender')})"
+    )
+    print(
+        f"  ceiling: plain aioboto3 send_message_batch x10, {concurrency} in flight, same sink: "
+        f"{rate('raw')} ({cpu('raw')}); ratio relay {ratio('relay', 'raw')}, sender "
+        f"{ratio('sender', 'raw')}"
+    )
+    print(
+        f"  the same loop without botocore's parameter validation (as the sender runs): "
+        f"{rate('unvalidated')} ({cpu('unvalidated')}); ratio relay "
+        f"{ratio('relay', 'unvalidated')}"
+    )
 
 
 async def main() -> None:
@@ -297,6 +362,7 @@ async def main() -> None:
     parser.add_argument("--db", choices=["pg", "sqlite"], default="pg")
     parser.add_argument("--batch", type=int, default=None, help="relay batch (default: setting)")
     parser.add_argument("--concurrency", type=int, default=SqsLimits().concurrency)
+    parser.add_argument("--repeat", type=int, default=3, help="measurements per shape")
     args = parser.parse_args()
     limits = BenchSenders.limits = SqsLimits(concurrency=args.concurrency)
     workdir = Path(tempfile.mkdtemp(prefix="de-bench-"))
@@ -314,36 +380,47 @@ async def main() -> None:
         senders = BenchSenders(context)
         await seed_account(context, sink_url)
         chunk = settings.relay_batch_size
-        for shape, prefix in (("standard", "s"), ("fifo", "f")):
+        for shape in ("standard", "fifo"):
             fifo = shape == "fifo"
             await point_at(context, sink_url, fifo=fifo)
-            started = time.perf_counter()
-            samples = await seed_outbox(context, args.rows, prefix)
-            await analyze(context)
-            seeded = time.perf_counter() - started
-            await sink_stats(sink_url, reset=True)
-            result, elapsed = await drain(context, senders)
-            stats = await sink_stats(sink_url)
-            left = await pending(context)
-            rate = result.delivered / elapsed
-            alone = await sender_alone(sink_url, samples, args.rows, chunk, limits, fifo=fifo)
-            raw = await ceiling(sink_url, samples, args.rows, args.concurrency, fifo=fifo)
-            print(
-                f"relay → SQS {shape} ({args.db}, relay batch {chunk}, {args.concurrency} "
-                f"requests in flight, {len(samples[0]):,} B messages): {result.delivered:,} "
-                f"delivered in {elapsed:.1f} s = {rate:,.0f} messages/s; retried "
-                f"{result.retried}, failed {result.failed}, left {left}; sink got "
-                f"{stats['messages']:,} messages, {stats['distinct_ids']:,} distinct ids in "
-                f"{stats['batches']:,} requests (seeded in {seeded:.1f} s)"
-            )
-            print(f"  sender alone (send_batch of {chunk}, no database): {alone:,.0f} messages/s")
-            print(
-                f"  ceiling: plain aioboto3 send_message_batch x10, {args.concurrency} in "
-                f"flight, same sink = {raw:,.0f} messages/s; ratio relay {rate / raw:.2f}, "
-                f"sender {alone / raw:.2f}"
-            )
-            if stats["distinct_ids"] != args.rows or stats["duplicates"] or left:
-                print("  WARNING: not every row arrived exactly once")
+            runs: list[dict[str, Timing]] = []
+            for repeat in range(args.repeat):
+                # Each repeat measures the relay and the loops back to back, so a slow spell
+                # of this shared machine hits both sides of a ratio alike.
+                started = time.perf_counter()
+                samples = await seed_outbox(context, args.rows, f"{shape[0]}{repeat}-")
+                await analyze(context)
+                seeded = time.perf_counter() - started
+                await sink_stats(sink_url, reset=True)
+                result, relayed = await drain(context, senders)
+                stats = await sink_stats(sink_url)
+                left = await pending(context)
+                run = {
+                    "relay": relayed,
+                    "sender": await sender_alone(
+                        sink_url, samples, args.rows, chunk, limits, fifo=fifo
+                    ),
+                    "raw": await ceiling(sink_url, samples, args.rows, args.concurrency, fifo=fifo),
+                    "unvalidated": await ceiling(
+                        sink_url, samples, args.rows, args.concurrency, fifo=fifo, validate=False
+                    ),
+                }
+                runs.append(run)
+                print(
+                    f"relay → SQS {shape} #{repeat + 1} ({args.db}, relay batch {chunk}, "
+                    f"{args.concurrency} requests in flight, {len(samples[0]):,} B messages): "
+                    f"{result.delivered:,} delivered in {relayed.wall:.1f} s; retried "
+                    f"{result.retried}, failed {result.failed}, left {left}; sink got "
+                    f"{stats['messages']:,} messages, {stats['distinct_ids']:,} distinct ids in "
+                    f"{stats['batches']:,} requests (seeded in {seeded:.1f} s)"
+                )
+                print(
+                    "  "
+                    + "; ".join(f"{k} {t.rate:,.0f}/s {t.cpu_us:.0f} µs" for k, t in run.items())
+                )
+                if stats["distinct_ids"] != args.rows or stats["duplicates"] or left:
+                    print("  WARNING: not every row arrived exactly once")
+            report(shape, runs, chunk, args.concurrency)
         await senders.aclose()
         await context.aclose()
         how = "SenderCache subclass (bench-built)" if BenchSenders.built_here else "factory"

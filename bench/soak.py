@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +55,12 @@ async def main() -> None:
     parser.add_argument("--minutes", type=float, default=30)
     parser.add_argument("--rate", type=int, default=200, help="contacts per second")
     parser.add_argument("--warmup", type=float, default=5, help="minutes before the start RSS")
+    parser.add_argument(
+        "--trace-worker",
+        type=Path,
+        default=None,
+        help="run the worker under tracemalloc and write its growth to this file",
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="de-soak-"))
     url, pg_name = await create_database("postgresql", workdir)
@@ -67,8 +74,19 @@ async def main() -> None:
         key = migrate_and_key(env)
         port = free_port()
         api = start_api(env, port)
+        command = [CLI, "worker"]
+        if args.trace_worker is not None:
+            command = [
+                sys.executable,
+                "-m",
+                "bench.memtrace_worker",
+                "--out",
+                str(args.trace_worker),
+                "--warmup",
+                str(args.warmup * 60),
+            ]
         worker = subprocess.Popen(
-            [CLI, "worker"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         headers = {"Authorization": f"Bearer {key}"}
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:

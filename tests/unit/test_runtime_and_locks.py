@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 
@@ -10,6 +11,24 @@ from hypothesis import strategies as st
 
 from dispatch_engine.delivery.lookups import person_lock_id
 from dispatch_engine.runtime import GC_THRESHOLDS
+
+
+def test_release_memory_collects_old_cycles_and_trims_the_c_heap() -> None:
+    # A child process, tuned as the worker is: a cycle that reached the oldest generation
+    # would wait there for a full collection that the thresholds make rare.
+    code = (
+        "import gc, weakref; from dispatch_engine.runtime import tune_gc, release_memory\n"
+        "tune_gc()\n"
+        "class Node: pass\n"
+        "a, b = Node(), Node(); a.other, b.other = b, a; alive = weakref.ref(a)\n"
+        "gc.collect(1); gc.collect(1); del a, b\n"
+        "before = alive() is not None\n"
+        "trimmed = release_memory()\n"
+        "print(before, alive() is None, trimmed)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert out.stdout.strip() == f"True True {glibc}"
 
 
 def test_tune_gc_applies_once_per_process() -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True)
-class OutgoingMessage:
+class OutgoingMessage(NamedTuple):
+    """One message to push (a tuple: the relay builds hundreds per round)."""
+
     message_id: str  # stable: FIFO dedup id, Service Bus message_id, vendor de-duplication
     group_id: str  # the invite id: one invite's messages stay ordered on FIFO queues
     body: bytes

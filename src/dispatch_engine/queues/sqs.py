@@ -40,7 +40,7 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import aioboto3
 import aiohttp
@@ -233,9 +233,8 @@ def _client_error(exc: ClientError) -> tuple[str, str, bool]:
     return bare, _describe(code, message), retryable
 
 
-@dataclass(frozen=True, slots=True)
-class _Item:
-    index: int  # position in the send_batch call: the entry Id (unique, [0-9]+)
+class _Item(NamedTuple):  # a tuple: built for every message pushed
+    position: int  # position in the send_batch call: the entry Id (unique, [0-9]+)
     message: OutgoingMessage
     text: str  # the body as UTF-8 text (SQS MessageBody)
     size: int  # body bytes
@@ -316,9 +315,19 @@ class SqsQueueSender:
         lanes = self._plan(items)
         if len(lanes) == 1:
             failures.extend(await self._run_lane(lanes[0]))
-        else:
-            for lane_failures in await asyncio.gather(*(self._run_lane(lane) for lane in lanes)):
-                failures.extend(lane_failures)
+            return failures
+        # `concurrency` runners take lanes from one iterator: a call of 500 messages makes
+        # a handful of tasks, not fifty that would mostly wait on the semaphore.
+        answers: list[list[SendFailure]] = [[] for _ in lanes]
+        waiting = iter(enumerate(lanes))
+
+        async def runner() -> None:
+            for number, lane in waiting:
+                answers[number] = await self._run_lane(lane)
+
+        await asyncio.gather(*(runner() for _ in range(min(len(lanes), self.limits.concurrency))))
+        for answer in answers:  # in the order of the call
+            failures.extend(answer)
         return failures
 
     async def probe(self, body: bytes, message_id: str) -> None:
@@ -343,14 +352,12 @@ class SqsQueueSender:
 
     def _plan(self, items: list[_Item]) -> list[Lane]:
         """Requests to make: lanes run concurrently, the requests of one lane in order."""
-        units: list[list[_Item]]
-        if self.fifo:
-            groups: dict[str, list[_Item]] = {}
-            for item in items:
-                groups.setdefault(item.message.group_id, []).append(item)
-            units = list(groups.values())
-        else:
-            units = [[item] for item in items]
+        if not self.fifo:
+            return [[batch] for batch in self._split(items)]  # no order to keep: pack them
+        groups: dict[str, list[_Item]] = {}
+        for item in items:
+            groups.setdefault(item.message.group_id, []).append(item)
+        units = list(groups.values())
         max_entries = self.limits.max_batch_entries
         max_bytes = self.limits.max_batch_bytes
         lanes: list[Lane] = []
@@ -374,7 +381,8 @@ class SqsQueueSender:
         return lanes
 
     def _split(self, unit: list[_Item]) -> Lane:
-        """One group's messages as consecutive requests, in order."""
+        """Messages as consecutive requests within the entry and byte limits, in order (one
+        FIFO group's, or all of a call to a standard queue)."""
         batches: Lane = []
         current: Batch = []
         current_bytes = 0
@@ -477,14 +485,14 @@ class SqsQueueSender:
         return failures
 
     def _entry(self, item: _Item) -> dict[str, str]:
-        entry = {"Id": str(item.index), "MessageBody": item.text}
+        entry = {"Id": str(item.position), "MessageBody": item.text}
         if self.fifo:
             entry["MessageGroupId"] = item.message.group_id
             entry["MessageDeduplicationId"] = item.message.message_id
         return entry
 
     def _read_answer(self, batch: Batch, response: Mapping[str, Any]) -> list[SendFailure]:
-        waiting = {str(item.index): item for item in batch}
+        waiting = {str(item.position): item for item in batch}
         failures: list[SendFailure] = []
         for ok in response.get("Successful") or ():
             item = waiting.pop(str(ok.get("Id")), None)
@@ -537,6 +545,9 @@ class SqsQueueSender:
                     read_timeout=self.limits.read_timeout,
                     retries={"max_attempts": 1, "mode": "standard"},
                     max_pool_connections=max(10, self.limits.concurrency),
+                    # Entries are built by `_entry` (every field a str, ids unique): botocore
+                    # checking them again against the model costs ~14 µs per message.
+                    parameter_validation=False,
                 )
                 context = self._session.client(
                     "sqs",

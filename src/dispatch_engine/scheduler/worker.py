@@ -22,7 +22,7 @@ from dispatch_engine.delivery.facts import DndSettings
 from dispatch_engine.delivery.relay import OutboxRelay
 from dispatch_engine.incidents import job as incident_job
 from dispatch_engine.queues.factory import SenderCache
-from dispatch_engine.runtime import tune_gc
+from dispatch_engine.runtime import MEMORY_RELEASE_SECONDS, release_memory, tune_gc
 from dispatch_engine.scheduler.maintenance import (
     erase_finished_contacts,
     expire_tokens,
@@ -82,6 +82,10 @@ class Worker:
                 if await erase_finished_contacts(session, now) == 0:
                     return
 
+    async def release_memory(self) -> None:
+        """Keep a steady worker's RSS steady (see `runtime.release_memory`)."""
+        release_memory()
+
     async def incident_clocks(self) -> None:
         """Report newly overdue incident clocks once; send incident notifications."""
         await incident_job.run_clock_job(self.context, self.http)
@@ -106,6 +110,7 @@ class Worker:
             ("relay_outbox", settings.relay_interval_seconds),
             ("maintain", settings.maintenance_interval_seconds),
             ("incident_clocks", incident_job.INTERVAL_SECONDS),
+            ("release_memory", MEMORY_RELEASE_SECONDS),
         ):
             self.scheduler.add_job(
                 self._guarded,
