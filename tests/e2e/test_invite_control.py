@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select, text
 
 from dispatch_engine.clock import FrozenClock
@@ -1245,6 +1246,33 @@ async def test_released_messages_are_not_reported_delayed(
     assert message["state"] != "delayed", message
     await tick(worker)
     assert recipients(await api.pull()) == ["ann@example.com"]
+
+
+def latency(suffix: str) -> float:
+    return REGISTRY.get_sample_value(f"dispatch_pipeline_latency_seconds_{suffix}") or 0.0
+
+
+async def test_a_push_reported_delayed_reads_sent_once_the_queue_takes_it(
+    api: Api, worker: Worker, clock: FrozenClock
+) -> None:
+    policy = await api.policy("Late push")
+    dispatch = await api.dispatch(policy)
+    await api.post(dispatch, contact(ANN, "ann"))
+    await worker.deliver()  # decided and written to the outbox, but no relay ran
+    clock.advance(timedelta(minutes=20))
+    await api.post(dispatch, contact(BOB, "bob"))
+    await worker.deliver()
+    await worker.maintain()
+    late = (await api.invite(dispatch, "ann"))["messages"][0]
+    assert (late["state"], late["reason"]) == ("delayed", "not_pushed_in_time"), late
+    count, total = (latency(suffix) for suffix in ("count", "sum"))
+    await worker.relay_outbox()  # one round: Ann's late push and Bob's fresh one
+    assert recipients(await api.pull()) == ["ann@example.com", "bob@example.com"]
+    assert latency("count") - count == 2  # due → pushed, one sample per message
+    assert 20 * 60 <= latency("sum") - total < 21 * 60  # Ann waited 20 minutes, Bob none
+    for name in ("ann", "bob"):
+        message = (await api.invite(dispatch, name))["messages"][0]
+        assert (message["state"], message["reason"]) == ("sent", None), message
 
 
 # --- R-RUL-3: policy preview --------------------------------------------------------------

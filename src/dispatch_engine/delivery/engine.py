@@ -71,11 +71,13 @@ class RoundResult:
     claimed: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)  # reason (or outcome) → count
     by_outcome: Counter[tuple[str, str]] = field(default_factory=Counter)  # for the metrics
+    claim_lags: list[float] = field(default_factory=list)  # seconds, decided messages
 
     def record(self) -> RoundResult:
         """Count the round in the metrics, once it is committed."""
         for (outcome, reason), count in self.by_outcome.items():
             metrics.MESSAGES.labels(outcome, reason).inc(count)
+        metrics.observe_many(metrics.CLAIM_LAG, self.claim_lags)
         return self
 
 
@@ -348,7 +350,12 @@ class DeliveryEngine:
                 sent_in_batch[(person, None)] += 1
             writer.apply(message, decision)
         await writer.flush(session)
-        return RoundResult(claimed=len(ids), outcomes=writer.outcomes, by_outcome=writer.by_outcome)
+        return RoundResult(
+            claimed=len(ids),
+            outcomes=writer.outcomes,
+            by_outcome=writer.by_outcome,
+            claim_lags=writer.claim_lags,
+        )
 
 
 def _with_unknown_dnd(mf: MessageFacts) -> MessageFacts:
@@ -372,6 +379,7 @@ class _BatchWriter:
         self.first_sends: set[str] = set()  # invites whose first message this batch sent
         self.outcomes: Counter[str] = Counter()
         self.by_outcome: Counter[tuple[str, str]] = Counter()  # for the metrics, once a batch
+        self.claim_lags: list[float] = []
         self.sent_at = format_utc(now)  # the whole batch goes out at this instant
 
     def _invite_update(self, invite: Invite, **values: Any) -> None:
@@ -381,7 +389,7 @@ class _BatchWriter:
         self.outcomes[reason or outcome] += 1
         self.by_outcome[(outcome, reason or "")] += 1
         if outcome != "held":
-            metrics.CLAIM_LAG.observe(max(0.0, (self.now - message.not_before).total_seconds()))
+            self.claim_lags.append(max(0.0, (self.now - message.not_before).total_seconds()))
 
     def apply(self, message: Message, decision: Decision) -> None:
         base = {

@@ -58,6 +58,8 @@ class OutboxRelay:
         self.base = settings.relay_backoff_seconds
         self.cap = settings.relay_backoff_max_seconds
         self.lease = timedelta(seconds=max(30, settings.claim_lease_seconds))
+        # `delayed` is marked by any worker's clock: a minute's margin for clocks that differ.
+        self.maybe_delayed_after = timedelta(seconds=settings.delayed_after_seconds - 60)
         self.holding: dict[str, list[int]] = {}  # claim token → outbox ids in flight
         sqlite = context.engine.dialect.name == "sqlite"
         self.parallel = 1 if sqlite else settings.relay_parallel
@@ -269,10 +271,14 @@ class OutboxRelay:
         if failed:
             metrics.QUEUE_PUSHES.labels(kind, "error").inc(len(failed))
         done = self.context.clock.now()
-        for entry in entries:
-            if entry.message_id not in failed:
-                latency = (done - entry.ready_at).total_seconds()
-                metrics.PIPELINE_LATENCY.observe(max(0.0, latency))
+        metrics.observe_many(
+            metrics.PIPELINE_LATENCY,
+            (
+                max(0.0, (done - entry.ready_at).total_seconds())
+                for entry in entries
+                if entry.message_id not in failed
+            ),
+        )
         return failures
 
     async def _write_back(
@@ -332,15 +338,18 @@ class OutboxRelay:
             await session.execute(done.values(delivered_at=now, claim_token=None, lease_until=None))
             result.delivered = len(delivered)
             # A push that was late (`delayed`) is now done: the message reads `sent` again.
-            delivered_messages = [r.message_id for r in delivered]
-            await session.execute(
-                update(Message)
-                .where(
-                    member_of(session, Message.id, delivered_messages), Message.state == "delayed"
+            # Only a message due before the `delayed` cutoff can have been marked (its sent_at
+            # is never earlier than its ready_at), so a round of fresh rows skips the update.
+            if min(r.ready_at for r in delivered) <= now - self.maybe_delayed_after:
+                await session.execute(
+                    update(Message)
+                    .where(
+                        member_of(session, Message.id, [r.message_id for r in delivered]),
+                        Message.state == "delayed",
+                    )
+                    .values(state="sent", rule=None, reason=None)
+                    .execution_options(synchronize_session=False)
                 )
-                .values(state="sent", rule=None, reason=None)
-                .execution_options(synchronize_session=False)
-            )
         if retry:
             await session.execute(
                 update(table)

@@ -7,6 +7,8 @@ by the processes); `/metrics` then aggregates every process's samples.
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
+from collections.abc import Iterable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,6 +22,28 @@ from prometheus_client import (
 from prometheus_client import multiprocess as prometheus_multiprocess
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+
+
+def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
+    """`histogram.observe(a)` for every amount, with one increment per bucket touched.
+
+    The relay observes every message of a batch; `observe` per message cost a few
+    microseconds each (a Python loop over the buckets). Same samples either way (a test
+    compares the two on fresh histograms, which also guards the attributes used here).
+    """
+    bounds = histogram._upper_bounds  # private in prometheus_client
+    counts = [0] * len(bounds)
+    total = 0.0
+    for amount in amounts:
+        total += amount
+        counts[bisect_left(bounds, amount)] += 1  # the first bound >= amount, as observe
+    if not any(counts):
+        return
+    histogram._sum.inc(total)
+    for index, count in enumerate(counts):
+        if count:
+            histogram._buckets[index].inc(count)
+
 
 CONTACTS = Counter("dispatch_contacts_total", "Contact rows received, by outcome.", ["outcome"])
 MESSAGES = Counter(
