@@ -5,12 +5,15 @@ integration is `sqs`, pointing at a loopback SQS stand-in (bench/sqs_sink.py, ru
 own process), then drains the outbox with `OutboxRelay` + `SenderCache` — once with a
 standard queue, once with a FIFO queue (one message group per invite). Prints messages/s
 next to the raw ceiling measured in the same run: a plain aioboto3 `send_message_batch`
-loop (10 entries a call, --concurrency calls in flight) against the same sink. The sink
-counts distinct message ids, so a lost or doubled message shows.
+loop (10 entries a call, --concurrency calls in flight) against the same sink, with the
+same bodies, with and without botocore's parameter validation. Each shape is measured
+--repeat times (relay and loops back to back) and the medians of the paired ratios are
+printed: this machine's speed drifts too much for one run. The sink counts distinct
+message ids, so a lost or doubled message shows.
 
-    .venv/bin/python -m bench.relay --rows 100000
-    .venv/bin/python -m bench.relay --rows 100000 --db sqlite
-    .venv/bin/python -m bench.relay --rows 2000            # smoke run
+    .venv/bin/python -m bench.relay --rows 30000 --repeat 5
+    .venv/bin/python -m bench.relay --rows 30000 --db sqlite
+    .venv/bin/python -m bench.relay --rows 2000 --repeat 1  # smoke run
 """
 
 from __future__ import annotations
