@@ -15,14 +15,13 @@ import ctypes
 import ctypes.util
 import gc
 from collections.abc import Callable
+from functools import cache
 
 __all__ = ["GC_THRESHOLDS", "MEMORY_RELEASE_SECONDS", "release_memory", "tune_gc"]
 
 GC_THRESHOLDS = (50_000, 20, 100)
 MEMORY_RELEASE_SECONDS = 60
 _tuned = False
-_malloc_trim: Callable[[int], int] | None = None
-_looked_up = False
 
 
 def tune_gc() -> bool:
@@ -37,17 +36,15 @@ def tune_gc() -> bool:
     return True
 
 
+@cache
 def _trim_function() -> Callable[[int], int] | None:
     """glibc's `malloc_trim`, or None where the C library has none (musl, macOS)."""
-    global _malloc_trim, _looked_up
-    if not _looked_up:
-        _looked_up = True
-        name = ctypes.util.find_library("c")
-        try:
-            _malloc_trim = ctypes.CDLL(name).malloc_trim if name else None
-        except (OSError, AttributeError):
-            _malloc_trim = None
-    return _malloc_trim
+    name = ctypes.util.find_library("c")
+    try:
+        trim: Callable[[int], int] | None = ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        trim = None
+    return trim
 
 
 def release_memory() -> bool:
