@@ -118,6 +118,8 @@ def make_settings(url: str, data_dir: Path, **overrides: Any) -> Settings:
         "webhook_allow_http": True,
         "webhook_allowlist": ["127.0.0.1/32", "localhost"],
         "run_scheduler": False,
+        # Smaller than the default (10,000) so tests that cross chunk boundaries stay quick.
+        "upload_batch_rows": 2000,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     sqs_concurrency: int = Field(default=8, ge=1, le=256)
     delayed_after_seconds: int = Field(default=900, ge=1)
     maintenance_interval_seconds: float = Field(default=60.0, gt=0)
-    upload_batch_rows: int = Field(default=2_000, ge=1, le=50_000)
+    upload_batch_rows: int = Field(default=10_000, ge=1, le=50_000)
 
     @field_validator("webhook_allowlist", mode="before")
     @classmethod

@@ -147,9 +147,8 @@ def _split_columns(row: Mapping[str, object]) -> tuple[dict[str, str], dict[str,
     known: dict[str, str] = {}
     attributes: dict[str, str] = {}
     for raw_key, value in row.items():
-        key = raw_key.strip()
-        if key.lower() in KNOWN_COLUMNS:
-            name = key.lower()
+        key, name = _column(raw_key)
+        if name is not None:
             if name in known:
                 raise _Reject(name, "the column is given more than once")
             if value is None:
@@ -171,6 +170,17 @@ def _split_columns(row: Mapping[str, object]) -> tuple[dict[str, str], dict[str,
     if len(attributes) > MAX_ATTRIBUTES:
         raise _Reject(_NESTED_ATTRIBUTES, f"a contact has at most {MAX_ATTRIBUTES} attributes")
     return known, attributes
+
+
+@lru_cache(maxsize=1024)
+def _column(raw_key: str) -> tuple[str, str | None]:
+    """A column's trimmed name, and its known-column name (None for an attribute).
+
+    Every row of a file repeats the same keys, so this is worked out once per key.
+    """
+    key = raw_key.strip()
+    name = key.lower()
+    return key, (name if name in KNOWN_COLUMNS else None)
 
 
 def _add_attribute(attributes: dict[str, str], key: str, value: object) -> None:

@@ -12,6 +12,8 @@ import unicodedata
 import phonenumbers
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
+from dispatch_engine.security.phone_validity import is_valid_e164
+
 __all__ = ["InvalidAddress", "normalize_email", "normalize_phone", "normalize_uuid_value"]
 
 
@@ -30,7 +32,7 @@ _PLAIN_EMAIL = re.compile(
     r"(?=[^@]{1,64}@)[a-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[a-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}"
 )
-_SPECIAL_DOMAINS = tuple(SPECIAL_USE_DOMAIN_NAMES)
+_SPECIAL_DOMAIN_SUFFIXES = tuple("." + name for name in SPECIAL_USE_DOMAIN_NAMES)
 # Canonical E.164 as most files carry it: "+" and 7 to 15 digits, no leading zero.
 _PLAIN_E164 = re.compile(r"\+([1-9]\d{6,14})")
 
@@ -40,10 +42,8 @@ def _plain_email(text: str) -> str | None:
     if len(lowered) > 254 or not _PLAIN_EMAIL.fullmatch(lowered):
         return None
     domain = lowered.rsplit("@", 1)[1]
-    if "--" in domain or any(
-        domain == special or domain.endswith("." + special) for special in _SPECIAL_DOMAINS
-    ):
-        return None
+    if "--" in domain or ("." + domain).endswith(_SPECIAL_DOMAIN_SUFFIXES):
+        return None  # a special-use domain or a subdomain of one
     return lowered
 
 
@@ -98,8 +98,7 @@ def _plain_e164(text: str) -> str | None:
             national = digits[size:]
             if not national or national.startswith("0"):
                 return None  # leading zeros need the parser's care (e.g. Italy)
-            number = phonenumbers.PhoneNumber(country_code=code, national_number=int(national))
-            if not phonenumbers.is_valid_number(number):
+            if not is_valid_e164(code, national):
                 raise InvalidAddress("phone number is not valid E.164")
             return text
     return None
