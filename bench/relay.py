@@ -235,6 +235,7 @@ async def analyze(context: AppContext) -> None:
         async with context.engine.connect() as connection:
             autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
             await autocommit.exec_driver_sql("VACUUM ANALYZE outbox")
+            await autocommit.exec_driver_sql("CHECKPOINT")
 
 
 async def drain(context: AppContext, senders: SenderCache) -> tuple[Any, Timing]:

@@ -35,6 +35,23 @@ def dialect_of(session: AsyncSession) -> str:
     return session.get_bind().dialect.name
 
 
+async def asyncpg_connection(session: AsyncSession) -> asyncpg.Connection:
+    """The asyncpg connection under the session's transaction (PostgreSQL only), for COPY
+    and for hot statements whose rows are not worth SQLAlchemy's per-row processing.
+
+    SQLAlchemy's asyncpg adapter sends BEGIN only with its first statement: a statement
+    sent straight to asyncpg before that would run outside the transaction (autocommit,
+    row locks released at once). So a session that has not spoken yet says `SELECT 1` first.
+    """
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert isinstance(driver, asyncpg.Connection)
+    if not driver.is_in_transaction():
+        await connection.exec_driver_sql("SELECT 1")
+    return driver
+
+
 def member_of(
     session: AsyncSession,
     column: InstrumentedAttribute[Any] | ColumnElement[Any],
@@ -89,10 +106,7 @@ async def insert_rows(session: AsyncSession, table: Table, rows: Sequence[dict[s
         await session.execute(table.insert(), list(rows))
         return
     columns = list(rows[0])
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    driver = raw.driver_connection
-    assert driver is not None
+    driver = await asyncpg_connection(session)
     try:
         record = itemgetter(*columns)  # one C call per row (a 1-tuple needs wrapping)
         records = (
@@ -153,8 +167,5 @@ async def update_rows(
         f"FROM unnest({', '.join(arrays)}) AS v({aliases}) "
         f'WHERE t."{key}" = v."{key}"'
     )
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    driver = raw.driver_connection
-    assert driver is not None
+    driver = await asyncpg_connection(session)
     await driver.execute(sql, *[[row[name] for row in rows] for name in names])

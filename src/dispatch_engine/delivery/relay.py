@@ -10,14 +10,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple
 
 import structlog
 from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.context import AppContext
-from dispatch_engine.db.bulk import member_of
+from dispatch_engine.db.bulk import asyncpg_connection, member_of
 from dispatch_engine.delivery.breaker import CircuitBreaker
 from dispatch_engine.delivery.claims import new_claim_token
 from dispatch_engine.models import Message, OutboxEntry, QueueIntegration
@@ -29,6 +29,32 @@ from dispatch_engine.queues.factory import SenderCache
 log = structlog.get_logger(__name__)
 NO_SENDER = "no queue sender for this integration"
 CIRCUIT_OPEN = "circuit open: the queue kept failing; retrying after the cooldown"
+
+
+class DueRow(NamedTuple):
+    """An outbox row taken for a round: what the push and the write-back need, no more."""
+
+    id: int
+    message_id: str
+    account_id: str
+    invite_id: str
+    body: bytes
+    ready_at: float  # epoch seconds: the latency histogram and the `delayed` check subtract it
+    attempts: int
+
+
+# PostgreSQL reads due rows straight through asyncpg: a round's 500 rows skip SQLAlchemy's
+# per-row result processing, a fifth of the relay's own CPU per message.
+_DUE_ROWS_SQL = """
+SELECT id, message_id, account_id, invite_id, body,
+       EXTRACT(EPOCH FROM ready_at)::float8, attempts
+FROM outbox
+WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $1
+  AND (lease_until IS NULL OR lease_until < $1)
+ORDER BY next_attempt_at, id
+LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
 
 
 @dataclass
@@ -130,7 +156,7 @@ class OutboxRelay:
         self,
         session: AsyncSession,
         token: str,
-        rows: list[OutboxEntry],
+        rows: list[DueRow],
         kinds: dict[str, QueueIntegration],
         now: datetime,
     ) -> RelayResult:
@@ -168,11 +194,11 @@ class OutboxRelay:
         self,
         session: AsyncSession,
         token: str | None,
-        rows: list[OutboxEntry],
+        rows: list[DueRow],
         kinds: dict[str, QueueIntegration],
         now: datetime,
     ) -> RelayResult:
-        by_account: dict[str, list[OutboxEntry]] = defaultdict(list)
+        by_account: dict[str, list[DueRow]] = defaultdict(list)
         for row in rows:
             by_account[row.account_id].append(row)
         failures: dict[str, SendFailure] = {}
@@ -199,8 +225,12 @@ class OutboxRelay:
         async with session.begin():
             return await self._write_back(session, token, rows, failures, skipped, now)
 
-    async def _due_rows(self, session: AsyncSession, now: datetime) -> list[OutboxEntry]:
-        """Due outbox rows in order, as plain row snapshots (locked on PostgreSQL)."""
+    async def _due_rows(self, session: AsyncSession, now: datetime) -> list[DueRow]:
+        """Due outbox rows in order (locked on PostgreSQL: the locks are the claim)."""
+        if session.get_bind().dialect.name == "postgresql":
+            driver = await asyncpg_connection(session)
+            records = await driver.fetch(_DUE_ROWS_SQL, now, self.batch_size)
+            return [DueRow(*record) for record in records]
         outbox = table_of(OutboxEntry)
         query = (
             select(
@@ -221,12 +251,14 @@ class OutboxRelay:
             .order_by(outbox.c.next_attempt_at, outbox.c.id)
             .limit(self.batch_size)
         )
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        return cast(list[OutboxEntry], list((await session.execute(query)).all()))
+        rows = (await session.execute(query)).all()
+        return [
+            DueRow(row_id, message_id, account, invite, body, ready.timestamp(), attempts)
+            for row_id, message_id, account, invite, body, ready, attempts in rows
+        ]
 
     async def _integrations(
-        self, session: AsyncSession, rows: list[OutboxEntry]
+        self, session: AsyncSession, rows: list[DueRow]
     ) -> dict[str, QueueIntegration]:
         accounts = {r.account_id for r in rows}
         integrations = (
@@ -240,7 +272,7 @@ class OutboxRelay:
 
     async def _claim(
         self, session: AsyncSession, now: datetime
-    ) -> tuple[str, list[OutboxEntry], dict[str, QueueIntegration]]:
+    ) -> tuple[str, list[DueRow], dict[str, QueueIntegration]]:
         """The lease path (SQLite): claim token + lease, committed before the push."""
         token = new_claim_token()
         rows = await self._due_rows(session, now)
@@ -255,7 +287,7 @@ class OutboxRelay:
         return token, rows, await self._integrations(session, rows)
 
     async def _push(
-        self, sender: QueueSender, entries: list[OutboxEntry], kind: str
+        self, sender: QueueSender, entries: list[DueRow], kind: str
     ) -> list[SendFailure]:
         messages = [OutgoingMessage(e.message_id, e.invite_id, e.body) for e in entries]
         started = time.perf_counter()
@@ -270,11 +302,11 @@ class OutboxRelay:
         metrics.QUEUE_PUSHES.labels(kind, "ok").inc(len(messages) - len(failed))
         if failed:
             metrics.QUEUE_PUSHES.labels(kind, "error").inc(len(failed))
-        done = self.context.clock.now()
+        done = self.context.clock.now().timestamp()
         metrics.observe_many(
             metrics.PIPELINE_LATENCY,
             (
-                max(0.0, (done - entry.ready_at).total_seconds())
+                max(0.0, done - entry.ready_at)
                 for entry in entries
                 if entry.message_id not in failed
             ),
@@ -285,13 +317,13 @@ class OutboxRelay:
         self,
         session: AsyncSession,
         token: str | None,
-        rows: list[OutboxEntry],
+        rows: list[DueRow],
         failures: dict[str, SendFailure],
         skipped: dict[int, tuple[str, datetime]],
         now: datetime,
     ) -> RelayResult:
         result = RelayResult()
-        delivered: list[OutboxEntry] = []
+        delivered: list[DueRow] = []
         retry: list[dict[str, Any]] = []
         failed_messages: list[dict[str, Any]] = []
         for row in rows:
@@ -340,7 +372,8 @@ class OutboxRelay:
             # A push that was late (`delayed`) is now done: the message reads `sent` again.
             # Only a message due before the `delayed` cutoff can have been marked (its sent_at
             # is never earlier than its ready_at), so a round of fresh rows skips the update.
-            if min(r.ready_at for r in delivered) <= now - self.maybe_delayed_after:
+            cutoff = (now - self.maybe_delayed_after).timestamp()
+            if min(r.ready_at for r in delivered) <= cutoff:
                 await session.execute(
                     update(Message)
                     .where(

@@ -15,7 +15,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dispatch_engine.db.bulk import dialect_of, member_of, pg_array_type
+from dispatch_engine.db.bulk import asyncpg_connection, dialect_of, member_of, pg_array_type
 from dispatch_engine.delivery.contacts import contact_aad as invite_contact_aad
 from dispatch_engine.incidents.notifications import webhook_url_aad
 from dispatch_engine.models import (
@@ -149,10 +149,7 @@ async def _pg_conditional_update(
         f"FROM unnest({arrays}) AS v({aliases}) WHERE {conditions} "
         f'RETURNING v."k"'
     )
-    connection = await session.connection()
-    raw = await connection.get_raw_connection()
-    driver = raw.driver_connection
-    assert driver is not None
+    driver = await asyncpg_connection(session)
     records = await driver.fetch(sql, *[[row[n] for row in rows] for n in names])
     return [record[0] for record in records]
 
