@@ -60,6 +60,13 @@ class Invite(Base):
     erased_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
+# The claim query's state filter (delivery/claims.py) as the claim index's predicate: the two
+# must say the same, or PostgreSQL cannot use the index and each claim sorts every message.
+CLAIMABLE_PREDICATE = (
+    "state IN ('pending', 'deferred') OR (state = 'delayed' AND reason = 'not_decided_in_time')"
+)
+
+
 class Message(Base):
     """One lineup step for one invite: when it may go out, and what became of it.
 
@@ -76,8 +83,8 @@ class Message(Base):
             "not_before",
             "due_at",
             "id",
-            sqlite_where=text("state IN ('pending', 'deferred')"),
-            postgresql_where=text("state IN ('pending', 'deferred')"),
+            sqlite_where=text(CLAIMABLE_PREDICATE),
+            postgresql_where=text(CLAIMABLE_PREDICATE),
         ),
         Index("ix_messages_invite", "invite_id"),
         Index("ix_messages_dispatch_state_reason", "dispatch_id", "state", "reason"),
