@@ -1054,3 +1054,33 @@ async def test_an_expired_holder_gives_its_lock_to_the_next_file(
     later = await post_csv(client, acme, dispatch["id"], "email,external_id\nann@example.com,c-3\n")
     assert later.status_code == 202, later.text
     assert {i.external_id for i in await lock_holders(context, dispatch["id"])} == {"c-3"}
+
+
+async def _last_analyze(context: AppContext) -> datetime | None:
+    async with context.engine.connect() as connection:
+        query = text("SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'messages'")
+        value: datetime | None = (await connection.execute(query)).scalar_one()
+        return value
+
+
+async def test_a_large_upload_refreshes_the_planner_statistics(
+    client: httpx.AsyncClient, acme: dict[str, str], context: AppContext
+) -> None:
+    """Claims plan their index walk from these statistics (db/statistics.py)."""
+    if context.engine.dialect.name != "postgresql":
+        pytest.skip("planner statistics are PostgreSQL's")
+    _, dispatch = await make_dispatch(client, acme)
+    before = await _last_analyze(context)
+    rows = context.settings.upload_batch_rows + 100
+    body = "email,external_id\r\n" + "".join(f"s{i}@example.com,s-{i}\r\n" for i in range(rows))
+    response = await client.post(
+        f"{ACME}/dispatches/{dispatch['id']}/contacts", headers={**acme, **CSV}, content=body
+    )
+    assert response.status_code == 202, response.text
+    assert response.json()["counts"]["accepted"] == rows
+    for _ in range(50):  # the statistics view is updated a moment after ANALYZE ends
+        after = await _last_analyze(context)
+        if after is not None and (before is None or after > before):
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"messages were not analyzed (last_analyze {before} → {after})")

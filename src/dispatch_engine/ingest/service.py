@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.context import AppContext
 from dispatch_engine.db.bulk import existing_values, insert_rows, member_of
+from dispatch_engine.db.statistics import GrowthAnalyzer
 from dispatch_engine.delivery.contacts import seal_contact
 from dispatch_engine.delivery.facts import fatigue_lock_key, fatigue_of
 from dispatch_engine.ingest.rows import ContactIn, Rejection, parse_contact
@@ -107,12 +108,14 @@ async def ingest_stream(
     chunk: list[tuple[int, dict[str, Any]]] = []
     size = context.settings.upload_batch_rows
     writing: asyncio.Task[IngestCounts] | None = None
+    statistics = GrowthAnalyzer(context.engine, first=size)
 
     async def hand_over(rows_in_hand: list[tuple[int, dict[str, Any]]]) -> None:
         nonlocal writing
         prepared = await prepare_chunk(context, batch_id, target, rows_in_hand)
         if writing is not None:
             _add(totals, await writing)
+            statistics.grew_to(totals.accepted)
         writing = asyncio.create_task(store_chunk(context, batch_id, target, prepared))
 
     try:
@@ -129,6 +132,8 @@ async def ingest_stream(
         finally:
             if writing is not None:
                 _add(totals, await writing)
+                statistics.grew_to(totals.accepted)
+            await statistics.wait()
     return totals
 
 
