@@ -33,9 +33,13 @@ async def analyze(engine: AsyncEngine, tables: tuple[str, ...]) -> None:
         log.warning("analyze_failed", error_type=type(exc).__name__)
 
 
+# Running ANALYZE tasks, held so they finish after the upload that started them answered.
+_RUNNING: set[asyncio.Task[None]] = set()
+
+
 class GrowthAnalyzer:
     """ANALYZE the upload's tables when its accepted rows reach `first`, 2×, 4×, … (a few
-    times even for millions of rows), in the background so the upload does not wait."""
+    times even for millions of rows), in the background: the upload never waits for it."""
 
     def __init__(self, engine: AsyncEngine, first: int) -> None:
         self.engine = engine
@@ -48,7 +52,5 @@ class GrowthAnalyzer:
         while self.next_at <= rows:
             self.next_at *= 2
         self.running = asyncio.create_task(analyze(self.engine, UPLOAD_TABLES))
-
-    async def wait(self) -> None:
-        if self.running is not None:
-            await self.running
+        _RUNNING.add(self.running)
+        self.running.add_done_callback(_RUNNING.discard)

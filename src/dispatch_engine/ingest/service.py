@@ -133,7 +133,6 @@ async def ingest_stream(
             if writing is not None:
                 _add(totals, await writing)
                 statistics.grew_to(totals.accepted)
-            await statistics.wait()
     return totals
 
 
