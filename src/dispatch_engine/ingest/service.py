@@ -174,46 +174,9 @@ async def prepare_chunk(
 ) -> PreparedChunk:
     """Parse, validate, hash and seal a chunk (CPU only; yields now and then so the chunk
     being written meanwhile keeps its database round trips moving)."""
-    now = context.clock.now()
-    dispatch, policy = target.dispatch, target.policy
-    channels, uuid_field = target.channels, policy.uuid_field
+    channels, uuid_field = target.channels, target.policy.uuid_field
     hasher, cipher = context.hasher, context.cipher
-    first = target.lineup[0] if target.lineup else None
-    sandbox = bool(getattr(policy, "is_sandbox", False))
-    due = target.received_at + timedelta(seconds=first.delay_seconds) if first else None
-    # Values every row shares, read once: ORM attribute access costs more than a dict copy.
-    invite_template = {
-        "account_id": dispatch.account_id,
-        "dispatch_id": dispatch.id,
-        "policy_id": policy.id,
-        "questionnaire_id": dispatch.questionnaire_id,
-        "batch_id": batch_id,
-        "sandbox": sandbox,
-        "fatigue_epoch": policy.fatigue_epoch,
-        "fatigue_lock": None,
-        "state": "active" if first else "completed",
-        "created_at": now,
-        "received_at": target.received_at,
-        "valid_until": target.valid_until,
-    }
-    message_template = (
-        {
-            "account_id": dispatch.account_id,
-            "dispatch_id": dispatch.id,
-            "policy_id": policy.id,
-            "lineup_message_id": first.id,
-            "position": first.position or 1,
-            "channel": first.channel,
-            "priority": 0 if sandbox else 1,
-            "state": "pending",
-            "due_at": due,
-            "not_before": due,
-            "attempts": 0,
-            "created_at": now,
-        }
-        if first is not None
-        else None
-    )
+    invite_template, message_template = _shared_values(target, batch_id, context.clock.now())
     prepared = PreparedChunk(rows=len(chunk), rejections=[], candidates=[])
     for index, (number, row) in enumerate(chunk):
         if index % YIELD_EVERY_ROWS == YIELD_EVERY_ROWS - 1:
@@ -247,6 +210,48 @@ async def prepare_chunk(
             _Candidate(contact.external_id, uuid_hash, invite, message, contact)
         )
     return prepared
+
+
+def _shared_values(
+    target: IngestTarget, batch_id: str, now: datetime
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The invite and first-message values every row of a chunk shares, read once (ORM
+    attribute access per row cost more than copying a dict); no message without a lineup."""
+    dispatch, policy = target.dispatch, target.policy
+    first = target.lineup[0] if target.lineup else None
+    sandbox = bool(getattr(policy, "is_sandbox", False))
+    invite = {
+        "account_id": dispatch.account_id,
+        "dispatch_id": dispatch.id,
+        "policy_id": policy.id,
+        "questionnaire_id": dispatch.questionnaire_id,
+        "batch_id": batch_id,
+        "sandbox": sandbox,
+        "fatigue_epoch": policy.fatigue_epoch,
+        "fatigue_lock": None,
+        "state": "active" if first else "completed",
+        "created_at": now,
+        "received_at": target.received_at,
+        "valid_until": target.valid_until,
+    }
+    if first is None:
+        return invite, None
+    due = target.received_at + timedelta(seconds=first.delay_seconds)
+    message = {
+        "account_id": dispatch.account_id,
+        "dispatch_id": dispatch.id,
+        "policy_id": policy.id,
+        "lineup_message_id": first.id,
+        "position": first.position or 1,
+        "channel": first.channel,
+        "priority": 0 if sandbox else 1,
+        "state": "pending",
+        "due_at": due,
+        "not_before": due,
+        "attempts": 0,
+        "created_at": now,
+    }
+    return invite, message
 
 
 async def store_chunk(
