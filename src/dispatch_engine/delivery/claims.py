@@ -16,11 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.db.bulk import member_of
 from dispatch_engine.models import Message
-
-CLAIMABLE_STATES = ("pending", "deferred")
-# A `delayed` message is decided again only if it was never decided; one that passed but
-# whose queue push is late is the relay's to finish (deciding it again would send it twice).
-UNDECIDED_DELAY = "not_decided_in_time"
+from dispatch_engine.models.invite import CLAIMABLE_STATES, UNDECIDED_DELAY
 
 
 def new_claim_token() -> str:

@@ -60,10 +60,16 @@ class Invite(Base):
     erased_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
-# The claim query's state filter (delivery/claims.py) as the claim index's predicate: the two
-# must say the same, or PostgreSQL cannot use the index and each claim sorts every message.
+CLAIMABLE_STATES = ("pending", "deferred")
+# A `delayed` message is decided again only if it was never decided; one that passed but
+# whose queue push is late is the relay's to finish (deciding it again would send it twice).
+UNDECIDED_DELAY = "not_decided_in_time"
+# The claim query's filter (delivery/claims.py) as the claim index's predicate, from the same
+# constants: if the two differ PostgreSQL cannot use the index and each claim sorts every
+# message.
 CLAIMABLE_PREDICATE = (
-    "state IN ('pending', 'deferred') OR (state = 'delayed' AND reason = 'not_decided_in_time')"
+    f"state IN ({', '.join(repr(s) for s in CLAIMABLE_STATES)}) "
+    f"OR (state = 'delayed' AND reason = '{UNDECIDED_DELAY}')"
 )
 
 

@@ -11,8 +11,8 @@ from sqlalchemy import and_, delete, exists, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.db.bulk import member_of
-from dispatch_engine.delivery.claims import UNDECIDED_DELAY
 from dispatch_engine.models import Invite, Message, OutboxEntry
+from dispatch_engine.models.invite import UNDECIDED_DELAY
 
 WAITING = ("pending", "deferred", "held")
 # An invite keeps its contact while any of its messages may still need the address:
