@@ -229,8 +229,9 @@ async def seed_outbox(context: AppContext, rows: int, prefix: str) -> list[bytes
 
 
 async def analyze(context: AppContext) -> None:
-    """Vacuum and analyze the outbox between runs, as autovacuum would in service: without
-    it each repeat's select walks the dead index entries the previous repeats left."""
+    """Vacuum and analyze the outbox between runs, as autovacuum would in service (without
+    it each repeat's select walks the dead index entries the previous repeats left), then
+    checkpoint, so the seeding's writes are not flushed while the relay is being timed."""
     if context.engine.dialect.name == "postgresql":
         async with context.engine.connect() as connection:
             autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
