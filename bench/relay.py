@@ -7,8 +7,9 @@ standard queue, once with a FIFO queue (one message group per invite). Prints me
 next to the raw ceiling measured in the same run: a plain aioboto3 `send_message_batch`
 loop (10 entries a call, --concurrency calls in flight) against the same sink, with the
 same bodies, with and without botocore's parameter validation. Each shape is measured
---repeat times (relay and loops back to back) and the medians of the paired ratios are
-printed: this machine's speed drifts too much for one run. The sink counts distinct
+--repeat times (relay and loops back to back, the relay first in odd repeats and last in
+even ones) and the medians of the paired ratios are printed: this machine's speed drifts
+too much for one run. The sink counts distinct
 message ids, so a lost or doubled message shows.
 
     .venv/bin/python -m bench.relay --rows 30000 --repeat 5
@@ -335,6 +336,26 @@ async def sender_alone(
         await sender.aclose()
 
 
+async def run_loops(
+    sink_url: str,
+    samples: list[bytes],
+    messages: int,
+    chunk: int,
+    limits: SqsLimits,
+    *,
+    fifo: bool,
+) -> dict[str, Timing]:
+    """The sender alone and the two plain aioboto3 loops, over the relay's messages."""
+    concurrency = limits.concurrency
+    return {
+        "sender": await sender_alone(sink_url, samples, messages, chunk, limits, fifo=fifo),
+        "raw": await ceiling(sink_url, samples, messages, concurrency, fifo=fifo),
+        "unvalidated": await ceiling(
+            sink_url, samples, messages, concurrency, fifo=fifo, validate=False
+        ),
+    }
+
+
 def report(shape: str, runs: list[dict[str, Timing]], chunk: int, concurrency: int) -> None:
     """Medians over the repeats: rates, CPU per message, and ratios of paired runs."""
 
@@ -400,20 +421,20 @@ async def main() -> None:
                 samples = await seed_outbox(context, args.rows, f"{shape[0]}{repeat}-")
                 await analyze(context)
                 seeded = time.perf_counter() - started
+                loops_first = repeat % 2 == 1  # alternate, so neither side always runs
+                # right after the seeding's writes or always on a machine warmed by the other
+                loops = (
+                    await run_loops(sink_url, samples, args.rows, chunk, limits, fifo=fifo)
+                    if loops_first
+                    else {}
+                )
                 await sink_stats(sink_url, reset=True)
                 result, relayed = await drain(context, senders)
                 stats = await sink_stats(sink_url)
                 left = await pending(context)
-                run = {
-                    "relay": relayed,
-                    "sender": await sender_alone(
-                        sink_url, samples, args.rows, chunk, limits, fifo=fifo
-                    ),
-                    "raw": await ceiling(sink_url, samples, args.rows, args.concurrency, fifo=fifo),
-                    "unvalidated": await ceiling(
-                        sink_url, samples, args.rows, args.concurrency, fifo=fifo, validate=False
-                    ),
-                }
+                if not loops_first:
+                    loops = await run_loops(sink_url, samples, args.rows, chunk, limits, fifo=fifo)
+                run = {"relay": relayed, **loops}
                 runs.append(run)
                 print(
                     f"relay → SQS {shape} #{repeat + 1} ({args.db}, relay batch {chunk}, "

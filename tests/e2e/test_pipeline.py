@@ -12,7 +12,14 @@ import json
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterator,
+    MutableMapping,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,6 +44,7 @@ from dispatch_engine.models import (
     Unsubscribe,
     new_id,
 )
+from dispatch_engine.queues.base import OutgoingMessage, SendFailure
 from dispatch_engine.scheduler.worker import Worker
 from dispatch_engine.schemas.queue_message import SCHEMA_NAME, load_json_schema
 from dispatch_engine.security.normalize import normalize_email
@@ -676,7 +684,7 @@ async def test_paused_dispatch_and_policy_hold_their_messages(
     assert (held["state"], held["reason"]) == ("held", "paused_policy")
     async with context.sessions() as session:
         queued = (await session.execute(select(func.count()).select_from(OutboxEntry))).scalar()
-    assert queued == 1
+    assert queued == 0  # held messages wrote nothing; Bob's row went once the queue had it
 
 
 async def test_operator_channel_pause_holds_only_that_channel(
@@ -1230,17 +1238,11 @@ async def test_outbox_relay_and_local_queue_visibility(
     await worker.relay_outbox()
     await worker.relay_outbox()  # relaying again adds nothing
     async with context.sessions() as session:
-        delivered = (
-            await session.execute(
-                select(func.count())
-                .select_from(OutboxEntry)
-                .where(OutboxEntry.delivered_at.is_not(None))
-            )
-        ).scalar_one()
         local = (
             await session.execute(select(func.count()).select_from(LocalQueueMessage))
         ).scalar_one()
-    assert (delivered, local) == (2, 2)
+    # Acknowledged by the queue, so gone from the outbox (no copy of the address stays).
+    assert (await outbox_count(context), local) == (0, 2)
 
     received = await api.receive(visibility=30)
     assert len(received) == 2
@@ -1264,6 +1266,69 @@ async def test_outbox_relay_and_local_queue_visibility(
     assert await api.ack(current) == {"acked": 0, "unknown": current}
     clock.advance(timedelta(minutes=5))
     assert await api.receive() == []
+
+
+class _RefusingSender:
+    """The queue refuses some messages: `retry` ones for now, `never` ones for good."""
+
+    def __init__(self, retry: set[str], never: set[str]) -> None:
+        self.retry, self.never = retry, never
+        self.seen: list[str] = []
+
+    async def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendFailure]:
+        self.seen.extend(m.message_id for m in messages)
+        return [
+            SendFailure(m.message_id, "ServiceUnavailable", retryable=m.message_id in self.retry)
+            for m in messages
+            if m.message_id in self.retry | self.never
+        ]
+
+    async def probe(self, body: bytes, message_id: str) -> None:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_relay_removes_only_what_the_queue_acknowledged(
+    api: Api, worker: Worker, clock: FrozenClock, context: AppContext, monkeypatch: Any
+) -> None:
+    policy = await api.policy("Acks")
+    dispatch = await api.dispatch(policy)
+    cat = {"email": "cat@example.com"}
+    await api.post(dispatch, contact(ANN, "ann"), contact(BOB, "bob"), contact(cat, "cat"))
+    await worker.deliver()
+    ids = {ext: first(await api.invite(dispatch, ext))["id"] for ext in ("ann", "bob", "cat")}
+    sender = _RefusingSender(retry={ids["bob"]}, never={ids["cat"]})
+
+    async def refusing(integration: Any) -> _RefusingSender:
+        return sender
+
+    monkeypatch.setattr(worker.senders, "get", refusing)
+    await worker.relay.run_once()
+    assert sorted(sender.seen) == sorted(ids.values())
+    async with context.sessions() as session:
+        rows = {
+            row.message_id: row for row in (await session.execute(select(OutboxEntry))).scalars()
+        }
+    assert set(rows) == {ids["bob"], ids["cat"]}  # Ann's row went with the acknowledgement
+    retried, gave_up = rows[ids["bob"]], rows[ids["cat"]]
+    assert (retried.attempts, retried.failed_at, retried.last_error) == (
+        1,
+        None,
+        "ServiceUnavailable",
+    )
+    assert retried.next_attempt_at.replace(tzinfo=UTC) >= clock.now()
+    assert (gave_up.attempts, gave_up.last_error) == (1, "ServiceUnavailable")
+    assert gave_up.failed_at is not None
+    assert first(await api.invite(dispatch, "cat"))["state"] == "failed"
+
+    sender.retry.clear()
+    clock.advance(timedelta(minutes=10))  # past Bob's backoff
+    await worker.relay.run_once()
+    assert await outbox_count(context, (await api.invite(dispatch, "bob"))["id"]) == 0
+    assert await outbox_count(context) == 1  # Cat's failed row stays, for the operators
+    assert sender.seen.count(ids["bob"]) == 2 and sender.seen.count(ids["cat"]) == 1
 
 
 async def test_local_queue_receive_count_counts_deliveries(

@@ -13,8 +13,10 @@ from dispatch_engine.models.base import Base, BigIntPK
 class OutboxEntry(Base):
     """A queue message written in the same transaction that marked its message sent.
 
-    The relay pushes pending rows in id order and marks them delivered only after the
-    queue acknowledged them, so a crash anywhere loses nothing (at-least-once).
+    The relay pushes pending rows in id order and deletes them only after the queue
+    acknowledged them, so a crash anywhere loses nothing (at-least-once). `delivered_at`
+    is set only on rows that earlier versions marked instead of deleting; the erase job
+    removes those with their invite's contact.
     """
 
     __tablename__ = "outbox"
