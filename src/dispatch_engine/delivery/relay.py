@@ -1,5 +1,5 @@
-"""The outbox relay: pushes outbox rows to each account's queue, marks them delivered only
-after the queue acknowledged, retries failures with backoff, and gives up as `failed`."""
+"""The outbox relay: pushes outbox rows to each account's queue, deletes them only after
+the queue acknowledged, retries failures with backoff, and gives up as `failed`."""
 
 from __future__ import annotations
 
@@ -262,6 +262,8 @@ class OutboxRelay:
     async def _delete_delivered(
         self, session: AsyncSession, token: str | None, ids: list[int]
     ) -> None:
+        """A PostgreSQL round holds the rows' locks, so their ids are enough; a leased round
+        (SQLite) deletes only rows its claim token still holds."""
         if token is None and session.get_bind().dialect.name == "postgresql":
             driver = await asyncpg_connection(session)  # the rows are locked by this round
             await driver.execute(_DELETE_LOCKED_SQL, ids)
