@@ -17,7 +17,7 @@ from sqlalchemy import bindparam, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.context import AppContext
-from dispatch_engine.db.bulk import asyncpg_connection, member_of
+from dispatch_engine.db.bulk import asyncpg_connection, dialect_of, member_of
 from dispatch_engine.delivery.breaker import CircuitBreaker
 from dispatch_engine.delivery.claims import new_claim_token
 from dispatch_engine.models import Message, OutboxEntry, QueueIntegration
@@ -229,7 +229,7 @@ class OutboxRelay:
 
     async def _due_rows(self, session: AsyncSession, now: datetime) -> list[DueRow]:
         """Due outbox rows in order (locked on PostgreSQL: the locks are the claim)."""
-        if session.get_bind().dialect.name == "postgresql":
+        if dialect_of(session) == "postgresql":
             driver = await asyncpg_connection(session)
             records = await driver.fetch(_DUE_ROWS_SQL, now, self.batch_size)
             return [DueRow(*record) for record in records]
@@ -264,7 +264,7 @@ class OutboxRelay:
     ) -> None:
         """A PostgreSQL round holds the rows' locks, so their ids are enough; a leased round
         (SQLite) deletes only rows its claim token still holds."""
-        if token is None and session.get_bind().dialect.name == "postgresql":
+        if token is None and dialect_of(session) == "postgresql":
             driver = await asyncpg_connection(session)  # the rows are locked by this round
             await driver.execute(_DELETE_LOCKED_SQL, ids)
             return
