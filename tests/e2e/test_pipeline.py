@@ -28,6 +28,7 @@ import httpx
 import jsonschema
 import pytest
 import uvicorn
+from prometheus_client import REGISTRY
 from sqlalchemy import func, select, update
 
 from dispatch_engine.clock import FrozenClock
@@ -886,15 +887,30 @@ def dnd(dnd_server: DndServer) -> DndServer:
     return dnd_server
 
 
+def _dnd_samples(answer: str) -> tuple[float, float]:
+    """Loopback webhook calls counted with `answer`, and latencies observed for loopback."""
+    calls = REGISTRY.get_sample_value(
+        "dispatch_dnd_requests_total", {"host": "127.0.0.1", "answer": answer}
+    )
+    observed = REGISTRY.get_sample_value(
+        "dispatch_dnd_latency_seconds_count", {"host": "127.0.0.1"}
+    )
+    return calls or 0.0, observed or 0.0
+
+
 @pytest.mark.parametrize(("path", "outcome"), [("/yes", "dnd"), ("/no", "sent")])
 async def test_dnd_answer_decides(
     api: Api, worker: Worker, dnd: DndServer, path: str, outcome: str
 ) -> None:
+    answer = "dnd" if outcome == "dnd" else "allowed"
+    before = _dnd_samples(answer)
     policy = await api.policy("Dnd", dnd_webhooks={"email": dnd.url(path)})
     dispatch = await api.dispatch(policy)
     await api.post(dispatch, contact(ANN, "ann"))
     await tick(worker)
     message = first(await api.invite(dispatch, "ann"))
+    calls, observed = (after - earlier for after, earlier in zip(_dnd_samples(answer), before))
+    assert (calls, observed) == (1, 1)  # one call counted by host and answer, one latency
     if outcome == "dnd":
         assert await api.pull() == []
         assert (message["state"], message["rule"], message["reason"]) == (

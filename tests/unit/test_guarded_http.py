@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from dispatch_engine.clients import guarded_http
 from dispatch_engine.clients.guarded_http import (
     GuardedHttpClient,
     GuardedHttpError,
@@ -446,6 +447,40 @@ async def test_rebinding_to_forbidden_address_is_caught_per_call(
         with pytest.raises(UnsafeUrlError):
             await guarded.post_json(url, {})
     assert http_server.state.paths() == ["/ok"]
+
+
+async def test_ip_literal_url_is_vetted_once_and_never_looked_up(
+    monkeypatch: pytest.MonkeyPatch, http_server: RunningServer
+) -> None:
+    calls = fake_dns(monkeypatch, lambda name: [LOOPBACK])
+    async with make_client() as guarded:
+        url = f"http://127.0.0.1:{http_server.port}/ok"
+        for _ in range(3):
+            assert (await guarded.post_json(url, {})).status_code == 200
+    assert calls == []
+    assert http_server.state.paths() == ["/ok"] * 3
+
+
+async def test_refused_url_stays_refused_on_every_call(http_server: RunningServer) -> None:
+    # Only URLs that passed are remembered: a refusal is decided afresh each time.
+    async with make_client(UrlPolicy(allow_http=True)) as guarded:
+        url = f"http://127.0.0.1:{http_server.port}/ok"
+        for _ in range(2):
+            with pytest.raises(UnsafeUrlError, match="loopback"):
+                await guarded.post_json(url, {})
+    assert http_server.state.requests == []
+
+
+async def test_remembered_urls_are_bounded(
+    monkeypatch: pytest.MonkeyPatch, http_server: RunningServer
+) -> None:
+    monkeypatch.setattr(guarded_http, "MAX_VETTED_URLS", 4)
+    async with make_client() as guarded:
+        for index in range(10):
+            url = f"http://127.0.0.1:{http_server.port}/ok?n={index}"
+            assert (await guarded.post_json(url, {})).status_code == 200
+            assert len(guarded._targets) <= 4
+    assert len(http_server.state.requests) == 10
 
 
 async def test_resolver_never_answers_for_unvetted_hosts(monkeypatch: pytest.MonkeyPatch) -> None:

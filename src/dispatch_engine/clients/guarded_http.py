@@ -3,14 +3,17 @@
 The transport is aiohttp (a keep-alive connection pool; about ten times the throughput of
 the previous httpx transport on a two-core machine).
 
-How the DNS-rebinding defence works: every call runs ``validate_url`` and ``resolve_safe``
-and *pins* the host name to the vetted addresses. The aiohttp connector has no resolver of
-its own: it is given :class:`_PinnedResolver`, which answers only with the addresses pinned
-by the last vetted resolution for that host and refuses any host that was not vetted (its
-DNS cache is off, so it asks every time it opens a connection). The URL keeps the real host
-name, so the Host header, TLS SNI and certificate checks all use the original name, while
-the TCP connection goes to an IP that was checked, never to a second, possibly different,
-DNS answer. IP-literal URLs never reach the resolver; ``resolve_safe`` vets them directly.
+How the DNS-rebinding defence works: a URL's static checks (``validate_url``: scheme,
+credentials, port, host spelling, IP literals against the policy) are made once per URL and
+remembered, since neither the URL nor the policy changes; a host *name* is resolved with
+``resolve_safe`` on every call, and the host is *pinned* to the addresses vetted then. The
+aiohttp connector has no resolver of its own: it is given :class:`_PinnedResolver`, which
+answers only with the addresses pinned by the last vetted resolution for that host and
+refuses any host that was not vetted (its DNS cache is off, so it asks every time it opens a
+connection). The URL keeps the real host name, so the Host header, TLS SNI and certificate
+checks all use the original name, while the TCP connection goes to an IP that was checked,
+never to a second, possibly different, DNS answer. IP-literal URLs never reach the
+resolver: their address was vetted with the URL.
 
 The connection pool is keyed by host name (not by IP), so a TLS connection verified for one
 host name is never reused for another host that shares the IP. A pooled connection opened
@@ -40,6 +43,7 @@ from dispatch_engine.security.ssrf import (
     HostResolutionError,
     UnsafeUrlError,
     UrlPolicy,
+    parse_ip_literal,
     resolve_safe,
     validate_url,
 )
@@ -62,6 +66,9 @@ KEEPALIVE_SECONDS = 4.0
 # Floor of the connector's overall connection limit. Per-host concurrency is bounded by the
 # client's semaphores; this only caps the total across hosts (file descriptors).
 MIN_CONNECTION_LIMIT = 256
+# URLs whose static checks are remembered per client (a policy's few webhook URLs, many
+# times a second); past this many distinct URLs the memory starts afresh.
+MAX_VETTED_URLS = 1024
 
 
 class ResponseTooLarge(GuardedHttpError):
@@ -88,6 +95,21 @@ class GuardedResponse:
     def is_success(self) -> bool:
         """True for 2xx answers (callers treat anything else, including 3xx, as failure)."""
         return 200 <= self.status_code < 300
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A URL that passed the static checks, parsed once.
+
+    ``addresses`` is set for IP-literal hosts, whose address was vetted with the URL and
+    cannot change; a host name has None and is resolved (and vetted) again on every call.
+    """
+
+    url: URL
+    host: str
+    port: int
+    origin: str
+    addresses: tuple[str, ...] | None
 
 
 @dataclass
@@ -201,6 +223,7 @@ class GuardedHttpClient:
         self._max_concurrency = max_concurrency_per_host
         self._connection_limit = max(MIN_CONNECTION_LIMIT, 4 * max_concurrency_per_host)
         self._slots: dict[str, _HostSlot] = {}
+        self._targets: dict[str, _Target] = {}
         self._resolver = _PinnedResolver()
         self._ssl_context = ssl_context if ssl_context is not None else ssl.create_default_context()
         self._session: aiohttp.ClientSession | None = None
@@ -289,17 +312,8 @@ class GuardedHttpClient:
         Raises UnsafeUrlError before any connection when the URL or any resolved address is
         not allowed; UpstreamTimeout, UpstreamUnavailable or ResponseTooLarge otherwise.
         """
-        try:
-            safe_url = URL(validate_url(url, self._policy))
-        except UnsafeUrlError:
-            raise
-        except ValueError:
-            raise UnsafeUrlError("malformed URL") from None
-        host = (safe_url.raw_host or "").lower()
-        if not host:
-            raise UnsafeUrlError("URL has no host")
-        port = safe_url.port or (443 if safe_url.scheme == "https" else 80)
-        origin = _describe(safe_url)
+        target = self._target(url)
+        host, origin = target.host, target.origin
         content = json.dumps(dict(payload), separators=(",", ":"), ensure_ascii=False).encode()
         headers = {
             "Content-Type": "application/json",
@@ -313,16 +327,10 @@ class GuardedHttpClient:
             # quote the full URL, and a chained cause would put it in logged tracebacks.
             try:
                 async with asyncio.timeout(self._total_timeout):
-                    try:
-                        async with asyncio.timeout(self._connect_timeout):
-                            addresses = await resolve_safe(host, port, self._policy)
-                    except HostResolutionError:
-                        raise UpstreamUnavailable(
-                            f"host of {origin} could not be resolved"
-                        ) from None
-                    self._resolver.pin(host, addresses)
+                    if target.addresses is None:
+                        self._resolver.pin(host, await self._resolve(target))
                     response = await session.post(
-                        safe_url, data=content, headers=headers, allow_redirects=False
+                        target.url, data=content, headers=headers, allow_redirects=False
                     )
                     try:
                         body = await self._read_capped(response, origin)
@@ -339,6 +347,44 @@ class GuardedHttpClient:
                 ) from None
         elapsed_ms = (time.perf_counter() - started) * 1000.0
         return GuardedResponse(status_code=response.status, body=body, elapsed_ms=elapsed_ms)
+
+    def _target(self, url: str) -> _Target:
+        """The URL's static SSRF checks and parsing, done once per URL (the policy is fixed).
+
+        Raises UnsafeUrlError when the URL is refused; refusals are not remembered.
+        """
+        target = self._targets.get(url)
+        if target is not None:
+            return target
+        try:
+            safe_url = URL(validate_url(url, self._policy))
+        except UnsafeUrlError:
+            raise
+        except ValueError:
+            raise UnsafeUrlError("malformed URL") from None
+        host = (safe_url.raw_host or "").lower()
+        if not host:
+            raise UnsafeUrlError("URL has no host")
+        literal = parse_ip_literal(host)  # validate_url has vetted it against the policy
+        target = _Target(
+            url=safe_url,
+            host=host,
+            port=safe_url.port or (443 if safe_url.scheme == "https" else 80),
+            origin=_describe(safe_url),
+            addresses=None if literal is None else (str(literal),),
+        )
+        if len(self._targets) >= MAX_VETTED_URLS:
+            self._targets.clear()
+        self._targets[url] = target
+        return target
+
+    async def _resolve(self, target: _Target) -> list[str]:
+        """Resolve a host name now and vet every address (the DNS-rebinding defence)."""
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                return await resolve_safe(target.host, target.port, self._policy)
+        except HostResolutionError:
+            raise UpstreamUnavailable(f"host of {target.origin} could not be resolved") from None
 
     async def _read_capped(self, response: aiohttp.ClientResponse, origin: str) -> bytes:
         limit = self._max_response_bytes
