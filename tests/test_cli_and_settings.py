@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -331,3 +332,21 @@ def test_serve(served: tuple[str, dict[str, str]], tmp_path: Path) -> None:
 
         response = http.post("/v1/accounts", headers=bearer(key), json={"id": "acme", "name": "A"})
         assert response.status_code == 201, response.text
+
+        # `queue tail` prints the local queue's messages as JSON lines; an account that does
+        # not exist, or does not use the local queue, is an error, not an empty queue.
+        result = _run(["queue", "tail", "--account", "nope", "--no-follow"], env, tmp_path)
+        assert result.returncode == 1
+        assert "account 'nope' not found" in result.stderr and result.stdout == ""
+        result = _run(["queue", "tail", "--account", "acme", "--no-follow"], env, tmp_path)
+        assert result.returncode == 1
+        assert "no queue integration" in result.stderr
+        integration = "/v1/accounts/acme/queue-integration"
+        response = http.put(integration, headers=bearer(key), json={"kind": "local"})
+        assert response.status_code == 200, response.text
+        probe = http.post(f"{integration}/verify", headers=bearer(key)).json()
+        assert probe["ok"] is True, probe
+        result = _run(["queue", "tail", "--account", "acme", "--no-follow"], env, tmp_path)
+        assert result.returncode == 0, result.stderr
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        assert [(m["type"], m["message_id"]) for m in lines] == [("probe", probe["message_id"])]

@@ -139,7 +139,9 @@ def queue_tail(
     from sqlalchemy import delete, select
 
     from dispatch_engine.context import build_context
+    from dispatch_engine.errors import DomainError
     from dispatch_engine.models import LocalQueueMessage
+    from dispatch_engine.services.integrations import require_local_queue
 
     settings = _settings()
 
@@ -147,6 +149,8 @@ def queue_tail(
         context = build_context(settings)
         last = 0
         try:
+            async with context.sessions() as session, session.begin():
+                await require_local_queue(session, account)
             while True:
                 async with context.sessions() as session, session.begin():
                     rows = list(
@@ -179,8 +183,12 @@ def queue_tail(
         finally:
             await context.aclose()
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_tail())
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_tail())
+    except DomainError as exc:
+        err.print(f"[red]{exc.detail}[/red]")
+        raise typer.Exit(1) from None
 
 
 @apikey_app.command("create")

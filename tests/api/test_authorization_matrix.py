@@ -79,8 +79,8 @@ ROUTES: list[tuple[str, str, Any, set[str], bool]] = [
     ("GET", "/v1/accounts/{account}/batches/{batch}", None, READ, True),
     ("GET", "/v1/accounts/{account}/invites/{invite}", None, READ, True),
     ("GET", "/v1/accounts/{account}/invites?token={token}", None, READ, True),
-    ("GET", "/v1/accounts/{account}/queue/messages", None, READ, True),
-    ("POST", "/v1/accounts/{account}/queue/ack", {"receipts": ["nope"]}, READ, True),
+    ("GET", "/v1/accounts/{account}/queue/messages", None, CONFIG, True),
+    ("POST", "/v1/accounts/{account}/queue/ack", {"receipts": ["nope"]}, CONFIG, True),
     ("GET", "/v1/accounts/{account}/dispatches/{dispatch}/stats", None, READ, True),
     (
         "POST",

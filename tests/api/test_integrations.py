@@ -443,3 +443,31 @@ async def test_racing_first_puts_all_succeed(
             f"/v1/accounts/{account}/queue-integration", headers=admin
         )
         assert current.json()["version"] == 5
+
+
+@pytest.mark.usefixtures("acme")
+async def test_local_queue_endpoints_refuse_accounts_that_do_not_use_it(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    messages, ack = "/v1/accounts/{}/queue/messages", "/v1/accounts/{}/queue/ack"
+    receipts = {"receipts": ["r-1"]}
+
+    async def problems(account: str) -> list[tuple[int, str]]:
+        pulled = await client.get(messages.format(account), headers=admin)
+        acked = await client.post(ack.format(account), headers=admin, json=receipts)
+        return [(r.status_code, r.json()["type"].rsplit(":", 1)[-1]) for r in (pulled, acked)]
+
+    assert await problems("nope") == [(404, "not-found")] * 2
+    assert await problems("acme") == [(409, "not-local-queue")] * 2  # no integration yet
+    await _put(
+        client,
+        admin,
+        {"kind": "sqs", "queue_url": SQS_URL, "region": "eu-west-1"},
+    )
+    assert await problems("acme") == [(409, "not-local-queue")] * 2
+    response = await client.get(messages.format("acme"), headers=admin)
+    assert "'sqs' queue" in response.json()["detail"]
+    await _put(client, admin, {"kind": "local"})
+    assert (await client.get(messages.format("acme"), headers=admin)).json() == []
+    acked = await client.post(ack.format("acme"), headers=admin, json=receipts)
+    assert acked.json() == {"acked": 0, "unknown": ["r-1"]}

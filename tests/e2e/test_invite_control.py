@@ -319,6 +319,7 @@ async def test_response_stops_every_further_message_and_replay_is_harmless(
         "applied": True,
         "invite": ann["id"],
         "messages_stopped": 1,
+        "channels": [],
     }
     ann = await api.invite(dispatch, "ann")
     assert (ann["state"], ann["end_reason"]) == ("ended", "responded")
@@ -334,6 +335,7 @@ async def test_response_stops_every_further_message_and_replay_is_harmless(
         "applied": False,
         "invite": ann["id"],
         "messages_stopped": 0,
+        "channels": [],
     }
     again = await api.invite(dispatch, "ann")
     assert again["responded_at"] == ann["responded_at"]  # the first answer stands
@@ -370,6 +372,25 @@ async def test_response_with_an_unknown_or_foreign_token_is_404(
     assert outcomes(ann) == [("sent", None)]
 
 
+async def test_invite_lookup_tells_an_unknown_account_or_dispatch_from_no_match(
+    api: Api, admin: dict[str, str]
+) -> None:
+    policy = await api.policy("One")
+    dispatch = await api.dispatch(policy)
+    await api.post(dispatch, contact(ANN, "ann"))
+    token = (await api.invite(dispatch, "ann"))["token"]
+    client = api.client
+
+    async def lookup(account: str, **params: str) -> httpx.Response:
+        return await client.get(f"/v1/accounts/{account}/invites", headers=admin, params=params)
+
+    assert "account 'nope'" in is_problem(await lookup("nope", token=token), 404)["detail"]
+    missing = await lookup("acme", external_id="ann", dispatch="dsp_nope")
+    assert "dispatch 'dsp_nope'" in is_problem(missing, 404)["detail"]
+    assert (await lookup("acme", token="no-such-token")).json() == []
+    assert [i["token"] for i in (await lookup("acme", token=token)).json()] == [token]
+
+
 async def test_unsubscribe_by_address_blocks_that_channel_for_the_account_only(
     api: Api,
     globex: Api,
@@ -396,6 +417,7 @@ async def test_unsubscribe_by_address_blocks_that_channel_for_the_account_only(
         "applied": True,
         "invite": None,
         "messages_stopped": 0,
+        "channels": ["email"],
     }
     replay = await api.event({**body, "address": " ann@example.COM "}, backend)
     assert replay.status_code == 200, replay.text
@@ -459,6 +481,7 @@ async def test_unsubscribe_by_token_and_channel(
         "applied": True,
         "invite": ann["id"],
         "messages_stopped": 0,
+        "channels": ["sms"],
     }
     # The same address in another spelling is already blocked.
     replay = await api.event(
@@ -513,11 +536,15 @@ async def test_malformed_events_are_422_problems_without_the_address(
         {"type": "unsubscribe", "address": "secret.person@example.com"}, backend
     )
     body = is_problem(response, 422)
-    assert "channel" in body["detail"]
+    assert body["field"] == "channel"
     assert "secret.person" not in response.text
 
-    response = await api.event({"type": "unsubscribe", "token": token}, backend)
-    assert "channel" in is_problem(response, 422)["detail"]
+    response = await api.event({"type": "unsubscribe", "channel": "email"}, backend)
+    assert is_problem(response, 422)["field"] == "address"
+    response = await api.event({"type": "response"}, backend)
+    assert is_problem(response, 422)["field"] == "token"
+    response = await api.event({"type": "unsubscribe", "token": token, "channel": "fax"}, backend)
+    is_problem(response, 422)
     assert token not in response.text
 
     response = await api.event(
@@ -717,11 +744,11 @@ async def test_finished_invites_are_erased_from_every_table(
         "mobile": GIL["mobile"],
         "attributes": GIL["attributes"],
     }
-    # An erased invite cannot be unsubscribed by token any more: the address is gone.
-    response = await api.event(
-        {"type": "unsubscribe", "token": erin["token"], "channel": "email"}, backend
-    )
-    is_problem(response, 422)
+    # Erin clicks "unsubscribe" in her last message after her contact data was erased: the
+    # token alone blocks every channel she had, from the hashes kept with the invite.
+    response = await api.event({"type": "unsubscribe", "token": erin["token"]}, backend)
+    assert response.status_code == 200, response.text
+    assert (response.json()["applied"], response.json()["channels"]) == (True, ["email", "sms"])
 
     stats = await api.stats(dispatch)
     assert stats["invites"] == {"completed": 1, "ended": 1, "active": 1, "total": 3}
@@ -739,6 +766,16 @@ async def test_finished_invites_are_erased_from_every_table(
     stats = await api.stats(dispatch)
     assert stats["invites"] == {"completed": 2, "ended": 1, "total": 3}
     assert stats["messages"] == {"sent": 5, "suppressed": 1, "total": 6}
+
+    # Erin in a later dispatch: blocked on both channels by that unsubscribe.
+    two_channels = await api.policy("Later", [EMAIL, {"channel": "sms", "delay": "PT1H"}])
+    later = await api.dispatch(two_channels, "q2")
+    await api.post(later, contact(ERIN, "erin-2"))
+    await tick(worker)
+    clock.advance(timedelta(hours=1))
+    await tick(worker)
+    assert await api.pull() == []
+    assert outcomes(await api.invite(later, "erin-2")) == [("suppressed", "unsubscribed")] * 2
 
 
 # --- R-INV-4: counts by outcome -----------------------------------------------------------

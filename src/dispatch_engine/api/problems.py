@@ -45,14 +45,26 @@ def problem_response(
     return JSONResponse(body, status_code=status, media_type=PROBLEM_MEDIA_TYPE, headers=headers)
 
 
-def _location(loc: tuple[Any, ...], error_type: str = "") -> str:
+def _location(loc: tuple[Any, ...], error_type: str = "", ctx: dict[str, Any] | None = None) -> str:
+    """The field an error is about, dotted (`lineup.0.delay`), without the `body.` prefix.
+
+    A model-level check names its field in the error's context (`{"field": "channel"}`); a
+    missing union tag is about the tag itself (`kind`).
+    """
     if error_type == "json_invalid":
         return "body"  # the location is a byte offset, not a field
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    ctx = ctx or {}
+    if isinstance(ctx.get("field"), str):
+        parts.append(ctx["field"])
+    elif error_type == "union_tag_not_found" and isinstance(ctx.get("discriminator"), str):
+        parts.append(ctx["discriminator"].strip("'"))
     return ".".join(parts) or str(loc[0] if loc else "request")
 
 
 def _reason(error: dict[str, Any]) -> str:
+    if error.get("type") == "union_tag_not_found":
+        return "Field required"
     message = str(error.get("msg", "invalid"))
     return message.removeprefix("Value error, ")
 
@@ -75,7 +87,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            FieldError(_location(tuple(e["loc"]), str(e.get("type", ""))), _reason(e))
+            FieldError(_location(tuple(e["loc"]), str(e.get("type", "")), e.get("ctx")), _reason(e))
             for e in exc.errors()
         ]
         return problem_response(

@@ -65,19 +65,25 @@ async def record_response(
     return invite, int(stopped.rowcount or 0), True  # type: ignore[attr-defined]
 
 
-async def address_of_token(
-    context: AppContext, session: AsyncSession, account_id: str, token: str, channel: str
-) -> str:
-    invite = await invite_by_token(session, account_id, token)
+def invite_address_hashes(context: AppContext, invite: Invite, channel: str) -> list[str]:
+    """The hashes that block the invite's address on `channel` (empty: it has none).
+
+    While the contact data is kept, every key version's hash of the address (lookups match
+    during a key rotation); once it was erased, the hash stored with the invite — an
+    unsubscribe needs no plaintext (R-INV-3), and people click "unsubscribe" after the last
+    message went out, which is when the contact data is erased.
+    """
+    stored = invite.email_hash if channel == "email" else invite.mobile_hash
+    if stored is None:
+        return []
     if invite.contact is None:
-        raise ValidationFailed(
-            "token", "this invite's contact data was erased; send channel+address"
-        )
-    contact = open_contact(context.cipher, invite.id, invite.contact)
-    address = contact.get("email" if channel == "email" else "mobile")
+        return [stored]
+    address = open_contact(context.cipher, invite.id, invite.contact).get(
+        "email" if channel == "email" else "mobile"
+    )
     if not address:
-        raise ValidationFailed("channel", f"this invite has no address for {channel}")
-    return str(address)
+        return [stored]
+    return sorted({stored, *all_keyed_hashes(context.hasher, normalized_address(channel, address))})
 
 
 async def unsubscribe(
@@ -92,6 +98,18 @@ async def unsubscribe(
     """Block the address on the channel for the account (every key version's hash is kept,
     so lookups match during a key rotation). True when it was not blocked before."""
     hashes = all_keyed_hashes(context.hasher, normalized_address(channel, address))
+    return await block_hashes(session, account_id, channel, hashes, now, source)
+
+
+async def block_hashes(
+    session: AsyncSession,
+    account_id: str,
+    channel: str,
+    hashes: list[str],
+    now: datetime,
+    source: str,
+) -> bool:
+    """Record unsubscribes for these address hashes; True when none was recorded before."""
     existing = set(
         (
             await session.execute(

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dispatch_engine.errors import NotFound
+from dispatch_engine.errors import Conflict, NotFound
 from dispatch_engine.models import QueueIntegration
 from dispatch_engine.schemas.integrations import (
     AzureServiceBusIntegrationIn,
@@ -82,6 +82,24 @@ async def get_integration(session: AsyncSession, account_id: str) -> QueueIntegr
     if integration is None:
         raise NotFound(f"queue integration of account '{account_id}'")
     return integration
+
+
+async def require_local_queue(session: AsyncSession, account_id: str) -> None:
+    """404 for an unknown account; 409 unless its messages go to the `local` queue (the
+    pull/ack endpoints and `queue tail` would otherwise answer "empty" forever)."""
+    await get_account(session, account_id)
+    integration = await session.get(QueueIntegration, account_id)
+    if integration is None:
+        raise Conflict(
+            f"account '{account_id}' has no queue integration; PUT one with kind 'local'",
+            slug="not-local-queue",
+        )
+    if integration.kind != "local":
+        raise Conflict(
+            f"account '{account_id}' sends to its '{integration.kind}' queue, not the local "
+            "queue; read the messages there",
+            slug="not-local-queue",
+        )
 
 
 def integration_secrets(integration: QueueIntegration, cipher: FieldCipher) -> dict[str, str]:

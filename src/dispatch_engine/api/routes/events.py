@@ -6,8 +6,13 @@ from typing import Literal
 
 from fastapi import APIRouter
 from pydantic import BaseModel, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from dispatch_engine.api.deps import ConfigActor, OperatorActor, SessionDep
+from dispatch_engine.context import AppContext
+from dispatch_engine.errors import ValidationFailed
+from dispatch_engine.ingest.service import all_keyed_hashes
+from dispatch_engine.models import Invite
 from dispatch_engine.schemas.common import StrictModel
 from dispatch_engine.services import events as service
 from dispatch_engine.services.policies import get_account
@@ -16,7 +21,8 @@ router = APIRouter(prefix="/v1/accounts/{account_id}", tags=["events"])
 
 
 class EventIn(StrictModel):
-    """`response` by token; `unsubscribe` by token (+ channel) or by channel + address."""
+    """`response` by token; `unsubscribe` by token (every channel of the invite, or only
+    `channel`) or by channel + address."""
 
     type: Literal["response", "unsubscribe"]
     token: str | None = Field(default=None, max_length=100)
@@ -26,12 +32,22 @@ class EventIn(StrictModel):
     @model_validator(mode="after")
     def _shape(self) -> EventIn:
         if self.type == "response" and not self.token:
-            raise ValueError("a response event needs the invite's token")
-        if self.type == "unsubscribe":
+            raise PydanticCustomError(
+                "missing_token", "a response event needs the invite's token", {"field": "token"}
+            )
+        if self.type == "unsubscribe" and not self.token:
+            if not self.address:
+                raise PydanticCustomError(
+                    "missing_address",
+                    "an unsubscribe event needs a token or a channel and an address",
+                    {"field": "address"},
+                )
             if not self.channel:
-                raise ValueError("an unsubscribe event needs a channel (email or sms)")
-            if not self.token and not self.address:
-                raise ValueError("an unsubscribe event needs a token or an address")
+                raise PydanticCustomError(
+                    "missing_channel",
+                    "an unsubscribe by address needs its channel (email or sms)",
+                    {"field": "channel"},
+                )
         return self
 
 
@@ -40,6 +56,9 @@ class EventResult(BaseModel):
     applied: bool = Field(description="False when the event was already recorded (replay).")
     invite: str | None = None
     messages_stopped: int = 0
+    channels: list[str] = Field(
+        default_factory=list, description="Unsubscribe: the channels now blocked."
+    )
 
 
 class ResubscribeIn(StrictModel):
@@ -71,28 +90,45 @@ async def post_event(
             return EventResult(
                 type="response", applied=applied, invite=invite.id, messages_stopped=stopped
             )
-        assert body.channel is not None
-        address = body.address
-        invite_id = None
         if body.token:
             invite = await service.invite_by_token(session, account_id, body.token)
-            invite_id = invite.id
-            address = await service.address_of_token(
-                actor.context, session, account_id, body.token, body.channel
+            blocks = _invite_blocks(actor.context, invite, body.channel)
+            invite_id: str | None = invite.id
+        else:
+            assert body.channel is not None and body.address is not None
+            address = service.normalized_address(body.channel, body.address)
+            blocks = {body.channel: all_keyed_hashes(actor.context.hasher, address)}
+            invite_id = None
+        applied = False
+        for channel, hashes in blocks.items():
+            applied |= await service.block_hashes(
+                session, account_id, channel, hashes, now, "event"
             )
-        assert address is not None
-        applied = await service.unsubscribe(
-            actor.context, session, account_id, body.channel, address, now, "event"
-        )
         actor.audit(
             session,
             "event.unsubscribe",
             "unsubscribe",
-            body.channel,
+            ",".join(blocks),
             account_id=account_id,
-            after={"channel": body.channel, "applied": applied, "invite": invite_id},
+            after={"channels": list(blocks), "applied": applied, "invite": invite_id},
         )
-        return EventResult(type="unsubscribe", applied=applied, invite=invite_id)
+        return EventResult(
+            type="unsubscribe", applied=applied, invite=invite_id, channels=list(blocks)
+        )
+
+
+def _invite_blocks(
+    context: AppContext, invite: Invite, channel: str | None
+) -> dict[str, list[str]]:
+    """Channel → hashes to block for an unsubscribe by token: the one channel asked for,
+    or every channel the invite has an address for."""
+    if channel is not None:
+        hashes = service.invite_address_hashes(context, invite, channel)
+        if not hashes:
+            raise ValidationFailed("channel", f"this invite has no address for {channel}")
+        return {channel: hashes}
+    blocks = {c: service.invite_address_hashes(context, invite, c) for c in ("email", "sms")}
+    return {c: hashes for c, hashes in blocks.items() if hashes}
 
 
 @router.delete("/unsubscribes", response_model=EventResult)

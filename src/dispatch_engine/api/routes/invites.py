@@ -12,6 +12,8 @@ from sqlalchemy import select
 from dispatch_engine.api.deps import ReadActor, SessionDep
 from dispatch_engine.errors import NotFound, ValidationFailed
 from dispatch_engine.models import Invite, Message
+from dispatch_engine.services.dispatches import get_dispatch
+from dispatch_engine.services.policies import get_account
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/invites", tags=["invites"])
 
@@ -134,6 +136,9 @@ async def find_invites(
     if dispatch:
         query = query.where(Invite.dispatch_id == dispatch)
     async with session.begin():
+        await get_account(session, account_id)  # an unknown account is 404, not "no invites"
+        if dispatch:
+            await get_dispatch(session, account_id, dispatch)
         invites = list(
             (
                 await session.execute(query.order_by(Invite.created_at, Invite.id).limit(limit))

@@ -11,11 +11,12 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import bindparam, delete, select, update
 
-from dispatch_engine.api.deps import ReadActor, SessionDep
+from dispatch_engine.api.deps import ConfigActor, SessionDep
 from dispatch_engine.db.bulk import member_of
 from dispatch_engine.models import LocalQueueMessage
 from dispatch_engine.models.base import table_of
 from dispatch_engine.schemas.common import StrictModel
+from dispatch_engine.services.integrations import require_local_queue
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/queue", tags=["local queue"])
 
@@ -40,16 +41,20 @@ class AckResult(BaseModel):
 @router.get("/messages", response_model=list[QueuedMessage])
 async def receive(
     account_id: str,
-    actor: ReadActor,
+    actor: ConfigActor,
     session: SessionDep,
     max: int = Query(default=10, ge=1, le=1000, description="At most this many messages"),
     visibility: int = Query(
         default=30, ge=0, le=43_200, description="Seconds the messages stay invisible"
     ),
 ) -> list[QueuedMessage]:
-    """Receive visible messages in order; unacked ones reappear after `visibility` seconds."""
+    """Receive visible messages in order; unacked ones reappear after `visibility` seconds.
+
+    The vendor's side of the queue: `backend` and `admin` keys (an operator reads the
+    messages' states on the invites instead; receiving here hides them from the vendor)."""
     now = actor.now()
     async with session.begin():
+        await require_local_queue(session, account_id)
         query = (
             select(LocalQueueMessage)
             .where(LocalQueueMessage.account_id == account_id, LocalQueueMessage.visible_at <= now)
@@ -90,10 +95,11 @@ async def receive(
 
 @router.post("/ack", response_model=AckResult)
 async def ack(
-    account_id: str, body: AckRequest, actor: ReadActor, session: SessionDep
+    account_id: str, body: AckRequest, actor: ConfigActor, session: SessionDep
 ) -> AckResult:
     """Delete handled messages. A receipt from an earlier receive no longer works."""
     async with session.begin():
+        await require_local_queue(session, account_id)
         found = set(
             (
                 await session.execute(
