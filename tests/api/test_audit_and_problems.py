@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -504,3 +505,23 @@ async def test_malformed_json_is_a_422_problem(
     assert problem["field"] == "body"  # not the byte offset of the error
     response = await client.post("/v1/accounts", headers=admin, json=["acme"])
     _assert_problem(response, 422, "validation-error")
+
+
+async def test_a_body_that_is_not_json_is_a_415_problem_and_changes_nothing(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    form = {**admin, "Content-Type": "application/x-www-form-urlencoded"}
+    response = await client.post("/v1/accounts", headers=form, content=b'{"id":"c","name":"C"}')
+    problem = _assert_problem(response, 415, "unsupported-media-type")
+    assert problem["field"] == "Content-Type"
+    assert (await client.get("/v1/accounts/c", headers=admin)).status_code == 404
+    # JSON spelled with parameters or as a +json type is read; no Content-Type is refused too.
+    for content_type in ("application/json; charset=utf-8", "application/merge-patch+json"):
+        body = {"id": f"a-{len(content_type)}", "name": "A"}
+        headers = {**admin, "Content-Type": content_type}
+        response = await client.post("/v1/accounts", headers=headers, content=json.dumps(body))
+        assert response.status_code == 201, response.text
+    bare = await client.post(
+        "/v1/accounts", headers=admin, content=json.dumps({"id": "bare", "name": "B"})
+    )
+    _assert_problem(bare, 415, "unsupported-media-type")

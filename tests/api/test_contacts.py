@@ -733,7 +733,9 @@ async def test_duplicate_header_name_fails_the_file_and_the_batch(
     csv = "email,external_id,Email\nann@example.com,c-1,ann@example.com\n"
     response = await post_csv(client, acme, dispatch["id"], csv)
     body = assert_problem(response, 422, "contact-file-unreadable")
-    assert body["status"] == 422
+    assert (body["status"], body["batch_status"]) == (422, "failed")
+    assert body["instance"] == f"{ACME}/dispatches/{dispatch['id']}/contacts"
+    assert body["errors"] == [{"field": "body", "reason": body["reason"]}]
     assert body["batch"]
     assert "ann@example.com" not in response.text
     batch = await get_batch(client, acme, body["batch"])
@@ -817,6 +819,8 @@ async def test_json_without_a_contacts_list_is_422(
         problem = assert_problem(response, 422, "contact-file-unreadable")
         assert "ann@example.com" not in response.text
         assert problem["batch"]
+        assert (problem["field"], problem["errors"][0]["field"]) == ("contacts", "contacts")
+        assert problem["reason"] == "must be a list of contact objects"
 
 
 async def test_header_only_file_is_an_empty_completed_batch(

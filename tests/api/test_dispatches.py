@@ -382,14 +382,23 @@ async def test_lengthening_a_delay_past_the_validity_pauses_the_dispatch(
     assert body["token_validity_seconds"] == 6 * 86_400
     assert body["total_delay_seconds"] == 6 * 86_400
 
+    # A validity long enough again lifts the engine's own pause: no resume call needed.
     response = await client.patch(
         f"{DISPATCHES}/{short['id']}", headers=acme, json={"token_validity": "P7D"}
     )
     assert response.status_code == 200, response.text
     assert response.json()["token_validity"] == "P7D"
-    response = await resume(client, acme, short["id"])
-    assert response.status_code == 200, response.text
     assert state(response.json()) == ("active", None)
+    assert state(await read_dispatch(client, acme, short["id"])) == ("active", None)
+
+    # An operator's pause is not lifted by a validity change.
+    response = await client.post(f"{DISPATCHES}/{long['id']}/pause", headers=acme)
+    assert response.status_code == 200, response.text
+    response = await client.patch(
+        f"{DISPATCHES}/{long['id']}", headers=acme, json={"token_validity": "P21D"}
+    )
+    assert response.status_code == 200, response.text
+    assert state(response.json())[0] == "paused"
 
 
 async def test_active_dispatch_cannot_be_patched_into_a_too_short_validity(

@@ -1124,3 +1124,28 @@ def test_validity_problem_iff_not_longer_than_total_delay(validity: int, delays:
     assert (validity_problem(validity, delays) is None) == (validity > sum(delays))
     assert validity_problem(sum(delays), delays) is not None
     assert validity_problem(sum(delays) + 1, delays) is None
+
+
+async def test_pause_and_resume_carry_a_reason_and_incident_reference_to_the_audit(
+    client: httpx.AsyncClient, acme: dict[str, str], clock: FrozenClock
+) -> None:
+    policy = await create_policy(client, acme)
+    clock.advance(timedelta(seconds=1))
+    body = {"reason": "vendor outage", "incident": "INC-42"}
+    response = await client.post(f"{POLICIES}/{policy['id']}/pause", headers=acme, json=body)
+    assert response.status_code == 200, response.text
+    clock.advance(timedelta(seconds=1))
+    response = await client.post(
+        f"{POLICIES}/{policy['id']}/resume", headers=acme, json={"incident": "INC-42"}
+    )
+    assert response.status_code == 200, response.text
+    resumed, paused, _ = await audit_of(client, acme, policy["id"])
+    assert (paused["incident"], paused["after"]) == (
+        "INC-42",
+        {"status": "paused", "reason": "vendor outage"},
+    )
+    assert (resumed["incident"], resumed["after"]) == ("INC-42", {"status": "active"})
+
+    bad = await client.post(f"{POLICIES}/{policy['id']}/pause", headers=acme, json={"reason": 5})
+    assert_problem(bad, 422, "validation-error", field="reason")
+    assert (await fetch(client, acme, policy["id"]))["status"] == "active"

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Response
 
 from dispatch_engine import __version__
+from dispatch_engine.api.content_type import JsonBodiesOnly
 from dispatch_engine.api.problems import install_problem_handlers
 from dispatch_engine.api.routes import (
     accounts,
@@ -72,6 +73,7 @@ def create_app(
     )
     app.state.context = ctx
     install_problem_handlers(app)
+    app.add_middleware(JsonBodiesOnly)
     app.middleware("http")(request_context)
 
     @app.get("/metrics", include_in_schema=True, tags=["service"])

@@ -197,6 +197,16 @@ async def patch_dispatch(
             raise error
     dispatch.version += 1
     dispatch.updated_at = now
+    if (
+        patch.get("token_validity") is not None
+        and dispatch.status == "paused"
+        and dispatch.pause_reason == "validity_too_short"
+        and _validity_error(dispatch.token_validity_seconds, lineup) is None
+        and not missing_templates(dispatch, lineup)
+    ):
+        # The engine paused it because a lineup edit outgrew its validity: a long enough
+        # validity removes the cause, so it runs again (docs/decisions.md).
+        await resume_dispatch(session, dispatch, now)
     return lineup
 
 

@@ -180,7 +180,9 @@ async def post_contacts(
                 media_type="application/problem+json" if code >= 400 else "application/json",
             )
     try:
-        return await _ingest(actor, account_id, dispatch_id, media, target, body, idempotency_key)
+        return await _ingest(
+            actor, account_id, dispatch_id, media, target, body, idempotency_key, request.url.path
+        )
     except BaseException:
         if idempotency_key:
             await idempotency.abandon(context, account_id, idempotency_key)
@@ -195,6 +197,7 @@ async def _ingest(
     target: IngestTarget,
     body: idempotency.HashingStream,
     idempotency_key: str | None,
+    instance: str,
 ) -> JSONResponse:
     context = actor.context
     batch_id = new_id("bat")
@@ -218,13 +221,17 @@ async def _ingest(
             after={"dispatch": dispatch_id, "content_type": media},
         )
     rows = iter_csv_rows(aiter(body)) if media == "text/csv" else _json_rows(aiter(body))
-    outcome, error = "completed", None
+    outcome, error = "completed", None  # error: what the batch keeps
+    field, reason = "body", ""  # what the 422 names
     try:
         await ingest_stream(context, batch_id, target, rows)
     except CsvFormatError as exc:
         outcome, error = "failed", f"row {exc.row_number}: {exc.reason}"
+        reason = error
     except DomainError as exc:
         outcome, error = "failed", exc.detail
+        first = exc.errors[0] if exc.errors else None
+        field, reason = (first.field or "body", first.reason) if first else ("body", exc.detail)
     async with context.sessions() as session, session.begin():
         batch = await session.get(ContactBatch, batch_id)
         assert batch is not None
@@ -234,20 +241,30 @@ async def _ingest(
         out = (await _batch_out(session, batch)).model_dump(mode="json")
     code = 202 if outcome == "completed" else 422
     if code == 422:
-        out.update(
-            {
-                "type": "urn:dispatch-engine:problem:contact-file-unreadable",
-                "title": "Contact file unreadable",
-                "status": 422,
-                "detail": f"{error}; rows before it were stored (see counts)",
-                "field": "body",
-                "reason": error,
-            }
-        )
+        out = _unreadable_file_problem(out, field, reason, instance)
     if idempotency_key:
         await idempotency.finish(context, account_id, idempotency_key, body.hexdigest(), code, out)
     media_type = "application/json" if code == 202 else "application/problem+json"
     return JSONResponse(out, status_code=code, media_type=media_type)
+
+
+def _unreadable_file_problem(
+    batch: dict[str, Any], field: str, reason: str, instance: str
+) -> dict[str, Any]:
+    """The 422 for a file that could not be read to its end: a problem document that also
+    carries the (failed) batch, since the rows before the problem were stored and counted."""
+    return {
+        "type": "urn:dispatch-engine:problem:contact-file-unreadable",
+        "title": "Contact file unreadable",
+        "status": 422,
+        "detail": f"{field}: {reason}; rows before it were stored (see counts)",
+        "instance": instance,
+        "errors": [{"field": field, "reason": reason}],
+        "field": field,
+        "reason": reason,
+        **{key: value for key, value in batch.items() if key != "status"},
+        "batch_status": batch["status"],
+    }
 
 
 @router.get("/batches/{batch_id}", response_model=BatchOut)

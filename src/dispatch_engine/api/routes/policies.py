@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Header, Response, status
+from typing import Any
+
+from fastapi import APIRouter, Body, Header, Response, status
 
 from dispatch_engine.api.deps import (
     Actor,
@@ -12,6 +14,7 @@ from dispatch_engine.api.deps import (
     SessionDep,
 )
 from dispatch_engine.models import Policy
+from dispatch_engine.schemas.dispatches import PauseRequest
 from dispatch_engine.schemas.durations import parse_duration
 from dispatch_engine.schemas.policies import (
     LineupInsert,
@@ -152,11 +155,16 @@ async def _set_status(
     actor: Actor,
     session: SessionDep,
     response: Response,
+    request: PauseRequest | None,
 ) -> PolicyOut:
+    request = request or PauseRequest()
     async with session.begin():
         policy = await service.get_policy(session, account_id, policy_id, lock=True)
         before = {"status": policy.status}
         await service.set_policy_status(session, policy, new_status, actor.now())
+        after: dict[str, Any] = {"status": policy.status}
+        if request.reason is not None:
+            after["reason"] = request.reason
         actor.audit(
             session,
             f"policy.{'pause' if new_status == 'paused' else 'resume'}",
@@ -164,24 +172,36 @@ async def _set_status(
             policy.id,
             account_id=account_id,
             before=before,
-            after={"status": policy.status},
+            incident=request.incident,
+            after=after,
         )
         return await _out(session, policy, response)
 
 
 @router.post("/{policy_id}/pause", response_model=PolicyOut, response_model_exclude_none=True)
 async def pause_policy(
-    account_id: str, policy_id: str, actor: ControlActor, session: SessionDep, response: Response
+    account_id: str,
+    policy_id: str,
+    actor: ControlActor,
+    session: SessionDep,
+    response: Response,
+    body: PauseRequest | None = Body(default=None),
 ) -> PolicyOut:
-    """No message of any dispatch using the policy goes out until it is resumed."""
-    return await _set_status(account_id, policy_id, "paused", actor, session, response)
+    """No message of any dispatch using the policy goes out until it is resumed. The
+    optional `reason` and `incident` reference are kept in the audit log."""
+    return await _set_status(account_id, policy_id, "paused", actor, session, response, body)
 
 
 @router.post("/{policy_id}/resume", response_model=PolicyOut, response_model_exclude_none=True)
 async def resume_policy(
-    account_id: str, policy_id: str, actor: ControlActor, session: SessionDep, response: Response
+    account_id: str,
+    policy_id: str,
+    actor: ControlActor,
+    session: SessionDep,
+    response: Response,
+    body: PauseRequest | None = Body(default=None),
 ) -> PolicyOut:
-    return await _set_status(account_id, policy_id, "active", actor, session, response)
+    return await _set_status(account_id, policy_id, "active", actor, session, response, body)
 
 
 @router.post(
