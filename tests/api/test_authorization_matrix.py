@@ -111,6 +111,7 @@ ROUTES: list[tuple[str, str, Any, set[str], bool]] = [
     ("GET", "/v1/incidents", None, OPERATOR, False),
     ("GET", "/v1/incidents/{incident}", None, OPERATOR, False),
     ("PATCH", "/v1/incidents/{incident}", {"impact": "slow"}, OPERATOR, False),
+    ("POST", "/v1/incidents/{incident}/acknowledge", {"severity": "P3"}, OPERATOR, False),
     (
         "POST",
         "/v1/incidents/{incident}/transitions",

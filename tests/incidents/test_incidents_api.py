@@ -372,3 +372,26 @@ async def test_only_operators_and_admins(
         assert response.json()["type"].endswith(":forbidden")
         assert (await client.request(method, path)).status_code == 401
     assert (await client.get("/v1/status-feed")).status_code == 200
+
+
+async def test_acknowledge_endpoint_agrees_the_severity_and_stops_the_ack_clock(
+    desk: Desk, clock: FrozenClock
+) -> None:
+    incident = await desk.incident()
+    url = f"/v1/incidents/{incident['id']}/acknowledge"
+    missing = await desk.call("POST", url)
+    assert (missing.status_code, missing.json()["field"]) == (422, "severity")
+    bad = await desk.call("POST", url, json={"severity": "P9"})
+    assert (bad.status_code, bad.json()["field"]) == (422, "severity")
+    assert (await desk.call("GET", f"/v1/incidents/{incident['id']}")).json()["state"] == "reported"
+
+    clock.advance(MIN)
+    acknowledged = await desk.call("POST", url, json={"severity": "P2", "note": "on it"})
+    assert acknowledged.status_code == 200, acknowledged.text
+    body = acknowledged.json()
+    assert (body["state"], body["severity"]) == ("acknowledged", "P2")
+    assert body["acknowledged_at"] == "2026-03-02T09:01:00Z"
+    ack_clock = next(c for c in body["clocks"] if c["name"] == "ack")
+    assert not ack_clock["running"]
+    again = await desk.call("POST", url, json={"severity": "P2"})
+    assert again.status_code == 409 and again.json()["type"].endswith(":illegal-transition")

@@ -69,6 +69,13 @@ class TransitionIn(StrictModel):
     note: str | None = Field(default=None, max_length=2000)
 
 
+class AcknowledgeIn(StrictModel):
+    severity: Severity | None = Field(
+        default=None, description="Required unless the incident already has a severity."
+    )
+    note: str | None = Field(default=None, max_length=2000)
+
+
 class ClockOut(BaseModel):
     name: Literal["ack", "update", "postmortem"]
     running: bool

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request, Response, status
+from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +23,7 @@ from dispatch_engine.incidents.impacted import (
 )
 from dispatch_engine.incidents.notifications import enqueue
 from dispatch_engine.incidents.schemas import (
+    AcknowledgeIn,
     CommunicationIn,
     CommunicationOut,
     IncidentCreate,
@@ -145,6 +146,21 @@ async def patch_incident(
     return out
 
 
+@router.post(ITEM + "/acknowledge", response_model=IncidentOut)
+async def acknowledge_incident(
+    incident_id: str,
+    actor: OperatorActor,
+    session: SessionDep,
+    body: AcknowledgeIn | None = Body(default=None),
+) -> IncidentOut:
+    """reported → acknowledged (stops the 15-minute acknowledgement clock). The severity is
+    agreed here: required unless the incident already has one. The same as `POST
+    …/transitions {"to": "acknowledged"}`."""
+    request = body or AcknowledgeIn()
+    move = TransitionIn(to="acknowledged", severity=request.severity, note=request.note)
+    return await _transition(incident_id, move, actor, session)
+
+
 @router.post(ITEM + "/transitions", response_model=IncidentOut)
 async def transition_incident(
     incident_id: str, body: TransitionIn, actor: OperatorActor, session: SessionDep
@@ -152,6 +168,12 @@ async def transition_incident(
     """Move along reported → acknowledged → investigating → identified → resolved → closed.
     Illegal jumps are refused (409 `illegal-transition`); a P1/P2 closes only with its
     post-mortem (409 `postmortem-required`)."""
+    return await _transition(incident_id, body, actor, session)
+
+
+async def _transition(
+    incident_id: str, body: TransitionIn, actor: Actor, session: AsyncSession
+) -> IncidentOut:
     async with session.begin():
         incident = await service.get_incident(session, incident_id, lock=True)
         before = await _snapshot(session, incident, actor)
