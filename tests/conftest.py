@@ -223,3 +223,13 @@ async def create_policy(
 
 def templates_for(policy: dict[str, Any]) -> dict[str, str]:
     return {m["id"]: f"tpl-{m['position']}" for m in policy["lineup"]}
+
+
+async def report_incident(http: httpx.AsyncClient, headers: dict[str, str]) -> str:
+    """An incident to refer to (pauses and resumes may name one); returns its id."""
+    response = await http.post(
+        "/v1/incidents", headers=headers, json={"title": "Queue down", "service": "SQS relay"}
+    )
+    assert response.status_code == 201, response.text
+    incident_id: str = response.json()["id"]
+    return incident_id

@@ -14,7 +14,7 @@ from sqlalchemy import text
 
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
-from tests.conftest import create_policy, setup_account, templates_for
+from tests.conftest import create_policy, report_incident, setup_account, templates_for
 
 POLICIES = "/v1/accounts/acme/policies"
 DISPATCHES = "/v1/accounts/acme/dispatches"
@@ -499,16 +499,22 @@ async def test_create_pause_and_resume_are_audited_with_before_and_after(
     assert resumed["after"] == {"status": "active", "pause_reason": None}
 
     dispatch = await create_dispatch(client, acme, policy)
+    unknown = await client.post(
+        f"{DISPATCHES}/{dispatch['id']}/pause", headers=acme, json={"incident": "inc_nope"}
+    )
+    assert_problem(unknown, 422, "validation-error", field="incident")
+    assert state(await read_dispatch(client, acme, dispatch["id"])) == ("active", None)
+    incident = await report_incident(client, acme)
     response = await client.post(
         f"{DISPATCHES}/{dispatch['id']}/pause",
         headers=acme,
-        json={"reason": "incident", "incident": "inc_123"},
+        json={"reason": "incident", "incident": incident},
     )
     assert response.status_code == 200, response.text
     paused = next(
         a for a in await audit_of(client, acme, dispatch["id"]) if a["action"] == "dispatch.pause"
     )
-    assert paused["incident"] == "inc_123"
+    assert paused["incident"] == incident
 
 
 async def test_refused_resume_writes_no_audit_record(

@@ -21,7 +21,13 @@ from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext, build_context
 from dispatch_engine.rules.lineup import DAY, HOUR, delay_problems, validity_problem
 from dispatch_engine.schemas.durations import format_duration, parse_duration
-from tests.conftest import create_policy, make_settings, setup_account, templates_for
+from tests.conftest import (
+    create_policy,
+    make_settings,
+    report_incident,
+    setup_account,
+    templates_for,
+)
 
 POLICIES = "/v1/accounts/acme/policies"
 PROBLEM = "urn:dispatch-engine:problem:"
@@ -1130,21 +1136,26 @@ async def test_pause_and_resume_carry_a_reason_and_incident_reference_to_the_aud
     client: httpx.AsyncClient, acme: dict[str, str], clock: FrozenClock
 ) -> None:
     policy = await create_policy(client, acme)
+    incident = await report_incident(client, acme)
+    unknown = await client.post(
+        f"{POLICIES}/{policy['id']}/pause", headers=acme, json={"incident": "INC-42"}
+    )
+    assert_problem(unknown, 422, "validation-error", field="incident")
     clock.advance(timedelta(seconds=1))
-    body = {"reason": "vendor outage", "incident": "INC-42"}
+    body = {"reason": "vendor outage", "incident": incident}
     response = await client.post(f"{POLICIES}/{policy['id']}/pause", headers=acme, json=body)
     assert response.status_code == 200, response.text
     clock.advance(timedelta(seconds=1))
     response = await client.post(
-        f"{POLICIES}/{policy['id']}/resume", headers=acme, json={"incident": "INC-42"}
+        f"{POLICIES}/{policy['id']}/resume", headers=acme, json={"incident": incident}
     )
     assert response.status_code == 200, response.text
     resumed, paused, _ = await audit_of(client, acme, policy["id"])
     assert (paused["incident"], paused["after"]) == (
-        "INC-42",
+        incident,
         {"status": "paused", "reason": "vendor outage"},
     )
-    assert (resumed["incident"], resumed["after"]) == ("INC-42", {"status": "active"})
+    assert (resumed["incident"], resumed["after"]) == (incident, {"status": "active"})
 
     bad = await client.post(f"{POLICIES}/{policy['id']}/pause", headers=acme, json={"reason": 5})
     assert_problem(bad, 422, "validation-error", field="reason")

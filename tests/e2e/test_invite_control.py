@@ -24,7 +24,7 @@ from dispatch_engine.context import AppContext
 from dispatch_engine.delivery.contacts import open_contact
 from dispatch_engine.models import Base, Invite, OutboxEntry, Unsubscribe
 from dispatch_engine.scheduler.worker import Worker
-from tests.conftest import bearer, new_key, setup_account, templates_for
+from tests.conftest import bearer, new_key, report_incident, setup_account, templates_for
 
 MONDAY_10 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 FRIDAY_10 = datetime(2026, 3, 6, 10, 0, tzinfo=UTC)
@@ -1144,15 +1144,27 @@ async def test_pause_holds_due_messages_and_resume_applies_the_rules_of_that_tim
     elif scope == "policy":
         await api.control(f"policies/{policy['id']}/pause", operator)
     else:
+        incident = await report_incident(api.client, operator)
         response = await api.client.post(
             "/v1/admin/pauses",
             headers=operator,
-            json={"scope": "account", "target": "acme", "incident": "INC-1"},
+            json={"scope": "account", "target": "acme", "incident": incident},
         )
         assert response.status_code == 201, response.text
         pause_id = response.json()["id"]
         listed = await api.client.get("/v1/admin/pauses", headers=operator)
         assert [p["id"] for p in listed.json()] == [pause_id]
+        for filters, expected in (
+            ({"incident": incident}, [pause_id]),
+            ({"scope": "channel"}, []),
+            ({"scope": "account", "target": "acme"}, [pause_id]),
+        ):
+            listed = await api.client.get("/v1/admin/pauses", headers=operator, params=filters)
+            assert [p["id"] for p in listed.json()] == expected, filters
+        audit = await api.client.get(
+            "/v1/admin/audit", headers=operator, params={"incident": incident}
+        )
+        assert [a["action"] for a in audit.json()["items"]] == ["pause.create", "incident.create"]
 
     await api.post(long, contact(ANN, "ann"))
     await api.post(short, contact(BOB, "bob"))
@@ -1226,6 +1238,17 @@ async def test_channel_pause_holds_only_sms(
     policy = await api.policy("Mixed", lineup)
     dispatch = await api.dispatch(policy)
     other = await globex.dispatch(await globex.policy("G", lineup))
+    for bad, field in (
+        ({"scope": "channel", "target": "fax"}, "target"),
+        ({"scope": "channel", "target": "sms", "incident": "inc_nope"}, "incident"),
+        ({"scope": "account", "target": "nope"}, None),  # 404: no such account
+    ):
+        refused = await api.client.post("/v1/admin/pauses", headers=operator, json=bad)
+        if field is None:
+            is_problem(refused, 404)
+        else:
+            assert is_problem(refused, 422)["field"] == field, refused.text
+    assert (await api.client.get("/v1/admin/pauses", headers=operator)).json() == []
     response = await api.client.post(
         "/v1/admin/pauses", headers=operator, json={"scope": "channel", "target": "sms"}
     )

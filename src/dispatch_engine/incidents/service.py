@@ -61,6 +61,15 @@ async def get_incident(session: AsyncSession, incident_id: str, *, lock: bool = 
     return incident
 
 
+async def check_incident_reference(session: AsyncSession, incident_id: str | None) -> None:
+    """A pause or resume may name the incident it belongs to; that incident must exist, or
+    the audit trail would point nowhere (422 on `incident`, nothing changed)."""
+    if incident_id is not None and await session.get(Incident, incident_id) is None:
+        raise ValidationFailed(
+            "incident", f"no incident '{incident_id}'; report it with POST /v1/incidents first"
+        )
+
+
 async def has_postmortem(session: AsyncSession, incident_id: str) -> bool:
     return await session.get(IncidentPostmortem, incident_id) is not None
 

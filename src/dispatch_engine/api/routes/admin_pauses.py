@@ -7,10 +7,12 @@ from typing import Literal
 
 from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, Field, model_validator
+from pydantic_core import PydanticCustomError
 from sqlalchemy import select
 
 from dispatch_engine.api.deps import OperatorActor, SessionDep
 from dispatch_engine.errors import Conflict, NotFound
+from dispatch_engine.incidents.service import check_incident_reference
 from dispatch_engine.models import Message, OperatorPause, new_id
 from dispatch_engine.schemas.common import StrictModel
 from dispatch_engine.services import retiming
@@ -30,7 +32,9 @@ class PauseIn(StrictModel):
     @model_validator(mode="after")
     def _channel(self) -> PauseIn:
         if self.scope == "channel" and self.target not in ("email", "sms"):
-            raise ValueError("a channel pause targets 'email' or 'sms'")
+            raise PydanticCustomError(
+                "channel_target", "a channel pause targets 'email' or 'sms'", {"field": "target"}
+            )
         return self
 
 
@@ -56,6 +60,7 @@ async def create_pause(body: PauseIn, actor: OperatorActor, session: SessionDep)
     async with session.begin():
         if body.scope == "account":
             await get_account(session, body.target)
+        await check_incident_reference(session, body.incident)
         active = (
             await session.execute(
                 select(OperatorPause).where(
@@ -100,10 +105,20 @@ async def list_pauses(
     actor: OperatorActor,
     session: SessionDep,
     include_lifted: bool = Query(default=False),
+    scope: Literal["account", "channel"] | None = Query(default=None),
+    target: str | None = Query(default=None, max_length=64),
+    incident: str | None = Query(default=None, max_length=64),
 ) -> list[PauseOut]:
+    """Pauses in force (all of them with `include_lifted`), oldest first; filters combine."""
     query = select(OperatorPause).order_by(OperatorPause.created_at, OperatorPause.id)
     if not include_lifted:
         query = query.where(OperatorPause.lifted_at.is_(None))
+    if scope is not None:
+        query = query.where(OperatorPause.scope == scope)
+    if target is not None:
+        query = query.where(OperatorPause.target == target)
+    if incident is not None:
+        query = query.where(OperatorPause.incident == incident)
     async with session.begin():
         return [_out(p) for p in (await session.execute(query)).scalars()]
 

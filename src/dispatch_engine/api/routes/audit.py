@@ -44,6 +44,7 @@ async def list_audit(
     target_type: str | None = None,
     target_id: str | None = None,
     key_id: str | None = None,
+    incident: str | None = Query(default=None, description="Entries made under this incident"),
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = Query(default=100, ge=1, le=1000),
@@ -68,6 +69,8 @@ async def list_audit(
         query = query.where(AuditRecord.target_id == target_id)
     if key_id:
         query = query.where(AuditRecord.key_id == key_id)
+    if incident:
+        query = query.where(AuditRecord.incident == incident)
     if since:
         query = query.where(AuditRecord.at >= since)
     if until:

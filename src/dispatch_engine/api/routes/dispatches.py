@@ -12,6 +12,7 @@ from dispatch_engine.api.deps import (
     ReadActor,
     SessionDep,
 )
+from dispatch_engine.incidents.service import check_incident_reference
 from dispatch_engine.models import Invite, Message
 from dispatch_engine.schemas.dispatches import (
     DispatchCreate,
@@ -155,6 +156,7 @@ async def pause_dispatch(
     request = body or PauseRequest()
     async with session.begin():
         dispatch = await service.get_dispatch(session, account_id, dispatch_id, lock=True)
+        await check_incident_reference(session, request.incident)
         before = {"status": dispatch.status, "pause_reason": dispatch.pause_reason}
         service.pause_dispatch(dispatch, request.reason, actor.now())
         actor.audit(
@@ -183,6 +185,7 @@ async def resume_dispatch(
     request = body or PauseRequest()
     async with session.begin():
         dispatch = await service.get_dispatch(session, account_id, dispatch_id, lock=True)
+        await check_incident_reference(session, request.incident)
         before = {"status": dispatch.status, "pause_reason": dispatch.pause_reason}
         lineup = await service.resume_dispatch(session, dispatch, actor.now())
         actor.audit(

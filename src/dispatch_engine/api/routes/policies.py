@@ -13,6 +13,7 @@ from dispatch_engine.api.deps import (
     ReadActor,
     SessionDep,
 )
+from dispatch_engine.incidents.service import check_incident_reference
 from dispatch_engine.models import Policy
 from dispatch_engine.schemas.dispatches import PauseRequest
 from dispatch_engine.schemas.durations import parse_duration
@@ -160,6 +161,7 @@ async def _set_status(
     request = request or PauseRequest()
     async with session.begin():
         policy = await service.get_policy(session, account_id, policy_id, lock=True)
+        await check_incident_reference(session, request.incident)
         before = {"status": policy.status}
         await service.set_policy_status(session, policy, new_status, actor.now())
         after: dict[str, Any] = {"status": policy.status}
