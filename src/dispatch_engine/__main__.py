@@ -35,10 +35,21 @@ def _settings() -> Settings:
     return settings
 
 
-app.add_typer(build_incidents_app(_settings), name="incidents")
+def _migrated_settings() -> Settings:
+    settings = _settings()
+    _migrate(settings)
+    return settings
+
+
+app.add_typer(build_incidents_app(_migrated_settings), name="incidents")
 
 
 def _migrate(settings: Settings) -> None:
+    """Bring the store to the current schema (a no-op when it is), quietly: commands that
+    read the store work on a fresh data dir instead of failing on missing tables."""
+    import logging
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # before it logs its imports
     from dispatch_engine.db.migrate import upgrade
 
     upgrade(settings.effective_database_url)
@@ -144,6 +155,7 @@ def queue_tail(
     from dispatch_engine.services.integrations import require_local_queue
 
     settings = _settings()
+    _migrate(settings)
 
     async def _tail() -> None:
         context = build_context(settings)

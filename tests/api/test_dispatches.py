@@ -112,6 +112,7 @@ async def test_create_read_and_list_a_dispatch(
     assert response.status_code == 201, response.text
     dispatch = response.json()
     assert response.headers["ETag"] == f'"{dispatch["version"]}"'
+    assert response.headers["Location"] == f"{DISPATCHES}/{dispatch['id']}"
     assert dispatch["account"] == "acme"
     assert dispatch["questionnaire_id"] == "q-1"
     assert dispatch["policy_id"] == policy["id"]
@@ -597,3 +598,33 @@ async def test_dispatch_created_while_a_message_is_added_is_not_left_active_with
     dispatch = await read_dispatch(client, acme, created.json()["id"])
     assert dispatch["missing_templates"] == [inserted.json()["lineup"][-1]["id"]]
     assert state(dispatch) == ("paused", "lineup_changed")
+
+
+async def test_created_resources_say_where_they_live(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    created = [
+        await client.post("/v1/accounts", headers=admin, json={"id": "loc", "name": "L"}),
+    ]
+    await client.put("/v1/accounts/loc/queue-integration", headers=admin, json={"kind": "local"})
+    created.append(
+        await client.post(
+            "/v1/accounts/loc/policies",
+            headers=admin,
+            json={"name": "P", "lineup": [{"channel": "email", "delay": "PT0S"}]},
+        )
+    )
+    policy = created[-1].json()
+    created.append(
+        await client.post("/v1/accounts/loc/dispatches", headers=admin, json=dispatch_body(policy))
+    )
+    created.append(
+        await client.post(
+            "/v1/incidents", headers=admin, json={"title": "Down", "service": "relay"}
+        )
+    )
+    for response in created:
+        assert response.status_code == 201, response.text
+        followed = await client.get(response.headers["Location"], headers=admin)
+        assert followed.status_code == 200, response.headers["Location"]
+        assert followed.json()["id"] == response.json()["id"]

@@ -72,3 +72,24 @@ def test_incidents_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     missing = runner.invoke(app, ["incidents", "show", "inc_missing"])
     assert missing.exit_code == 2
+
+
+def test_incidents_cli_on_a_fresh_store_and_with_bad_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"  # never migrated
+    for name, value in {
+        "DISPATCH_DATABASE_URL": url,
+        "DISPATCH_DATA_DIR": str(tmp_path),
+        "DISPATCH_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
+        "DISPATCH_HMAC_KEYS": HMAC_KEYS,
+        "DISPATCH_LOG_LEVEL": "WARNING",
+    }.items():
+        monkeypatch.setenv(name, value)
+    runner = CliRunner()
+    listed = runner.invoke(app, ["incidents", "list"])
+    assert (listed.exit_code, listed.stdout) == (0, ""), listed.output  # empty, not a crash
+    for args in (["list", "--state", "bogus"], ["impacted", "inc_x", "--channel", "fax"]):
+        refused = runner.invoke(app, ["incidents", *args])
+        assert refused.exit_code == 2, refused.output
+        assert "must be one of" in refused.output

@@ -9,11 +9,24 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
+from dispatch_engine.incidents.states import State
 from dispatch_engine.settings import Settings
+
+
+def _one_of(allowed: tuple[str, ...]) -> Callable[[str | None], str | None]:
+    """An option callback: a value outside `allowed` is a usage error (exit 2), not an
+    empty answer."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in allowed:
+            raise typer.BadParameter(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return check
 
 
 def build_incidents_app(load_settings: Callable[[], Settings]) -> typer.Typer:
@@ -24,8 +37,10 @@ def build_incidents_app(load_settings: Callable[[], Settings]) -> typer.Typer:
         from dispatch_engine.context import build_context
         from dispatch_engine.errors import DomainError
 
+        settings = load_settings()  # outside the loop: it may apply migrations
+
         async def go() -> Any:
-            context = build_context(load_settings())
+            context = build_context(settings)
             try:
                 return await work(context)
             finally:
@@ -39,7 +54,9 @@ def build_incidents_app(load_settings: Callable[[], Settings]) -> typer.Typer:
 
     @app.command("list")
     def list_incidents(
-        state: Annotated[str | None, typer.Option(help="Only this state")] = None,
+        state: Annotated[
+            str | None, typer.Option(help="Only this state", callback=_one_of(get_args(State)))
+        ] = None,
         open_only: Annotated[
             bool, typer.Option("--open", help="Only incidents not closed")
         ] = False,
@@ -84,7 +101,9 @@ def build_incidents_app(load_settings: Callable[[], Settings]) -> typer.Typer:
         incident_id: str,
         csv: Annotated[bool, typer.Option("--csv", help="CSV instead of JSON lines")] = False,
         account: Annotated[str | None, typer.Option(help="Only this account")] = None,
-        channel: Annotated[str | None, typer.Option(help="email or sms")] = None,
+        channel: Annotated[
+            str | None, typer.Option(help="email or sms", callback=_one_of(("email", "sms")))
+        ] = None,
     ) -> None:
         """The incident's failed and delayed sendings (JSON lines per account group, or CSV)."""
         from dispatch_engine.incidents import service

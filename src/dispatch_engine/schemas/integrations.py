@@ -125,7 +125,8 @@ class AzureServiceBusIntegrationIn(StrictModel):
     def _namespace(cls, value: str | None) -> str | None:
         if value is not None and not _SB_NAMESPACE.match(value):
             raise ValueError(
-                "must be a fully qualified namespace such as NS.servicebus.windows.net"
+                "must be a fully qualified namespace such as NS.servicebus.windows.net, NS "
+                "being Azure's 6 to 50 letters, digits and hyphens, starting with a letter"
             )
         return value
 

@@ -45,6 +45,7 @@ async def create_account(
             after=out.model_dump(mode="json"),
         )
     response.headers["ETag"] = etag(out.version)
+    response.headers["Location"] = f"/v1/accounts/{out.id}"
     return out
 
 

@@ -60,6 +60,7 @@ async def create_dispatch(
             after=out.model_dump(mode="json"),
         )
     response.headers["ETag"] = etag(out.version)
+    response.headers["Location"] = f"/v1/accounts/{account_id}/dispatches/{out.id}"
     return out
 
 

@@ -80,6 +80,7 @@ async def create_incident(
             actor.now(),
         )
     response.headers["ETag"] = etag(out.version)
+    response.headers["Location"] = f"{BASE}/{out.id}"
     return out
 
 

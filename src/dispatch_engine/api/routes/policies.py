@@ -83,6 +83,7 @@ async def create_policy(
             session, account_id, body, actor.context.url_policy, actor.now()
         )
         await _audit(actor, session, "policy.create", policy, None)
+        response.headers["Location"] = f"/v1/accounts/{account_id}/policies/{policy.id}"
         return await _out(session, policy, response)
 
 
