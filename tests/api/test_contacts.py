@@ -1088,3 +1088,17 @@ async def test_a_large_upload_refreshes_the_planner_statistics(
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"messages were not analyzed (last_analyze {before} → {after})")
+
+
+async def test_an_overlong_idempotency_key_is_named_as_the_client_sent_it(
+    client: httpx.AsyncClient, acme: dict[str, str]
+) -> None:
+    _, dispatch = await make_dispatch(client, acme)
+    response = await post_csv(
+        client,
+        acme,
+        dispatch["id"],
+        "email\nann@example.com\n",
+        headers={"Idempotency-Key": "k" * 201},
+    )
+    assert assert_problem(response, 422, "validation-error")["field"] == "Idempotency-Key"

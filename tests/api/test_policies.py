@@ -448,11 +448,11 @@ async def test_lineup_delay_bounds_on_create(
     cases: list[tuple[list[str], str | None]] = [
         (["PT0S", "PT1H"], None),
         (["P30D", "P30D", "PT1H"], None),
-        (["P30DT1S"], "lineup[1].delay"),
-        (["P31D", "P1D"], "lineup[1].delay"),
-        (["PT0S", "PT59M59S"], "lineup[2].delay"),
-        (["PT0S", "PT0S"], "lineup[2].delay"),
-        (["PT0S", "P1D", "P30DT1S"], "lineup[3].delay"),
+        (["P30DT1S"], "lineup.0.delay"),
+        (["P31D", "P1D"], "lineup.0.delay"),
+        (["PT0S", "PT59M59S"], "lineup.1.delay"),
+        (["PT0S", "PT0S"], "lineup.1.delay"),
+        (["PT0S", "P1D", "P30DT1S"], "lineup.2.delay"),
     ]
     for number, (delays, field) in enumerate(cases):
         lineup = [{"channel": "email", "delay": d} for d in delays]
@@ -473,9 +473,9 @@ async def test_lineup_delay_bounds_on_create(
     response = await client.post(POLICIES, headers=acme, json={"name": "P", "lineup": lineup})
     body = assert_problem(response, 422, "validation-error")
     assert [e["field"] for e in body["errors"]] == [
-        "lineup[1].delay",
-        "lineup[2].delay",
-        "lineup[4].delay",
+        "lineup.0.delay",
+        "lineup.1.delay",
+        "lineup.3.delay",
     ]
 
 
@@ -484,12 +484,12 @@ async def test_zero_delay_insert_before_a_zero_delay_first_message_fails(
 ) -> None:
     policy = await create_policy(client, acme)  # message 1 has delay PT0S
     response = await insert(client, acme, policy["id"], channel="sms", delay="PT0S", position=1)
-    body = assert_problem(response, 422, "validation-error", field="lineup[2].delay")
+    body = assert_problem(response, 422, "validation-error", field="lineup.1.delay")
     assert "1 hour" in body["errors"][0]["reason"]
     assert await fetch(client, acme, policy["id"]) == policy
 
     response = await insert(client, acme, policy["id"], channel="sms", delay="PT30M", position=2)
-    assert_problem(response, 422, "validation-error", field="lineup[2].delay")
+    assert_problem(response, 422, "validation-error", field="lineup.1.delay")
 
 
 async def test_edit_delay_out_of_bounds_is_refused(
@@ -498,7 +498,7 @@ async def test_edit_delay_out_of_bounds_is_refused(
     policy = await create_policy(client, acme)
     url = f"{POLICIES}/{policy['id']}/lineup/{policy['lineup'][2]['id']}"
     response = await client.patch(url, headers={**acme, **ANY}, json={"delay": "PT30M"})
-    assert_problem(response, 422, "validation-error", field="lineup[3].delay")
+    assert_problem(response, 422, "validation-error", field="lineup.2.delay")
     response = await client.patch(url, headers={**acme, **ANY}, json={"delay": "P1Y"})
     assert_problem(response, 422, "validation-error", field="delay")
     response = await client.patch(url, headers={**acme, **ANY}, json={"channel": "fax"})

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from dispatch_engine.api.routes.incidents import prefers_csv
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.incidents import impacted
 from dispatch_engine.scheduler.worker import Worker
@@ -138,3 +139,22 @@ async def test_csv_streams_page_after_page(
     assert len(rows) == 1 + 10
     assert len({r[2] for r in rows[1:]}) == 10
     assert {r[5] for r in rows[1:]} == {"failed"}
+
+
+@pytest.mark.parametrize(
+    ("accept", "wants_csv"),
+    [
+        ("text/csv", True),
+        ("", False),
+        ("*/*", False),
+        ("application/json", False),
+        ("application/json, text/csv;q=0.5", False),  # JSON preferred
+        ("text/csv;q=0.9, application/json;q=0.5", True),
+        ("text/csv, application/json", True),  # as high, listed first
+        ("application/json, text/csv", False),
+        ("text/csv;q=0", False),  # "not acceptable"
+        ("application/*;q=0.2, text/csv;q=0.3", True),
+    ],
+)
+def test_csv_only_when_the_client_prefers_it(accept: str, wants_csv: bool) -> None:
+    assert prefers_csv(accept) is wants_csv

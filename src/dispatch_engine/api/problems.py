@@ -53,6 +53,8 @@ def _location(loc: tuple[Any, ...], error_type: str = "", ctx: dict[str, Any] | 
     """
     if error_type == "json_invalid":
         return "body"  # the location is a byte offset, not a field
+    if loc[:1] == ("header",) and len(loc) == 2:  # as the client wrote it: Idempotency-Key
+        return "-".join(word.capitalize() for word in str(loc[1]).split("-"))
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     ctx = ctx or {}
     if isinstance(ctx.get("field"), str):

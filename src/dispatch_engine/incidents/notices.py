@@ -66,7 +66,7 @@ def render(
 
 def _validate(body: StatusUpdateIn, incident: Incident, now: datetime) -> None:
     if body.template in ("investigating", "identified") and not body.symptoms:
-        raise ValidationFailed("symptoms", f"is required for a {body.template} notice")
+        raise ValidationFailed("symptoms", f"is required for the {body.template} notice")
     if body.template == "investigating" and body.eta is not None:
         raise ValidationFailed("eta", "an investigating notice has no ETA (unknown)")
     if body.template == "identified" and body.eta is None:

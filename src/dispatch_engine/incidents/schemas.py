@@ -146,7 +146,9 @@ class StatusUpdateOut(BaseModel):
     symptoms: str | None
     eta: datetime | None
     message: str | None
-    accounts: list[str]
+    accounts: list[str] = Field(
+        description="The names the notice shows publicly for the account ids it was given."
+    )
     text: str
     posted_at: datetime
     expires_at: datetime | None

@@ -62,10 +62,12 @@ def validated_dnd(webhooks: DndWebhooks, url_policy: UrlPolicy) -> DndWebhooks:
 
 
 def check_delays(delays: Sequence[int], field_prefix: str = "lineup") -> None:
+    """422 naming each bad step as `lineup.<index>.delay` (0-based, as every other field
+    error names list items); the reason counts messages from 1, as people do."""
     problems = delay_problems(delays)
     if problems:
         raise InvalidFields(
-            [FieldError(f"{field_prefix}[{p.position}].delay", p.reason) for p in problems]
+            [FieldError(f"{field_prefix}.{p.position - 1}.delay", p.reason) for p in problems]
         )
 
 
