@@ -89,6 +89,25 @@ def test_prod_error_does_not_echo_secrets(monkeypatch: pytest.MonkeyPatch) -> No
     assert HMAC_KEYS.split(":")[1] not in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("DISPATCH_ENCRYPTION_KEYS", "garbage", "must look like"),
+        ("DISPATCH_HMAC_KEYS", "k1:c2VjcmV0c2VjcmV0", "must decode to 32 bytes"),
+    ],
+)
+def test_a_malformed_key_ring_is_a_configuration_error_without_the_key(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
+) -> None:
+    monkeypatch.setenv("DISPATCH_ENCRYPTION_KEYS", ENCRYPTION_KEYS)
+    monkeypatch.setenv("DISPATCH_HMAC_KEYS", HMAC_KEYS)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as raised:
+        _settings()
+    assert message in str(raised.value)
+    assert value not in str(raised.value) and "c2VjcmV0" not in str(raised.value)
+
+
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DISPATCH_HOST", "0.0.0.0")
     monkeypatch.setenv("DISPATCH_PORT", "9123")

@@ -21,7 +21,11 @@ class Settings(BaseSettings):
     """Everything configurable. See the configuration table in README.md."""
 
     model_config = SettingsConfigDict(
-        env_prefix="DISPATCH_", env_file=".env", extra="ignore", validate_default=True
+        env_prefix="DISPATCH_",
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+        hide_input_in_errors=True,  # inputs include key rings and database passwords
     )
 
     env: Literal["dev", "prod"] = "dev"
@@ -84,6 +88,17 @@ class Settings(BaseSettings):
     @classmethod
     def _allowlist_csv(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("encryption_keys", "hmac_keys")
+    @classmethod
+    def _key_ring(cls, value: SecretStr | None) -> SecretStr | None:
+        """A malformed ring is a configuration error at start, before anything runs (the
+        parser's messages name a position or key id, never key material)."""
+        if value is not None and value.get_secret_value().strip():
+            from dispatch_engine.security.crypto import parse_key_ring
+
+            parse_key_ring(value.get_secret_value())
+        return value
 
     @model_validator(mode="after")
     def _refuse_unsafe_production(self) -> Settings:

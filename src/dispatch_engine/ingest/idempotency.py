@@ -67,7 +67,8 @@ async def begin(
 def check_replay(record: IdempotencyKey, request_hash: str) -> tuple[int, dict[str, Any]]:
     if record.request_hash != request_hash:
         raise DomainError(
-            detail="this Idempotency-Key was used with a different request body",
+            detail="this Idempotency-Key was used for a different request (another dispatch, "
+            "content type or body)",
             errors=[FieldError("Idempotency-Key", "already used with a different request")],
             status=422,
             slug="idempotency-key-reused",
