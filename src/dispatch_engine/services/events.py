@@ -83,22 +83,13 @@ def invite_address_hashes(context: AppContext, invite: Invite, channel: str) -> 
     )
     if not address:
         return [stored]
-    return sorted({stored, *all_keyed_hashes(context.hasher, normalized_address(channel, address))})
+    return sorted({stored, *address_hashes(context, channel, address)})
 
 
-async def unsubscribe(
-    context: AppContext,
-    session: AsyncSession,
-    account_id: str,
-    channel: str,
-    address: str,
-    now: datetime,
-    source: str,
-) -> bool:
-    """Block the address on the channel for the account (every key version's hash is kept,
-    so lookups match during a key rotation). True when it was not blocked before."""
-    hashes = all_keyed_hashes(context.hasher, normalized_address(channel, address))
-    return await block_hashes(session, account_id, channel, hashes, now, source)
+def address_hashes(context: AppContext, channel: str, address: str) -> list[str]:
+    """Every key version's hash of the normalised address, so lookups keep matching during
+    a key rotation (422 on `address` when it is not a valid email or phone number)."""
+    return all_keyed_hashes(context.hasher, normalized_address(channel, address))
 
 
 async def block_hashes(
@@ -140,7 +131,7 @@ async def block_hashes(
 async def resubscribe(
     context: AppContext, session: AsyncSession, account_id: str, channel: str, address: str
 ) -> bool:
-    hashes = all_keyed_hashes(context.hasher, normalized_address(channel, address))
+    hashes = address_hashes(context, channel, address)
     result = await session.execute(
         delete(Unsubscribe).where(
             Unsubscribe.account_id == account_id,

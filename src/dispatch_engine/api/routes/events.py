@@ -11,7 +11,6 @@ from pydantic_core import PydanticCustomError
 from dispatch_engine.api.deps import ConfigActor, OperatorActor, SessionDep
 from dispatch_engine.context import AppContext
 from dispatch_engine.errors import ValidationFailed
-from dispatch_engine.ingest.service import all_keyed_hashes
 from dispatch_engine.models import Invite
 from dispatch_engine.schemas.common import StrictModel
 from dispatch_engine.services import events as service
@@ -96,8 +95,9 @@ async def post_event(
             invite_id: str | None = invite.id
         else:
             assert body.channel is not None and body.address is not None
-            address = service.normalized_address(body.channel, body.address)
-            blocks = {body.channel: all_keyed_hashes(actor.context.hasher, address)}
+            blocks = {
+                body.channel: service.address_hashes(actor.context, body.channel, body.address)
+            }
             invite_id = None
         applied = False
         for channel, hashes in blocks.items():
