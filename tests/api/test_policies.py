@@ -324,6 +324,9 @@ async def test_insert_appends_by_default(client: httpx.AsyncClient, acme: dict[s
 
     response = await insert(client, acme, policy["id"], channel="sms", delay="P1D", position=0)
     assert_problem(response, 422, "validation-error", field="position")
+    response = await insert(client, acme, policy["id"], channel="sms", delay="P1D", position=6)
+    body = assert_problem(response, 422, "validation-error", field="position")
+    assert "between 1 and 5" in body["reason"]
 
 
 async def test_insert_at_position_one_shifts_the_others(

@@ -413,7 +413,11 @@ async def insert_lineup_message(
     """Insert a step; every active dispatch of the policy pauses (`lineup_changed`) until it
     has a message template for the new step."""
     lineup = await live_lineup(session, policy.id)
-    if position is None or position > len(lineup) + 1:
+    if position is not None and position > len(lineup) + 1:
+        raise ValidationFailed(
+            "position", f"must be between 1 and {len(lineup) + 1} (leave it out to append)"
+        )
+    if position is None:
         position = len(lineup) + 1
     delays = [m.delay_seconds for m in lineup]
     delays.insert(position - 1, delay)
