@@ -9,6 +9,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.models import Dispatch
 
+# Why the engine itself paused a dispatch (an operator's pause is "manual" or their reason).
+POLICY_DELETED = "policy_deleted"
+LINEUP_CHANGED = "lineup_changed"
+VALIDITY_TOO_SHORT = "validity_too_short"  # lifted by PATCHing a long enough validity
+
 
 async def pause_active_dispatches(
     session: AsyncSession,

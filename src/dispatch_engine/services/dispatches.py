@@ -22,6 +22,7 @@ from dispatch_engine.rules.lineup import total_delay, validity_problem
 from dispatch_engine.schemas.dispatches import DispatchCreate, DispatchOut
 from dispatch_engine.schemas.durations import format_duration, parse_duration
 from dispatch_engine.services import retiming
+from dispatch_engine.services.dispatch_pauses import VALIDITY_TOO_SHORT
 from dispatch_engine.services.policies import get_account, live_lineup, live_lineups
 
 MANUAL_PAUSE = "manual"
@@ -200,7 +201,7 @@ async def patch_dispatch(
     if (
         patch.get("token_validity") is not None
         and dispatch.status == "paused"
-        and dispatch.pause_reason == "validity_too_short"
+        and dispatch.pause_reason == VALIDITY_TOO_SHORT
         and _validity_error(dispatch.token_validity_seconds, lineup) is None
         and not missing_templates(dispatch, lineup)
     ):

@@ -27,7 +27,13 @@ from dispatch_engine.schemas.policies import (
 )
 from dispatch_engine.security.ssrf import UnsafeUrlError, UrlPolicy, validate_url
 from dispatch_engine.services import retiming
-from dispatch_engine.services.dispatch_pauses import dispatches_of_policy, pause_active_dispatches
+from dispatch_engine.services.dispatch_pauses import (
+    LINEUP_CHANGED,
+    POLICY_DELETED,
+    VALIDITY_TOO_SHORT,
+    dispatches_of_policy,
+    pause_active_dispatches,
+)
 
 SANDBOX_NAME = "Sandbox"
 SectionT = TypeVar("SectionT", FatigueRules, BusinessRules, DndWebhooks)
@@ -355,7 +361,7 @@ async def delete_policy(session: AsyncSession, policy: Policy, now: datetime) ->
         raise Conflict("the sandbox policy cannot be deleted", slug="sandbox-not-deletable")
     policy.deleted_at = now
     _touch(policy, now)
-    return await pause_active_dispatches(session, policy.id, "policy_deleted", now)
+    return await pause_active_dispatches(session, policy.id, POLICY_DELETED, now)
 
 
 async def set_policy_status(
@@ -398,7 +404,7 @@ async def _pause_for_short_validity(
     if not too_short:
         return []
     return await pause_active_dispatches(
-        session, policy_id, "validity_too_short", now, only_ids=too_short
+        session, policy_id, VALIDITY_TOO_SHORT, now, only_ids=too_short
     )
 
 
@@ -433,7 +439,7 @@ async def insert_lineup_message(
     )
     session.add(message)
     _touch(policy, now)
-    paused = await pause_active_dispatches(session, policy.id, "lineup_changed", now)
+    paused = await pause_active_dispatches(session, policy.id, LINEUP_CHANGED, now)
     await session.flush()
     return message, paused
 
@@ -523,7 +529,7 @@ async def copy_to_sandbox(
     sandbox.dnd_webhooks = dict(source.dnd_webhooks)
     _touch(sandbox, now)
     paused = (
-        await pause_active_dispatches(session, sandbox.id, "lineup_changed", now)
+        await pause_active_dispatches(session, sandbox.id, LINEUP_CHANGED, now)
         if source_lineup
         else []
     )
