@@ -385,8 +385,11 @@ async def main() -> None:
         await seed(context, args.rows, dnd_url)
         print(f"seeded {args.rows:,} due first messages in {time.perf_counter() - started:.1f} s")
         if args.db == "pg":
+            # Outside a transaction: inside one (SQLAlchemy's default) the new statistics
+            # were rolled back with it, and every claim planned a sort of all due messages.
             async with context.engine.connect() as connection:
-                await connection.exec_driver_sql("ANALYZE")
+                autocommit = await connection.execution_options(isolation_level="AUTOCOMMIT")
+                await autocommit.exec_driver_sql("ANALYZE")
         if args.workers > 1:
             claimed, elapsed, outcomes = run_worker_processes(settings, args.workers, args.batch)
             rate = claimed / elapsed
