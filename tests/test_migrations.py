@@ -98,3 +98,38 @@ def test_models_and_migrations_agree(empty_url: str) -> None:
     assert diff == [], "models and migrations differ (write a migration):\n" + "\n".join(
         map(str, diff)
     )
+
+
+def _reloptions(url: str) -> dict[str, list[str]]:
+    async def go() -> dict[str, list[str]]:
+        engine = build_engine(url)
+        try:
+            async with engine.connect() as connection:
+                rows = await connection.exec_driver_sql(
+                    "SELECT relname, reloptions FROM pg_class "
+                    "WHERE relname IN ('messages', 'outbox', 'invites')"
+                )
+                return {name: sorted(options or []) for name, options in rows}
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def test_queue_tables_are_vacuumed_and_analyzed_sooner(empty_url: str, db_kind: str) -> None:
+    if db_kind != "postgresql":
+        pytest.skip("autovacuum storage parameters are PostgreSQL's")
+    upgrade(empty_url)
+    assert _reloptions(empty_url) == {
+        "messages": [
+            "autovacuum_analyze_scale_factor=0.02",
+            "autovacuum_vacuum_scale_factor=0.02",
+        ],
+        "outbox": [
+            "autovacuum_analyze_scale_factor=0.02",
+            "autovacuum_vacuum_scale_factor=0.01",
+        ],
+        "invites": ["autovacuum_analyze_scale_factor=0.02"],
+    }
+    downgrade(empty_url, "0005")
+    assert _reloptions(empty_url) == {"messages": [], "outbox": [], "invites": []}
