@@ -43,18 +43,23 @@ def _seed(url: str, data_dir: Path) -> str:
     return asyncio.run(go())
 
 
-def test_incidents_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
-    upgrade(url)
-    incident_id = _seed(url, tmp_path)
+def _use_store(monkeypatch: pytest.MonkeyPatch, url: str, data_dir: Path) -> None:
+    """The environment a CLI command reads its settings from."""
     for name, value in {
         "DISPATCH_DATABASE_URL": url,
-        "DISPATCH_DATA_DIR": str(tmp_path),
+        "DISPATCH_DATA_DIR": str(data_dir),
         "DISPATCH_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
         "DISPATCH_HMAC_KEYS": HMAC_KEYS,
         "DISPATCH_LOG_LEVEL": "WARNING",
     }.items():
         monkeypatch.setenv(name, value)
+
+
+def test_incidents_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+    upgrade(url)
+    incident_id = _seed(url, tmp_path)
+    _use_store(monkeypatch, url, tmp_path)
     runner = CliRunner()
 
     listed = runner.invoke(app, ["incidents", "list", "--open"])
@@ -78,14 +83,7 @@ def test_incidents_cli_on_a_fresh_store_and_with_bad_options(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"  # never migrated
-    for name, value in {
-        "DISPATCH_DATABASE_URL": url,
-        "DISPATCH_DATA_DIR": str(tmp_path),
-        "DISPATCH_ENCRYPTION_KEYS": ENCRYPTION_KEYS,
-        "DISPATCH_HMAC_KEYS": HMAC_KEYS,
-        "DISPATCH_LOG_LEVEL": "WARNING",
-    }.items():
-        monkeypatch.setenv(name, value)
+    _use_store(monkeypatch, url, tmp_path)
     runner = CliRunner()
     listed = runner.invoke(app, ["incidents", "list"])
     assert (listed.exit_code, listed.stdout) == (0, ""), listed.output  # empty, not a crash
