@@ -47,15 +47,23 @@ class SenderCache:
         self._senders: dict[tuple[str, int], QueueSender] = {}
 
     async def get(self, integration: QueueIntegration) -> QueueSender | None:
+        """The integration's sender; the account's senders for older versions are closed.
+
+        The new sender is cached before anything awaits: relay lanes asking at the same
+        moment then share it, instead of each building one and the last overwriting (and
+        leaking, unclosed) the others'.
+        """
         key = (integration.account_id, integration.version)
         sender = self._senders.get(key)
         if sender is None:
             sender = self._build(integration)
             if sender is None:
                 return None
-            for old in [k for k in self._senders if k[0] == integration.account_id]:
-                await self._senders.pop(old).aclose()
+            stale = [k for k in self._senders if k[0] == integration.account_id]
+            replaced = [self._senders.pop(k) for k in stale]
             self._senders[key] = sender
+            for old in replaced:
+                await old.aclose()
         return sender
 
     def _build(self, integration: QueueIntegration) -> QueueSender | None:
