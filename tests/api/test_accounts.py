@@ -183,6 +183,15 @@ async def test_patch_bumps_version_and_checks_if_match(
     assert response.json()["owner"] is None
     assert response.json()["version"] == 4
 
+    # Nothing changed: same version, same ETag. A null name is refused.
+    for unchanged in ({}, {"name": "Acme Inc"}, {"owner": None}):
+        response = await client.patch("/v1/accounts/acme", headers=admin, json=unchanged)
+        assert response.status_code == 200, response.text
+        assert (response.json()["version"], response.headers["etag"]) == (4, '"4"'), unchanged
+    response = await client.patch("/v1/accounts/acme", headers=admin, json={"name": None})
+    assert (response.status_code, response.json()["field"]) == (422, "name")
+    assert (await client.get("/v1/accounts/acme", headers=admin)).json()["name"] == "Acme Inc"
+
 
 async def test_patch_unknown_account_is_404(
     client: httpx.AsyncClient, admin: dict[str, str]

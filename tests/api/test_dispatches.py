@@ -549,6 +549,10 @@ async def test_patch_dispatch_honours_if_match_and_is_audited(
     )
     assert update["before"]["token_validity"] == "P10D"
     assert update["after"]["token_validity"] == "P20D"
+    for unchanged in ({}, {"token_validity": "P20D"}, {"policy_id": policy["id"]}):
+        response = await client.patch(url, headers=acme, json=unchanged)
+        assert response.status_code == 200, response.text
+        assert (response.json()["version"], response.headers["ETag"]) == (2, '"2"'), unchanged
 
 
 async def _concurrently(

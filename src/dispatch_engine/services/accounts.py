@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dispatch_engine.errors import Conflict
+from dispatch_engine.errors import Conflict, ValidationFailed
 from dispatch_engine.models import Account
 from dispatch_engine.schemas.accounts import AccountCreate, AccountOut
 from dispatch_engine.services.policies import get_account, new_sandbox_policy
@@ -64,14 +64,20 @@ async def create_account(session: AsyncSession, body: AccountCreate, now: dateti
 async def patch_account(
     session: AsyncSession, account_id: str, patch: dict[str, Any], now: datetime
 ) -> Account:
+    """Apply the fields given; the version (ETag) moves only when something changed."""
     account = await get_account(session, account_id)
+    if "name" in patch and patch["name"] is None:
+        raise ValidationFailed("name", "an account always has a name; give the new one")
+    changed = False
     for field in ("name", "owner", "admins", "decision_maker"):
         if field in patch:
-            if field == "name" and patch[field] is None:
-                continue
-            setattr(account, field, patch[field] if field != "admins" else patch[field] or [])
-    account.version += 1
-    account.updated_at = now
+            value = patch[field] if field != "admins" else patch[field] or []
+            if getattr(account, field) != value:
+                setattr(account, field, value)
+                changed = True
+    if changed:
+        account.version += 1
+        account.updated_at = now
     return account
 
 

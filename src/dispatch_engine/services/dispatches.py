@@ -165,7 +165,13 @@ async def patch_dispatch(
     session: AsyncSession, dispatch: Dispatch, patch: dict[str, Any], now: datetime
 ) -> list[LineupMessage]:
     """Move to another policy, change validity or templates. An active dispatch must stay
-    runnable after the change; a paused one may be completed step by step."""
+    runnable after the change; a paused one may be completed step by step. The version
+    (ETag) moves only when something changed."""
+    original = (
+        dispatch.policy_id,
+        dispatch.token_validity_seconds,
+        dict(dispatch.message_templates),
+    )
     if patch.get("policy_id") is not None:
         dispatch.policy_id = (
             await _usable_policy(session, dispatch.account_id, patch["policy_id"])
@@ -196,8 +202,13 @@ async def patch_dispatch(
         error = _validity_error(dispatch.token_validity_seconds, lineup)
         if error:
             raise error
-    dispatch.version += 1
-    dispatch.updated_at = now
+    if original != (
+        dispatch.policy_id,
+        dispatch.token_validity_seconds,
+        dispatch.message_templates,
+    ):
+        dispatch.version += 1
+        dispatch.updated_at = now
     if (
         patch.get("token_validity") is not None
         and dispatch.status == "paused"
