@@ -636,7 +636,7 @@ async def test_token_expiry_ends_waiting_messages(
     await tick(worker)
     await worker.maintain()
     assert outcomes(await api.invite(running, "ann"))[1] == ("deferred", "deferred_business_hours")
-    assert outcomes(await api.invite(paused, "bob")) == [("held", "paused_dispatch")]
+    assert outcomes(await api.invite(paused, "bob")) == [("held", "paused")]
 
     clock.set(z(2026, 3, 7, 10, 59))
     await worker.maintain()
@@ -822,7 +822,7 @@ async def test_stats_count_invites_messages_and_reasons(
     invites = {ext: await api.invite(dispatch, ext) for ext in ("ann", "ann-again", "bob", "dan")}
     assert outcomes(invites["ann"]) == [("sent", None), ("suppressed", "responded")]
     assert outcomes(invites["ann-again"]) == [("suppressed", "fatigue_pending_token")]
-    assert outcomes(invites["bob"]) == [("suppressed", "unsubscribed"), ("held", "paused_channel")]
+    assert outcomes(invites["bob"]) == [("suppressed", "unsubscribed"), ("held", "paused")]
     assert outcomes(invites["dan"]) == [("deferred", "deferred_business_hours")]
 
     stats = await api.stats(dispatch)
@@ -838,7 +838,7 @@ async def test_stats_count_invites_messages_and_reasons(
     assert stats["reasons"] == {
         "suppressed": {"responded": 1, "fatigue_pending_token": 1, "unsubscribed": 1},
         "deferred": {"deferred_business_hours": 1},
-        "held": {"paused_channel": 1},
+        "held": {"paused": 1},
     }
     # The counts agree with the invites one by one.
     by_state = Counter(m["state"] for inv in invites.values() for m in inv["messages"])
@@ -851,7 +851,7 @@ async def test_stats_count_invites_messages_and_reasons(
         "dispatch": paused["id"],
         "invites": {"active": 1, "total": 1},
         "messages": {"held": 1, "total": 1},
-        "reasons": {"held": {"paused_dispatch": 1}},
+        "reasons": {"held": {"paused": 1}},
     }
     missing = await api.client.get(f"{api.base}/dispatches/dsp_nope/stats", headers=api.headers)
     is_problem(missing, 404)
@@ -1099,7 +1099,7 @@ async def test_editing_a_delay_retimes_held_messages_too(
     await api.control(f"dispatches/{dispatch['id']}/pause")
     clock.set(z(2026, 3, 4, 10))  # Wednesday: step 2 comes due and is held
     await tick(worker)
-    assert outcomes(await api.invite(dispatch, "ann"))[1] == ("held", "paused_dispatch")
+    assert outcomes(await api.invite(dispatch, "ann"))[1] == ("held", "paused")
     clock.set(z(2026, 3, 4, 11))
     await api.patch_step(policy["id"], policy["lineup"][1]["id"], {"delay": "P3D"})
     await api.control(f"dispatches/{dispatch['id']}/resume")
@@ -1186,11 +1186,11 @@ async def test_pause_holds_due_messages_and_resume_applies_the_rules_of_that_tim
             assert (held["state"], held["rule"], held["reason"]) == (
                 "held",
                 "paused",
-                f"paused_{scope}",
+                "paused",
             )
     assert recipients(sent_to_control) == sorted([CAT["email"], CAT["mobile"]])
     ann = await api.invite(long, "ann")
-    assert outcomes(ann) == [("held", f"paused_{scope}")]
+    assert outcomes(ann) == [("held", "paused")]
     bob = await api.invite(short, "bob")
     assert (bob["state"], outcomes(bob)) == ("expired", [("suppressed", "token_expired")])
 
@@ -1270,8 +1270,8 @@ async def test_channel_pause_holds_only_sms(
         if hour == 11:
             assert recipients(bodies) == ["cat@example.com"]
     for ext in ("ann", "bob"):
-        assert outcomes(await api.invite(dispatch, ext))[1] == ("held", "paused_channel")
-    assert outcomes(await globex.invite(other, "dan"))[1] == ("held", "paused_channel")
+        assert outcomes(await api.invite(dispatch, ext))[1] == ("held", "paused")
+    assert outcomes(await globex.invite(other, "dan"))[1] == ("held", "paused")
 
     clock.set(z(2026, 3, 2, 16))
     response = await api.client.delete(f"/v1/admin/pauses/{pause_id}", headers=operator)

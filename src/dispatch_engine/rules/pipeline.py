@@ -55,8 +55,9 @@ class MessageFacts:
 
 
 def paused(f: MessageFacts) -> Decision | None:
-    """Dispatch, policy, account or channel paused: hold the message."""
-    return Hold("paused", f"paused_{f.paused_by}") if f.paused_by else None
+    """Dispatch, policy, account or channel paused: hold the message (reason `paused`, the
+    spec's word, whichever of them holds it)."""
+    return Hold("paused", "paused") if f.paused_by else None
 
 
 def responded(f: MessageFacts) -> Decision | None:
