@@ -69,17 +69,6 @@ class Conflict(DomainError):
         )
 
 
-class PreconditionRequired(DomainError):
-    def __init__(self) -> None:
-        super().__init__(
-            detail="this change needs an If-Match header with the current ETag",
-            errors=[FieldError("If-Match", "header is required")],
-            status=428,
-            slug="precondition-required",
-            title="Precondition required",
-        )
-
-
 class PreconditionFailed(DomainError):
     def __init__(self, current_version: int) -> None:
         super().__init__(

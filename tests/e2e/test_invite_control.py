@@ -873,12 +873,12 @@ async def test_editing_a_delay_retimes_pending_messages_at_once(
     assert utc((await api.invite(dispatch, "ann"))["messages"][1]["due_at"]) == z(2026, 3, 4, 10)
 
     clock.set(z(2026, 3, 2, 12))
-    missing_etag = await api.client.patch(
+    stale = await api.client.patch(
         f"{api.base}/policies/{policy['id']}/lineup/{step2}",
-        headers=api.headers,
+        headers={**api.headers, "If-Match": '"99"'},
         json={"delay": new_delay},
     )
-    is_problem(missing_etag, 428)
+    is_problem(stale, 412)
     edited = await api.patch_step(policy["id"], step2, {"delay": new_delay})
     assert edited["lineup"][1]["delay"] == new_delay
     new_due = MONDAY_10 + timedelta(days=days)

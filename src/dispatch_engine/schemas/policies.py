@@ -95,6 +95,12 @@ class LineupInsert(LineupMessageIn):
 class LineupPatch(StrictModel):
     channel: Channel | None = None
     delay: Duration | None = None
+    version: int | None = Field(
+        default=None,
+        ge=1,
+        description="The version you read (as If-Match does): refused with 412 when the "
+        "policy changed since. Leave it out to edit whatever is current.",
+    )
 
 
 class PolicyCreate(StrictModel):
@@ -112,6 +118,12 @@ class PolicyPatch(StrictModel):
     fatigue: dict[str, object] | None = None
     business_rules: dict[str, object] | None = None
     dnd_webhooks: dict[str, object] | None = None
+    version: int | None = Field(
+        default=None,
+        ge=1,
+        description="The version you read (as If-Match does): refused with 412 when the "
+        "policy changed since. Leave it out to edit whatever is current.",
+    )
 
 
 class LineupMessageOut(BaseModel):

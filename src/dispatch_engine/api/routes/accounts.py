@@ -79,7 +79,7 @@ async def patch_account(
     """Edit name and contacts. If-Match is checked when sent."""
     async with session.begin():
         account = await load_account(session, account_id, lock=True)
-        check_if_match(if_match, account.version, required=False)
+        check_if_match(if_match, account.version)
         before = service.account_snapshot(account)
         patch = body.model_dump(exclude_unset=True)
         account = await service.patch_account(session, account_id, patch, actor.now())

@@ -88,7 +88,7 @@ async def patch_dispatch(
     """Move to another policy, change validity, add or remove templates (If-Match optional)."""
     async with session.begin():
         dispatch = await service.get_dispatch(session, account_id, dispatch_id, lock=True)
-        check_if_match(if_match, dispatch.version, required=False)
+        check_if_match(if_match, dispatch.version)
         before = service.dispatch_snapshot(dispatch, await live_lineup(session, dispatch.policy_id))
         lineup = await service.patch_dispatch(
             session, dispatch, body.model_dump(exclude_unset=True), actor.now()

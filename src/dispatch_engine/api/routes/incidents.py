@@ -130,7 +130,7 @@ async def patch_incident(
     checked when sent."""
     async with session.begin():
         incident = await service.get_incident(session, incident_id, lock=True)
-        check_if_match(if_match, incident.version, required=False)
+        check_if_match(if_match, incident.version)
         before = await _snapshot(session, incident, actor)
         await service.patch_incident(session, incident, body, actor.now())
         out = await service.incident_out(session, incident, actor.now())

@@ -25,7 +25,7 @@ from dispatch_engine.schemas.policies import (
     PolicyPatch,
 )
 from dispatch_engine.services import policies as service
-from dispatch_engine.services.etags import check_if_match, etag
+from dispatch_engine.services.etags import check_if_match, check_version, etag
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/policies", tags=["policies"])
 IfMatch = Header(default=None, description='The policy\'s current ETag, e.g. "3".')
@@ -107,15 +107,17 @@ async def patch_policy(
     response: Response,
     if_match: str | None = IfMatch,
 ) -> PolicyOut:
-    """Rename; edit fatigue, business rules or DND webhooks (merge). Needs If-Match."""
+    """Rename; edit fatigue, business rules or DND webhooks (merge). If-Match or a
+    `version` field makes it conditional (412 when stale)."""
     async with session.begin():
         policy = await service.get_policy(session, account_id, policy_id, lock=True)
-        check_if_match(if_match, policy.version, required=True)
+        check_if_match(if_match, policy.version)
+        check_version(body.version, policy.version)
         before = await _snapshot(session, policy)
         await service.patch_policy(
             session,
             policy,
-            body.model_dump(exclude_unset=True),
+            body.model_dump(exclude_unset=True, exclude={"version"}),
             actor.context.url_policy,
             actor.now(),
         )
@@ -135,7 +137,7 @@ async def delete_policy(
     """Delete (cannot be undone). Its dispatches pause (`policy_deleted`) until moved."""
     async with session.begin():
         policy = await service.get_policy(session, account_id, policy_id, lock=True)
-        check_if_match(if_match, policy.version, required=True)
+        check_if_match(if_match, policy.version)
         before = await _snapshot(session, policy)
         paused = await service.delete_policy(session, policy, actor.now())
         actor.audit(
@@ -240,7 +242,7 @@ async def insert_lineup_message(
     (`lineup_changed`) until it has a template for it; `paused_dispatches` lists them."""
     async with session.begin():
         policy = await service.get_policy(session, account_id, policy_id, lock=True)
-        check_if_match(if_match, policy.version, required=False)
+        check_if_match(if_match, policy.version)
         before = await _snapshot(session, policy)
         message, paused = await service.insert_lineup_message(
             session, policy, body.channel, parse_duration(body.delay), body.position, actor.now()
@@ -265,11 +267,13 @@ async def edit_lineup_message(
     response: Response,
     if_match: str | None = IfMatch,
 ) -> PolicyOut:
-    """Edit channel or delay; takes effect at once for messages not yet sent. Needs If-Match."""
+    """Edit channel or delay; takes effect at once for messages not yet sent. If-Match or
+    a `version` field makes it conditional."""
     async with session.begin():
         policy = await service.get_policy(session, account_id, policy_id, lock=True)
         message = await service.get_lineup_message(session, policy, message_id)
-        check_if_match(if_match, policy.version, required=True)
+        check_if_match(if_match, policy.version)
+        check_version(body.version, policy.version)
         before = await _snapshot(session, policy)
         delay = parse_duration(body.delay) if body.delay is not None else None
         paused = await service.edit_lineup_message(
@@ -291,11 +295,12 @@ async def delete_lineup_message(
     response: Response,
     if_match: str | None = IfMatch,
 ) -> PolicyOut:
-    """Delete a step (cannot be undone): invites skip it and move on. Needs If-Match."""
+    """Delete a step (cannot be undone): invites skip it and move on. If-Match makes it
+    conditional."""
     async with session.begin():
         policy = await service.get_policy(session, account_id, policy_id, lock=True)
         message = await service.get_lineup_message(session, policy, message_id)
-        check_if_match(if_match, policy.version, required=True)
+        check_if_match(if_match, policy.version)
         before = await _snapshot(session, policy)
         await service.delete_lineup_message(session, policy, message, actor.now())
         await _audit(actor, session, "policy.lineup.delete", policy, before)
