@@ -1116,7 +1116,9 @@ async def test_editing_a_delay_retimes_held_messages_too(
 # --- R-POL-8, R-DSP-1, R-INC-7: pauses -----------------------------------------------------
 
 
-@pytest.mark.parametrize("scope", ["dispatch", "policy", "account"])
+@pytest.mark.parametrize(
+    "scope", ["dispatch", "policy", "account", "admin:dispatch", "admin:policy"]
+)
 async def test_pause_holds_due_messages_and_resume_applies_the_rules_of_that_time(
     api: Api,
     globex: Api,
@@ -1132,17 +1134,33 @@ async def test_pause_holds_due_messages_and_resume_applies_the_rules_of_that_tim
     short = await api.dispatch(policy, "q2", "P1D")  # its tokens expire during the pause
     # Something the pause must not touch.
     control_api = globex if scope == "account" else api
-    if scope == "dispatch":
+    if scope in ("dispatch", "admin:dispatch"):
         control_policy = policy
     else:
         control_policy = await control_api.policy("Control", lineup, business_rules=OFFICE_UTC)
     control = await control_api.dispatch(control_policy, "q3")
 
+    admin_pauses: list[str] = []  # operator pause records (admin:… scopes)
     if scope == "dispatch":
         await api.control(f"dispatches/{long['id']}/pause", operator)
         await api.control(f"dispatches/{short['id']}/pause", operator)
     elif scope == "policy":
         await api.control(f"policies/{policy['id']}/pause", operator)
+    elif scope.startswith("admin:"):
+        kind = scope.removeprefix("admin:")
+        targets = [long["id"], short["id"]] if kind == "dispatch" else [policy["id"]]
+        for target in targets:
+            response = await api.client.post(
+                "/v1/admin/pauses", headers=operator, json={"scope": kind, "target": target}
+            )
+            assert response.status_code == 201, response.text
+            admin_pauses.append(response.json()["id"])
+        unknown = await api.client.post(
+            "/v1/admin/pauses", headers=operator, json={"scope": kind, "target": "nope"}
+        )
+        is_problem(unknown, 404)
+        listed = await api.client.get("/v1/admin/pauses", headers=operator, params={"scope": kind})
+        assert [p["id"] for p in listed.json()] == admin_pauses
     else:
         incident = await report_incident(api.client, operator)
         response = await api.client.post(
@@ -1202,8 +1220,9 @@ async def test_pause_holds_due_messages_and_resume_applies_the_rules_of_that_tim
     elif scope == "policy":
         await api.control(f"policies/{policy['id']}/resume", operator)
     else:
-        response = await api.client.delete(f"/v1/admin/pauses/{pause_id}", headers=operator)
-        assert response.status_code == 204, response.text
+        for lifted in admin_pauses or [pause_id]:
+            response = await api.client.delete(f"/v1/admin/pauses/{lifted}", headers=operator)
+            assert response.status_code == 204, response.text
     await tick(worker)
     await worker.maintain()
     assert await api.pull() == []

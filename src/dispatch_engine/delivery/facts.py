@@ -79,10 +79,15 @@ def current_step(facts: BatchFacts, message: Message) -> LineupMessage | None:
 
 def paused_by(facts: BatchFacts, message: Message) -> str | None:
     dispatch = facts.dispatches.get(message.dispatch_id)
-    if dispatch is None or dispatch.status != "active":
+    if dispatch is None or dispatch.status != "active" or dispatch.id in facts.paused_dispatches:
         return "dispatch"
     policy = facts.policies.get(dispatch.policy_id)
-    if policy is None or policy.status != "active" or policy.deleted_at is not None:
+    if (
+        policy is None
+        or policy.status != "active"
+        or policy.deleted_at is not None
+        or policy.id in facts.paused_policies
+    ):
         return "policy"
     if message.account_id in facts.paused_accounts:
         return "account"

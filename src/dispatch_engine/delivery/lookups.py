@@ -37,6 +37,8 @@ class BatchFacts:
     live_lineups: dict[str, list[LineupMessage]]  # policy id → live steps in order
     paused_accounts: set[str]
     paused_channels: set[str]
+    paused_dispatches: set[str]  # by an operator pause (a dispatch's own status is separate)
+    paused_policies: set[str]
     unsubscribed: set[tuple[str, str, str]] = field(default_factory=set)
     lock_holders: dict[str, Invite] = field(default_factory=dict)
     ledger: dict[str, list[FatigueLedger]] = field(default_factory=dict)
@@ -114,6 +116,8 @@ async def load_batch_facts(session: AsyncSession, ids: Sequence[str]) -> BatchFa
     ).all()
     paused_accounts = {t for s, t in pauses if s == "account" and t in account_ids}
     paused_channels = {t for s, t in pauses if s == "channel"}
+    paused_dispatches = {t for s, t in pauses if s == "dispatch" and t in dispatches}
+    paused_policies = {t for s, t in pauses if s == "policy" and t in policies}
     return BatchFacts(
         messages=messages,
         invites=invites,
@@ -123,6 +127,8 @@ async def load_batch_facts(session: AsyncSession, ids: Sequence[str]) -> BatchFa
         live_lineups=dict(live),
         paused_accounts=paused_accounts,
         paused_channels=paused_channels,
+        paused_dispatches=paused_dispatches,
+        paused_policies=paused_policies,
     )
 
 

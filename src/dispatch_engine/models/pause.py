@@ -1,4 +1,4 @@
-"""Operator pauses above the dispatch level: a whole account, or a channel for everyone."""
+"""Operator pauses: a dispatch, a policy, a whole account, or a channel for everyone."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ class OperatorPause(Base):
     __tablename__ = "operator_pauses"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    scope: Mapped[str] = mapped_column(String(16))  # "account" | "channel"
-    target: Mapped[str] = mapped_column(String(64))  # account id, or "email" / "sms"
+    scope: Mapped[str] = mapped_column(String(16))  # "dispatch" | "policy" | "account" | "channel"
+    target: Mapped[str] = mapped_column(String(64))  # its id, or "email" / "sms"
     incident: Mapped[str | None] = mapped_column(String(64), default=None)
     reason: Mapped[str | None] = mapped_column(String(200), default=None)
     created_at: Mapped[datetime]

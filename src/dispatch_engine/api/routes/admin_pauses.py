@@ -1,4 +1,6 @@
-"""`/v1/admin/pauses`: operators hold a whole account, or a channel for every account."""
+"""`/v1/admin/pauses`: operators hold a dispatch, a policy, a whole account, or a channel
+for every account. Each is a record of its own (with its incident reference), lifted by
+DELETE; a dispatch's or policy's own pause/resume endpoints are the other way in."""
 
 from __future__ import annotations
 
@@ -8,12 +10,12 @@ from typing import Literal
 from fastapi import APIRouter, Query, Response, status
 from pydantic import BaseModel, Field, model_validator
 from pydantic_core import PydanticCustomError
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 
 from dispatch_engine.api.deps import OperatorActor, SessionDep
 from dispatch_engine.errors import Conflict, NotFound
 from dispatch_engine.incidents.service import check_incident_reference
-from dispatch_engine.models import Message, OperatorPause, new_id
+from dispatch_engine.models import Dispatch, Message, OperatorPause, Policy, new_id
 from dispatch_engine.schemas.common import StrictModel
 from dispatch_engine.services import retiming
 from dispatch_engine.services.policies import get_account
@@ -21,11 +23,14 @@ from dispatch_engine.services.policies import get_account
 router = APIRouter(prefix="/v1/admin/pauses", tags=["admin"])
 
 
-class PauseIn(StrictModel):
-    """Dispatches and policies pause through their own `…/pause` endpoints."""
+Scope = Literal["dispatch", "policy", "account", "channel"]
 
-    scope: Literal["account", "channel"]
-    target: str = Field(min_length=1, max_length=64, description="Account id, or email / sms")
+
+class PauseIn(StrictModel):
+    scope: Scope
+    target: str = Field(
+        min_length=1, max_length=64, description="Dispatch, policy or account id; or email / sms"
+    )
     incident: str | None = Field(default=None, max_length=64)
     reason: str | None = Field(default=None, max_length=200)
 
@@ -58,8 +63,7 @@ def _out(pause: OperatorPause) -> PauseOut:
 async def create_pause(body: PauseIn, actor: OperatorActor, session: SessionDep) -> PauseOut:
     """Hold every message in scope at once (state `held`); nothing is lost or sent."""
     async with session.begin():
-        if body.scope == "account":
-            await get_account(session, body.target)
+        account_id = await _account_of_target(session, body.scope, body.target)
         await check_incident_reference(session, body.incident)
         active = (
             await session.execute(
@@ -93,7 +97,7 @@ async def create_pause(body: PauseIn, actor: OperatorActor, session: SessionDep)
             "pause.create",
             "pause",
             pause.id,
-            account_id=body.target if body.scope == "account" else None,
+            account_id=account_id,
             incident=body.incident,
             after=out.model_dump(mode="json"),
         )
@@ -105,7 +109,7 @@ async def list_pauses(
     actor: OperatorActor,
     session: SessionDep,
     include_lifted: bool = Query(default=False),
-    scope: Literal["account", "channel"] | None = Query(default=None),
+    scope: Scope | None = Query(default=None),
     target: str | None = Query(default=None, max_length=64),
     incident: str | None = Query(default=None, max_length=64),
 ) -> list[PauseOut]:
@@ -134,21 +138,57 @@ async def lift_pause(pause_id: str, actor: OperatorActor, session: SessionDep) -
             before = _out(pause).model_dump(mode="json")
             pause.lifted_at = actor.now()
             pause.lifted_by = actor.principal.key_id
-            condition = (
-                Message.account_id == pause.target
-                if pause.scope == "account"
-                else Message.channel == pause.target
-            )
             await session.flush()
-            await retiming.release_held(session, actor.now(), condition)
+            await retiming.release_held(session, actor.now(), _held_by(pause))
             actor.audit(
                 session,
                 "pause.lift",
                 "pause",
                 pause.id,
-                account_id=pause.target if pause.scope == "account" else None,
+                account_id=await _lifted_account(session, pause),
                 incident=pause.incident,
                 before=before,
                 after=_out(pause).model_dump(mode="json"),
             )
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+async def _account_of_target(session: SessionDep, scope: str, target: str) -> str | None:
+    """The account a new pause belongs to (None for a channel); 404 for an unknown target."""
+    if scope == "channel":
+        return None
+    if scope == "account":
+        return (await get_account(session, target)).id
+    found = await _target_row(session, scope, target)
+    if found is None or (isinstance(found, Policy) and found.deleted_at is not None):
+        raise NotFound(f"{scope} '{target}'")
+    return found.account_id
+
+
+async def _target_row(session: SessionDep, scope: str, target: str) -> Dispatch | Policy | None:
+    if scope == "dispatch":
+        return await session.get(Dispatch, target)
+    if scope == "policy":
+        return await session.get(Policy, target)
+    return None
+
+
+def _held_by(pause: OperatorPause) -> ColumnElement[bool]:
+    """The messages this pause may be holding, to be decided again once it is lifted."""
+    if pause.scope == "account":
+        return Message.account_id == pause.target
+    if pause.scope == "dispatch":
+        return Message.dispatch_id == pause.target
+    if pause.scope == "policy":
+        return Message.dispatch_id.in_(
+            select(Dispatch.id).where(Dispatch.policy_id == pause.target)
+        )
+    return Message.channel == pause.target
+
+
+async def _lifted_account(session: SessionDep, pause: OperatorPause) -> str | None:
+    """The account a lifted pause belonged to (its target may have been deleted since)."""
+    if pause.scope == "account":
+        return pause.target
+    row = await _target_row(session, pause.scope, pause.target)
+    return row.account_id if row is not None else None
