@@ -204,7 +204,7 @@ class ServiceCredit(StrictModel):
 class PostmortemIn(StrictModel):
     findings: LongText
     improvement_actions: list[LongText] = Field(min_length=1, max_length=200)
-    link: Link
+    link: Link | None = Field(default=None, description="Optional: the full write-up.")
     service_credits: list[ServiceCredit] = Field(default_factory=list, max_length=10_000)
 
 
@@ -212,7 +212,7 @@ class PostmortemOut(BaseModel):
     incident: str
     findings: str
     improvement_actions: list[str]
-    link: str
+    link: str | None
     service_credits: list[dict[str, Any]]
     time_to_resolution_seconds: int
     time_to_resolution: str = Field(description="ISO 8601 duration, start to resolved.")

@@ -177,7 +177,7 @@ class IncidentPostmortem(Base):
     )
     findings: Mapped[str] = mapped_column(Text)
     improvement_actions: Mapped[list[Any]] = mapped_column(default=list)
-    link: Mapped[str] = mapped_column(String(2048))
+    link: Mapped[str | None] = mapped_column(String(2048), default=None)
     service_credits: Mapped[list[Any]] = mapped_column(default=list)
     recorded_at: Mapped[datetime]
     recorded_by: Mapped[str | None] = mapped_column(String(32), default=None)
