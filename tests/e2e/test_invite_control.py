@@ -1329,6 +1329,26 @@ async def test_released_messages_are_not_reported_delayed(
     assert recipients(await api.pull()) == ["ann@example.com"]
 
 
+async def test_a_deferred_message_nobody_decides_once_its_window_opens_is_delayed(
+    api: Api, worker: Worker, clock: FrozenClock
+) -> None:
+    clock.set(SATURDAY_10)
+    policy = await api.policy("Weekdays", business_rules=hours("08:00", "17:00"))
+    dispatch = await api.dispatch(policy)
+    await api.post(dispatch, contact(ANN, "ann"))
+    await tick(worker)
+    assert outcomes(await api.invite(dispatch, "ann")) == [("deferred", "deferred_business_hours")]
+    clock.set(z(2026, 3, 9, 8, 14))  # Monday: the window opened 14 minutes ago, no worker ran
+    await worker.maintain()
+    assert outcomes(await api.invite(dispatch, "ann"))[0][0] == "deferred"
+    clock.set(z(2026, 3, 9, 8, 16))  # past DISPATCH_DELAYED_AFTER_SECONDS (15 minutes)
+    await worker.maintain()
+    assert outcomes(await api.invite(dispatch, "ann")) == [("delayed", "not_decided_in_time")]
+    await tick(worker)
+    assert recipients(await api.pull()) == ["ann@example.com"]
+    assert outcomes(await api.invite(dispatch, "ann")) == [("sent", None)]
+
+
 def latency(suffix: str) -> float:
     return REGISTRY.get_sample_value(f"dispatch_pipeline_latency_seconds_{suffix}") or 0.0
 

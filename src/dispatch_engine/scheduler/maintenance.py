@@ -51,14 +51,15 @@ async def expire_tokens(session: AsyncSession, now: datetime) -> int:
 async def mark_delayed(session: AsyncSession, now: datetime, after: timedelta) -> int:
     """R-Q-2: a message stuck past its due time — not by a rule or a pause — is `delayed`.
 
-    Two ways to be stuck: never claimed (no worker, a backlog), or passed by the rules but
-    its queue push not yet acknowledged. The claim loop and the relay turn a delayed message
-    back into `sent` (or `failed`) when they get to it.
+    Two ways to be stuck: never claimed (no worker, a backlog) — whether it was pending or
+    deferred to a window or a DND retry that has come — or passed by the rules but its queue
+    push not yet acknowledged. The claim loop and the relay turn a delayed message back into
+    `sent` (or `failed`, or deferred again) when they get to it.
     """
     cutoff = now - after
     unclaimed = await session.execute(
         update(Message)
-        .where(Message.state == "pending", Message.not_before <= cutoff)
+        .where(Message.state.in_(("pending", "deferred")), Message.not_before <= cutoff)
         .values(state="delayed", rule="queue", reason=UNDECIDED_DELAY)
         .execution_options(synchronize_session=False)
     )
