@@ -1102,17 +1102,3 @@ async def test_an_overlong_idempotency_key_is_named_as_the_client_sent_it(
         headers={"Idempotency-Key": "k" * 201},
     )
     assert assert_problem(response, 422, "validation-error")["field"] == "Idempotency-Key"
-
-
-async def test_a_file_without_an_address_column_for_the_lineup_is_refused_whole(
-    client: httpx.AsyncClient, acme: dict[str, str], context: AppContext
-) -> None:
-    _, dispatch = await make_dispatch(client, acme)
-    response = await post_csv(client, acme, dispatch["id"], "first_name,city\nAnn,Paris\n")
-    problem = assert_problem(response, 422, "contact-file-unreadable")
-    assert "no email or mobile column" in problem["reason"]
-    assert problem["counts"] == counts(0, 0)
-    assert await count_rows(context, Invite, dispatch["id"]) == 0
-    # A mobile column alone is enough for a lineup that also sends SMS.
-    response = await post_csv(client, acme, dispatch["id"], "mobile\n+33612345678\n")
-    assert response.status_code == 202, response.text

@@ -88,22 +88,6 @@ async def _json_rows(body: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, dic
             yield index, contact
 
 
-async def _needing_address_columns(
-    rows: AsyncIterator[tuple[int, dict[str, str]]], target: IngestTarget
-) -> AsyncIterator[tuple[int, dict[str, str]]]:
-    """Refuse a file whose header has no address column for the lineup's channels (every
-    row would be rejected for it): one clear answer instead of a rejection per row."""
-    checked = False
-    async for number, row in rows:
-        if not checked:
-            checked = True
-            wanted = {"mobile" if step.channel == "sms" else "email" for step in target.lineup}
-            if wanted and not wanted & row.keys():
-                names = " or ".join(sorted(wanted))
-                raise CsvFormatError(f"the header has no {names} column for the lineup", 1)
-        yield number, row
-
-
 def _counts(batch: ContactBatch) -> dict[str, int]:
     return {
         "rows": batch.rows_total,
@@ -236,11 +220,7 @@ async def _ingest(
             account_id=account_id,
             after={"dispatch": dispatch_id, "content_type": media},
         )
-    rows = (
-        _needing_address_columns(iter_csv_rows(aiter(body)), target)
-        if media == "text/csv"
-        else _json_rows(aiter(body))
-    )
+    rows = iter_csv_rows(aiter(body)) if media == "text/csv" else _json_rows(aiter(body))
     outcome, error = "completed", None  # error: what the batch keeps
     field, reason = "body", ""  # what the 422 names
     try:
