@@ -1102,3 +1102,17 @@ async def test_an_overlong_idempotency_key_is_named_as_the_client_sent_it(
         headers={"Idempotency-Key": "k" * 201},
     )
     assert assert_problem(response, 422, "validation-error")["field"] == "Idempotency-Key"
+
+
+async def test_a_file_without_an_address_column_rejects_its_rows_not_the_file(
+    client: httpx.AsyncClient, acme: dict[str, str], context: AppContext
+) -> None:
+    _, dispatch = await make_dispatch(client, acme)
+    response = await post_csv(
+        client, acme, dispatch["id"], "first_name,city\nAnn,Paris\nBob,Rome\n"
+    )
+    assert response.status_code == 202, response.text  # R-INV-1: "without rejecting the file"
+    body = response.json()
+    assert body["counts"] == counts(2, 0, rejected=2)
+    assert [r["row"] for r in body["rejected_rows"]] == [2, 3]
+    assert await count_rows(context, Invite, dispatch["id"]) == 0
