@@ -154,8 +154,7 @@ def queue_tail(
     from dispatch_engine.models import LocalQueueMessage
     from dispatch_engine.services.integrations import require_local_queue
 
-    settings = _settings()
-    _migrate(settings)
+    settings = _migrated_settings()
 
     async def _tail() -> None:
         context = build_context(settings)

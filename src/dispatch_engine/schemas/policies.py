@@ -92,15 +92,20 @@ class LineupInsert(LineupMessageIn):
     )
 
 
-class LineupPatch(StrictModel):
-    channel: Channel | None = None
-    delay: Duration | None = None
+class PolicyEdit(StrictModel):
+    """An edit of a policy or its lineup: optionally conditional on the version read."""
+
     version: int | None = Field(
         default=None,
         ge=1,
         description="The version you read (as If-Match does): refused with 412 when the "
         "policy changed since. Leave it out to edit whatever is current.",
     )
+
+
+class LineupPatch(PolicyEdit):
+    channel: Channel | None = None
+    delay: Duration | None = None
 
 
 class PolicyCreate(StrictModel):
@@ -111,19 +116,13 @@ class PolicyCreate(StrictModel):
     dnd_webhooks: DndWebhooks = Field(default_factory=DndWebhooks)
 
 
-class PolicyPatch(StrictModel):
+class PolicyPatch(PolicyEdit):
     """Fields given are changed; nested objects merge with what is stored."""
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     fatigue: dict[str, object] | None = None
     business_rules: dict[str, object] | None = None
     dnd_webhooks: dict[str, object] | None = None
-    version: int | None = Field(
-        default=None,
-        ge=1,
-        description="The version you read (as If-Match does): refused with 412 when the "
-        "policy changed since. Leave it out to edit whatever is current.",
-    )
 
 
 class LineupMessageOut(BaseModel):
