@@ -103,6 +103,23 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def postgres_cpu_seconds() -> float | None:
+    """CPU seconds used so far by every local `postgres` process (backends, WAL writer,
+    checkpointer), read from /proc; None when PostgreSQL is not on this machine."""
+    ticks, found = 0, False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)
+            if not fields[0].endswith("(postgres"):
+                continue
+            rest = fields[1].split()
+        except OSError:
+            continue
+        ticks += int(rest[11]) + int(rest[12])  # utime + stime
+        found = True
+    return ticks / os.sysconf("SC_CLK_TCK") if found else None
+
+
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):

@@ -30,7 +30,15 @@ from typing import Any
 import asyncpg
 import uvicorn
 
-from bench.common import ALL_WEEK, KEYS, create_database, drop_database, free_port, raw_dsn
+from bench.common import (
+    ALL_WEEK,
+    KEYS,
+    create_database,
+    drop_database,
+    free_port,
+    postgres_cpu_seconds,
+    raw_dsn,
+)
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import build_context
 from dispatch_engine.db.bulk import insert_rows
@@ -203,7 +211,15 @@ async def seed(context: Any, rows: int, dnd_url: str | None) -> None:
             await insert_rows(session, table_of(FatigueLedger), ledger)
 
 
-async def ceiling_pg(url: str, batch: int) -> tuple[int, float]:
+def _per_message_us(db_cpu_started: float | None, count: int) -> str:
+    """PostgreSQL's CPU per message since `db_cpu_started`, when it runs on this machine."""
+    now = postgres_cpu_seconds()
+    if db_cpu_started is None or now is None:
+        return ""
+    return f", PostgreSQL CPU {(now - db_cpu_started) / max(1, count) * 1e6:,.0f} µs/message"
+
+
+async def ceiling_pg(url: str, batch: int) -> tuple[int, float, str]:
     """The same rows claimed and written by hand-written SQL (no rules, no Python per row)."""
     connection = await asyncpg.connect(raw_dsn(url))
     try:
@@ -215,7 +231,7 @@ async def ceiling_pg(url: str, batch: int) -> tuple[int, float]:
         await connection.execute("VACUUM ANALYZE messages")
         body = b'{"bench": true}'
         done = 0
-        started = time.perf_counter()
+        started, db_cpu_started = time.perf_counter(), postgres_cpu_seconds()
         while True:
             async with connection.transaction():
                 rows = await connection.fetch(
@@ -254,7 +270,8 @@ async def ceiling_pg(url: str, batch: int) -> tuple[int, float]:
                     ],
                 )
             done += len(rows)
-        return done, done / (time.perf_counter() - started)
+        rate = done / (time.perf_counter() - started)
+        return done, rate, _per_message_us(db_cpu_started, done)
     finally:
         await connection.close()
 
@@ -406,22 +423,33 @@ async def main() -> None:
         worker = Worker(context)
         engine = DeliveryEngine(context, worker.engine.dnd_client, batch_size=args.batch)
         started, cpu_started = time.perf_counter(), time.process_time()
+        db_cpu_started = postgres_cpu_seconds()
+        profiler = None
+        if os.environ.get("BENCH_CPROFILE"):
+            import cProfile
+
+            profiler = cProfile.Profile(time.process_time)
+            profiler.enable()
         result = await engine.run_until_idle(max_rounds=10_000_000)
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(os.environ["BENCH_CPROFILE"])
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+        db_cpu = _per_message_us(db_cpu_started, result.claimed)
         await worker.shutdown(0)
         rate = result.claimed / elapsed
         dnd = f", DND webhook answering in {args.dnd_ms:g} ms" if args.dnd_ms is not None else ""
         print(
             f"pipeline ({args.db}{dnd}): {result.claimed:,} messages decided in {elapsed:.1f} s "
             f"= {rate:,.0f} messages/s; outcomes {dict(result.outcomes)}; worker CPU "
-            f"{cpu / max(1, result.claimed) * 1e6:,.0f} µs/message"
+            f"{cpu / max(1, result.claimed) * 1e6:,.0f} µs/message{db_cpu}"
         )
         await context.aclose()
         if args.db == "pg" and args.dnd_ms is None:
-            done, ceiling = await ceiling_pg(url, args.batch)
+            done, ceiling, ceiling_db_cpu = await ceiling_pg(url, args.batch)
             print(
                 f"ceiling: raw SKIP LOCKED claim + mark sent + COPY outbox of {done:,} rows = "
-                f"{ceiling:,.0f} rows/s; ratio {rate / ceiling:.2f}"
+                f"{ceiling:,.0f} rows/s{ceiling_db_cpu}; ratio {rate / ceiling:.2f}"
             )
     finally:
         if server is not None:

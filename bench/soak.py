@@ -37,9 +37,9 @@ def p99_from_histogram(text: str, name: str) -> float | None:
     buckets: list[tuple[float, float]] = []
     for line in text.splitlines():
         if line.startswith(f"{name}_bucket{{"):
-            bound = line.split('le="', 1)[1].split('"', 1)[0]
+            label = line.split('le="', 1)[1].split('"', 1)[0]
             buckets.append(
-                (float("inf") if bound == "+Inf" else float(bound), float(line.rsplit(" ", 1)[1]))
+                (float("inf") if label == "+Inf" else float(label), float(line.rsplit(" ", 1)[1]))
             )
     if not buckets or buckets[-1][1] == 0:
         return None
