@@ -103,21 +103,25 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid`, from /proc."""
+    rest = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(rest[11]) + int(rest[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def postgres_cpu_seconds() -> float | None:
     """CPU seconds used so far by every local `postgres` process (backends, WAL writer,
     checkpointer), read from /proc; None when PostgreSQL is not on this machine."""
-    ticks, found = 0, False
+    ticks, found = 0.0, False
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)
-            if not fields[0].endswith("(postgres"):
+            if not stat.read_text().split(")", 1)[0].endswith("(postgres"):
                 continue
-            rest = fields[1].split()
-        except OSError:
+            ticks += process_cpu_seconds(int(stat.parent.name))
+        except (OSError, IndexError):
             continue
-        ticks += int(rest[11]) + int(rest[12])  # utime + stime
         found = True
-    return ticks / os.sysconf("SC_CLK_TCK") if found else None
+    return ticks if found else None
 
 
 def rss_mb(pid: int) -> float:

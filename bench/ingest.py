@@ -29,6 +29,8 @@ from bench.common import (
     free_port,
     migrate_and_key,
     peak_rss_mb,
+    postgres_cpu_seconds,
+    process_cpu_seconds,
     raw_dsn,
     rss_mb,
     setup_dispatch,
@@ -133,6 +135,7 @@ async def main() -> None:
                     },
                 )
                 baseline = rss_mb(api.pid)
+                api_cpu, db_cpu = process_cpu_seconds(api.pid), postgres_cpu_seconds()
                 started = time.perf_counter()
                 response = await http.post(
                     f"/v1/accounts/bench/dispatches/{dispatch}/contacts",
@@ -140,6 +143,8 @@ async def main() -> None:
                     content=csv_body(args.rows),
                 )
                 elapsed = time.perf_counter() - started
+                api_cpu = process_cpu_seconds(api.pid) - api_cpu
+                db_cpu = (postgres_cpu_seconds() or 0.0) - (db_cpu or 0.0)
                 response.raise_for_status()
                 counts = response.json()["counts"]
             peak = peak_rss_mb(api.pid)
@@ -149,7 +154,9 @@ async def main() -> None:
         rate = counts["accepted"] / elapsed
         print(
             f"ingest ({args.db}): {counts['accepted']:,} of {args.rows:,} contacts accepted "
-            f"in {elapsed:.1f} s = {rate:,.0f} contacts/s"
+            f"in {elapsed:.1f} s = {rate:,.0f} contacts/s; service CPU "
+            f"{api_cpu / max(1, args.rows) * 1e6:,.0f} µs/contact"
+            + (f", PostgreSQL CPU {db_cpu / args.rows * 1e6:,.0f} µs/contact" if db_cpu else "")
         )
         print(
             f"service RSS: {baseline:.0f} MB before, peak {peak:.0f} MB "

@@ -157,15 +157,26 @@ async def update_rows(
             [{"_key": row[key], **{f"_v_{c}": row[c] for c in columns}} for row in rows],
         )
         return
-    names = [key, *columns]
-    arrays = [f"${i}::{pg_array_type(table.c[name])}[]" for i, name in enumerate(names, start=1)]
-    assignments = ", ".join(f'"{c}" = v."{c}"' for c in columns)
-    aliases = ", ".join(f'"{n}"' for n in names)
+    values = {name: [row[name] for row in rows] for name in (key, *columns)}
+    # A column with one value for every row is sent once, not as an array: asyncpg checks
+    # each array element in Python, and a batch's write-back has many such columns.
+    same = {c for c in columns if values[c].count(values[c][0]) == len(rows)}
+    varying = [key, *(c for c in columns if c not in same)]
+    params: list[Any] = [values[name] for name in varying]
+    arrays = [f"${i}::{pg_array_type(table.c[name])}[]" for i, name in enumerate(varying, start=1)]
+    assignments = []
+    for column in columns:
+        if column in same:
+            params.append(values[column][0])
+            assignments.append(f'"{column}" = ${len(params)}::{pg_array_type(table.c[column])}')
+        else:
+            assignments.append(f'"{column}" = v."{column}"')
+    aliases = ", ".join(f'"{n}"' for n in varying)
     # Identifiers come from the table's own metadata, values travel as parameters.
     sql = (
-        f'UPDATE "{table.name}" AS t SET {assignments} '  # noqa: S608
+        f'UPDATE "{table.name}" AS t SET {", ".join(assignments)} '  # noqa: S608
         f"FROM unnest({', '.join(arrays)}) AS v({aliases}) "
         f'WHERE t."{key}" = v."{key}"'
     )
     driver = await asyncpg_connection(session)
-    await driver.execute(sql, *[[row[name] for row in rows] for name in names])
+    await driver.execute(sql, *params)

@@ -52,6 +52,7 @@ from dispatch_engine.models import (
     Dispatch,
     FatigueLedger,
     Invite,
+    LineupMessage,
     Message,
     OutboxEntry,
     Policy,
@@ -416,6 +417,8 @@ class _BatchWriter:
         self.by_outcome: Counter[tuple[str, str]] = Counter()  # for the metrics, once a batch
         self.claim_lags: list[float] = []
         self.sent_at = format_utc(now)  # the whole batch goes out at this instant
+        self.next_steps: dict[tuple[str, int], LineupMessage | None] = {}
+        self.utc_texts: dict[datetime, str] = {}  # due times, formatted (a batch shares few)
 
     def _invite_update(self, invite: Invite, **values: Any) -> None:
         self.invite_updates.setdefault(invite.id, {"id": invite.id}).update(values)
@@ -518,7 +521,7 @@ class _BatchWriter:
             message_template=dispatch.message_templates[step.id],
             lineup_position=step.position or message.position,
             lineup_message_id=step.id,
-            scheduled_at=format_utc(message.due_at),
+            scheduled_at=self._utc_text(message.due_at),
             sent_at=self.sent_at,
             attributes=contact.get("attributes") or {},
             sandbox=invite.sandbox,
@@ -569,14 +572,12 @@ class _BatchWriter:
     def _schedule_next(self, message: Message, invite: Invite) -> None:
         if message.resend_of and invite.id in self.facts.invites_with_later_steps:
             return  # the original already moved the invite on; a resend must not do it twice
-        lineup = self.facts.live_lineups.get(message.policy_id, [])
         step = current_step(self.facts, message)
         after = step.position if step is not None and step.position else message.position - 1
-        following = [s for s in lineup if (s.position or 0) > after]
-        if not following:
+        nxt = self._step_after(message.policy_id, after)
+        if nxt is None:
             self._invite_update(invite, state="completed", end_reason="lineup_done")
             return
-        nxt = following[0]
         due = self.now + timedelta(seconds=nxt.delay_seconds)
         self.new_messages.append(
             {
@@ -596,6 +597,20 @@ class _BatchWriter:
                 "created_at": self.now,
             }
         )
+
+    def _utc_text(self, moment: datetime) -> str:
+        text = self.utc_texts.get(moment)
+        if text is None:
+            text = self.utc_texts[moment] = format_utc(moment)
+        return text
+
+    def _step_after(self, policy_id: str, position: int) -> LineupMessage | None:
+        """The first live lineup step after `position` (memoised: a batch asks the same few)."""
+        key = (policy_id, position)
+        if key not in self.next_steps:
+            lineup = self.facts.live_lineups.get(policy_id, [])
+            self.next_steps[key] = next((s for s in lineup if (s.position or 0) > position), None)
+        return self.next_steps[key]
 
     def _end_invite(self, invite: Invite, reason: str) -> None:
         values: dict[str, Any] = {"state": "ended", "end_reason": reason, "ended_at": self.now}

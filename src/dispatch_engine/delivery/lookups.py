@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
 
-from sqlalchemy import Select, select, text
+from sqlalchemy import Executable, Select, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.db.bulk import member_of
@@ -64,19 +64,27 @@ def _snapshot_rows(model: type[ModelT]) -> Select[Any]:
     return select(*table_of(model).c)
 
 
+async def _core_rows(session: AsyncSession, query: Executable) -> list[Any]:
+    """Run a column query on the session's connection, past the ORM's result layer: its
+    per-row loading work costs more than the rest of reading a batch's wide rows."""
+    result = await (await session.connection()).execute(query)
+    return list(result.all())
+
+
 async def load_batch_facts(session: AsyncSession, ids: Sequence[str]) -> BatchFacts:
-    message_rows = await session.execute(
+    message_rows = await _core_rows(
+        session,
         _snapshot_rows(Message)
         .where(member_of(session, Message.id, ids))
-        .order_by(Message.priority, Message.not_before, Message.due_at, Message.id)
+        .order_by(Message.priority, Message.not_before, Message.due_at, Message.id),
     )
-    messages = cast(list[Message], list(message_rows.all()))
+    messages = cast(list[Message], list(message_rows))
     invite_ids = {m.invite_id for m in messages}
     dispatch_ids = {m.dispatch_id for m in messages}
-    invite_rows = await session.execute(
-        _snapshot_rows(Invite).where(member_of(session, Invite.id, invite_ids))
+    invite_rows = await _core_rows(
+        session, _snapshot_rows(Invite).where(member_of(session, Invite.id, invite_ids))
     )
-    invites = _by_id(cast(list[Invite], list(invite_rows.all())))
+    invites = _by_id(cast(list[Invite], invite_rows))
     dispatches = _by_id(
         (
             await session.execute(
@@ -139,22 +147,27 @@ async def load_unsubscribes(
     if not wanted:
         return set()
     hashes = {h for _, _, h in wanted}
-    rows = await session.execute(
+    rows = await _core_rows(
+        session,
         select(Unsubscribe.account_id, Unsubscribe.channel, Unsubscribe.address_hash).where(
             member_of(session, Unsubscribe.address_hash, hashes)
-        )
+        ),
     )
-    return {(a, c, h) for a, c, h in rows.all()} & wanted
+    return {(a, c, h) for a, c, h in rows} & wanted
 
 
 async def load_lock_holders(session: AsyncSession, keys: set[str]) -> dict[str, Invite]:
     """Fatigue rule 1: which invite holds each person's pending-token lock."""
     if not keys:
         return {}
-    rows = await session.execute(
-        _snapshot_rows(Invite).where(member_of(session, Invite.fatigue_lock, keys))
+    # Only what rule 1 reads of a holder: who it is and whether its token still counts.
+    rows = await _core_rows(
+        session,
+        select(Invite.id, Invite.fatigue_lock, Invite.responded_at, Invite.valid_until).where(
+            member_of(session, Invite.fatigue_lock, keys)
+        ),
     )
-    holders = cast(list[Invite], rows.all())
+    holders = cast(list[Invite], rows)
     return {invite.fatigue_lock: invite for invite in holders if invite.fatigue_lock}
 
 
@@ -164,13 +177,14 @@ async def load_ledger(
     """Fatigue rule 2: invites sent per person hash since the earliest cut-off in the batch."""
     if not hashes:
         return {}
-    rows = await session.execute(
+    rows = await _core_rows(
+        session,
         _snapshot_rows(FatigueLedger).where(
             member_of(session, FatigueLedger.uuid_hash, hashes), FatigueLedger.sent_at >= since
-        )
+        ),
     )
     ledger: dict[str, list[FatigueLedger]] = defaultdict(list)
-    for row in cast(list[FatigueLedger], rows.all()):
+    for row in cast(list[FatigueLedger], rows):
         ledger[row.uuid_hash].append(row)
     return dict(ledger)
 

@@ -134,6 +134,14 @@ class BusinessHours:
         if not any(self.days):
             raise BusinessHoursError("days", "the week has no open time at all")
 
+    def __hash__(self) -> int:
+        """Worked out once: the window memo hashes the hours for every message it serves,
+        and hashing seven days of ranges field by field each time was a hot-path cost."""
+        cached: int | None = self.__dict__.get("_hash")
+        if cached is None:
+            cached = self.__dict__["_hash"] = hash((self.time_zone, self.days))
+        return cached
+
     @classmethod
     def default(cls, time_zone: str = "UTC") -> BusinessHours:
         """Monday to Friday, all day: the policy default when no business rules are set."""
