@@ -58,10 +58,53 @@ def _by_id(rows: Iterable[RowT]) -> dict[str, RowT]:
     return {row.id: row for row in rows}
 
 
-def _snapshot_rows(model: type[ModelT]) -> Select[Any]:
-    """Plain rows shaped like the model (same attribute names), read-only: the hot path
-    skips ORM identity bookkeeping for the thousands of messages and invites per batch."""
-    return select(*table_of(model).c)
+# The columns the rules and the batch writer read (delivery/facts.py, delivery/engine.py).
+# Each column left out is a value asyncpg does not decode, thousands of times per batch.
+MESSAGE_FACT_COLUMNS = (
+    "id",
+    "invite_id",
+    "account_id",
+    "dispatch_id",
+    "policy_id",
+    "lineup_message_id",
+    "position",
+    "channel",
+    "priority",
+    "due_at",
+    "not_before",
+    "attempts",
+    "resend_of",
+)
+INVITE_FACT_COLUMNS = (
+    "id",
+    "questionnaire_id",
+    "token",
+    "sandbox",
+    "uuid_hash",
+    "fatigue_lock",
+    "email_hash",
+    "mobile_hash",
+    "time_zone",
+    "contact",
+    "valid_until",
+    "first_sent_at",
+    "responded_at",
+)
+LEDGER_FACT_COLUMNS = (
+    "policy_id",
+    "fatigue_epoch",
+    "questionnaire_id",
+    "uuid_hash",
+    "sandbox",
+    "sent_at",
+)
+
+
+def _snapshot_rows(model: type[ModelT], columns: Sequence[str]) -> Select[Any]:
+    """Plain rows shaped like the model (same attribute names, only `columns`), read-only:
+    the hot path skips ORM identity bookkeeping for the thousands of rows per batch."""
+    table = table_of(model)
+    return select(*(table.c[name] for name in columns))
 
 
 async def _core_rows(session: AsyncSession, query: Executable) -> list[Any]:
@@ -74,7 +117,7 @@ async def _core_rows(session: AsyncSession, query: Executable) -> list[Any]:
 async def load_batch_facts(session: AsyncSession, ids: Sequence[str]) -> BatchFacts:
     message_rows = await _core_rows(
         session,
-        _snapshot_rows(Message)
+        _snapshot_rows(Message, MESSAGE_FACT_COLUMNS)
         .where(member_of(session, Message.id, ids))
         .order_by(Message.priority, Message.not_before, Message.due_at, Message.id),
     )
@@ -82,7 +125,10 @@ async def load_batch_facts(session: AsyncSession, ids: Sequence[str]) -> BatchFa
     invite_ids = {m.invite_id for m in messages}
     dispatch_ids = {m.dispatch_id for m in messages}
     invite_rows = await _core_rows(
-        session, _snapshot_rows(Invite).where(member_of(session, Invite.id, invite_ids))
+        session,
+        _snapshot_rows(Invite, INVITE_FACT_COLUMNS).where(
+            member_of(session, Invite.id, invite_ids)
+        ),
     )
     invites = _by_id(cast(list[Invite], invite_rows))
     dispatches = _by_id(
@@ -179,7 +225,7 @@ async def load_ledger(
         return {}
     rows = await _core_rows(
         session,
-        _snapshot_rows(FatigueLedger).where(
+        _snapshot_rows(FatigueLedger, LEDGER_FACT_COLUMNS).where(
             member_of(session, FatigueLedger.uuid_hash, hashes), FatigueLedger.sent_at >= since
         ),
     )
