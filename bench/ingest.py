@@ -1,8 +1,11 @@
 """Ingest benchmark: a generated CSV streamed over HTTP into a running service.
 
-Prints contacts/s accepted end to end and the service's RSS growth, next to the raw
-ceiling measured in the same run: asyncpg `copy_records_to_table` of the same number of
-rows into a copy of the invites table (SQLite: executemany into that copy).
+Prints contacts/s accepted end to end, the service's CPU and PostgreSQL's per contact, and
+the service's RSS growth, next to two raw ceilings measured in the same run: asyncpg
+`copy_records_to_table` of the same number of invite rows into an indexed copy of the
+invites table (the first ceiling, as in earlier sessions), and of the rows the service
+writes, each invite with its first message, into indexed copies of both tables (SQLite:
+executemany into the invites copy).
 
     .venv/bin/python bench/ingest.py --rows 1000000            # PostgreSQL
     .venv/bin/python bench/ingest.py --rows 200000 --db sqlite
@@ -51,34 +54,55 @@ async def csv_body(rows: int) -> AsyncIterator[bytes]:
         yield bytes(buffer)
 
 
-async def ceiling_pg(url: str, rows: int) -> float:
-    """Raw COPY of `rows` invite-shaped records into an indexed copy of the invites table."""
+INVITE_COLUMNS = [
+    "id",
+    "account_id",
+    "dispatch_id",
+    "policy_id",
+    "questionnaire_id",
+    "token",
+    "external_id",
+    "sandbox",
+    "uuid_hash",
+    "fatigue_epoch",
+    "email_hash",
+    "contact",
+    "state",
+    "created_at",
+    "received_at",
+    "valid_until",
+]
+MESSAGE_COLUMNS = [
+    "id",
+    "invite_id",
+    "account_id",
+    "dispatch_id",
+    "policy_id",
+    "lineup_message_id",
+    "position",
+    "channel",
+    "priority",
+    "state",
+    "due_at",
+    "not_before",
+    "attempts",
+    "created_at",
+]
+
+
+async def ceiling_pg(url: str, rows: int, *, with_messages: bool) -> tuple[float, str]:
+    """Raw COPY of `rows` invite-shaped records into an indexed copy of the invites table;
+    `with_messages` also copies each invite's first message into an indexed copy of the
+    messages table, as the service does: the same rows it writes."""
     connection = await asyncpg.connect(raw_dsn(url))
     try:
         await connection.execute("CREATE TABLE bench_invites (LIKE invites INCLUDING ALL)")
+        await connection.execute("CREATE TABLE bench_messages (LIKE messages INCLUDING ALL)")
         now = datetime.now(UTC)
-        columns = [
-            "id",
-            "account_id",
-            "dispatch_id",
-            "policy_id",
-            "questionnaire_id",
-            "token",
-            "external_id",
-            "sandbox",
-            "uuid_hash",
-            "fatigue_epoch",
-            "email_hash",
-            "contact",
-            "state",
-            "created_at",
-            "received_at",
-            "valid_until",
-        ]
-        started = time.perf_counter()
+        started, db_cpu_started = time.perf_counter(), postgres_cpu_seconds()
         step = 50_000
         for offset in range(0, rows, step):
-            records = [
+            invites = [
                 (
                     f"inv_{secrets.token_hex(10)}",
                     "bench",
@@ -99,12 +123,40 @@ async def ceiling_pg(url: str, rows: int) -> float:
                 )
                 for i in range(offset, min(rows, offset + step))
             ]
-            await connection.copy_records_to_table(
-                "bench_invites", records=records, columns=columns
-            )
-        return rows / (time.perf_counter() - started)
+            async with connection.transaction():
+                await connection.copy_records_to_table(
+                    "bench_invites", records=invites, columns=INVITE_COLUMNS
+                )
+                if with_messages:
+                    messages = [
+                        (
+                            f"m_{secrets.token_hex(10)}",
+                            invite[0],
+                            "bench",
+                            "d",
+                            "p",
+                            "s1",
+                            1,
+                            "email",
+                            1,
+                            "pending",
+                            now,
+                            now,
+                            0,
+                            now,
+                        )
+                        for invite in invites
+                    ]
+                    await connection.copy_records_to_table(
+                        "bench_messages", records=messages, columns=MESSAGE_COLUMNS
+                    )
+        rate = rows / (time.perf_counter() - started)
+        db_cpu = postgres_cpu_seconds()
+        if db_cpu is None or db_cpu_started is None:
+            return rate, ""
+        return rate, f", PostgreSQL CPU {(db_cpu - db_cpu_started) / rows * 1e6:,.0f} µs/row"
     finally:
-        await connection.execute("DROP TABLE IF EXISTS bench_invites")
+        await connection.execute("DROP TABLE IF EXISTS bench_invites, bench_messages")
         await connection.close()
 
 
@@ -163,10 +215,16 @@ async def main() -> None:
             f"(growth {peak - baseline:.0f} MB)"
         )
         if args.db == "pg":
-            ceiling = await ceiling_pg(url, args.rows)
+            ceiling, db_cpu_text = await ceiling_pg(url, args.rows, with_messages=False)
             print(
-                f"ceiling: asyncpg COPY into an indexed invites copy = {ceiling:,.0f} rows/s; "
-                f"ratio {rate / ceiling:.2f}"
+                f"ceiling, invites only: asyncpg COPY into an indexed invites copy = "
+                f"{ceiling:,.0f} rows/s{db_cpu_text}; ratio {rate / ceiling:.2f}"
+            )
+            ceiling, db_cpu_text = await ceiling_pg(url, args.rows, with_messages=True)
+            print(
+                f"ceiling, the service's rows: asyncpg COPY of each invite and its first "
+                f"message into indexed copies of both tables = {ceiling:,.0f} contacts/s"
+                f"{db_cpu_text}; ratio {rate / ceiling:.2f}"
             )
     finally:
         await drop_database(pg_name)
