@@ -354,6 +354,36 @@ async def test_fatigue_rule_1_answered_token_frees_the_person(
     assert recipients(await api.pull()) == ["ann@example.com"]
 
 
+async def test_fatigue_rule_1_an_invite_that_sent_nothing_holds_no_lock(
+    api: Api, worker: Worker, clock: FrozenClock, context: AppContext
+) -> None:
+    """Every step skipped (here: unsubscribed) ends the lineup without a send: no token
+    reached the person, so nothing of theirs is pending and rule 1 must not block them."""
+    policy = await api.policy("P")
+    one = await api.dispatch(policy, "q1")
+    two = await api.dispatch(policy, "q2")
+    unsubscribe = Unsubscribe(
+        account_id="acme",
+        channel="email",
+        address_hash=keyed_hash(context.hasher, normalize_email(ANN["email"])),
+        created_at=clock.now(),
+    )
+    async with context.sessions() as session, session.begin():
+        session.add(unsubscribe)
+    await api.post(one, contact(ANN, "ann-1"))
+    await tick(worker)
+    skipped = await api.invite(one, "ann-1")
+    assert (first(skipped)["state"], first(skipped)["reason"]) == ("suppressed", "unsubscribed")
+    assert skipped["state"] == "completed" and skipped["first_sent_at"] is None
+
+    async with context.sessions() as session, session.begin():  # Ann may be written to again
+        await session.delete(await session.merge(unsubscribe))
+    await api.post(two, contact(ANN, "ann-2"))
+    await tick(worker)
+    assert recipients(await api.pull()) == ["ann@example.com"]
+    assert first(await api.invite(two, "ann-2"))["state"] == "sent"
+
+
 async def test_changing_the_uuid_field_resets_fatigue_history(api: Api, worker: Worker) -> None:
     policy = await api.policy("Epochs")
     one = await api.dispatch(policy, "q1")

@@ -576,7 +576,10 @@ class _BatchWriter:
         after = step.position if step is not None and step.position else message.position - 1
         nxt = self._step_after(message.policy_id, after)
         if nxt is None:
-            self._invite_update(invite, state="completed", end_reason="lineup_done")
+            values: dict[str, Any] = {"state": "completed", "end_reason": "lineup_done"}
+            if invite.first_sent_at is None and invite.id not in self.first_sends:
+                values["fatigue_lock"] = None  # every step skipped: no token reached them
+            self._invite_update(invite, **values)
             return
         due = self.now + timedelta(seconds=nxt.delay_seconds)
         self.new_messages.append(
