@@ -33,11 +33,9 @@ from dispatch_engine.delivery.claims import (
 from dispatch_engine.delivery.contacts import open_contact
 from dispatch_engine.delivery.facts import (
     DndSettings,
-    current_step,
     fatigue_lock_key,
     message_facts,
-    policy_of,
-    rules_for,
+    step_facts,
 )
 from dispatch_engine.delivery.lookups import (
     BatchFacts,
@@ -244,13 +242,13 @@ class DeliveryEngine:
             address_hash = invite.email_hash if message.channel == "email" else invite.mobile_hash
             if address_hash:
                 wanted.add((message.account_id, message.channel, address_hash))
-            policy = facts.policies.get(message.policy_id)
-            dispatch = facts.dispatches.get(message.dispatch_id)
-            if dispatch is not None:
-                policy = facts.policies.get(dispatch.policy_id, policy)
-            if policy is None or invite.first_sent_at is not None:
+            if invite.first_sent_at is not None:
                 continue
-            rules = rules_for(facts, policy).fatigue
+            dispatch = facts.dispatches.get(message.dispatch_id)
+            if (dispatch.policy_id if dispatch else message.policy_id) not in facts.policies:
+                continue
+            shared = step_facts(facts, message)
+            policy, rules = shared.policy, shared.rules.fatigue
             if rules.pending_token.enabled:
                 lock_keys.add(
                     fatigue_lock_key(
@@ -300,7 +298,7 @@ class DeliveryEngine:
                 contact = open_contact(self.context.cipher, invite.id, invite.contact)
                 opened[invite.contact] = contact
                 address = contact["email"] if message.channel == "email" else contact["mobile"]
-                policy = policy_of(facts, message)
+                policy = step_facts(facts, message).policy
                 url = policy.dnd_webhooks[message.channel]
                 query = DndQuery(message.channel, address, message.account_id, policy.id)
                 requests.append((message.id, url, query))
@@ -503,7 +501,8 @@ class _BatchWriter:
 
     def _send(self, message: Message, invite: Invite) -> None:
         dispatch = self.facts.dispatches[message.dispatch_id]
-        step = current_step(self.facts, message)
+        shared = step_facts(self.facts, message)
+        step = shared.step
         assert step is not None and invite.contact is not None
         contact = self.opened.get(invite.contact) or open_contact(
             self.context.cipher, invite.id, invite.contact
@@ -541,7 +540,7 @@ class _BatchWriter:
         )
         if invite.first_sent_at is None and invite.id not in self.first_sends:
             self.first_sends.add(invite.id)
-            policy = policy_of(self.facts, message)
+            policy = shared.policy
             self.ledger.append(
                 {
                     "account_id": message.account_id,
@@ -555,7 +554,7 @@ class _BatchWriter:
                 }
             )
             values: dict[str, Any] = {"first_sent_at": self.now}
-            pending_token = rules_for(self.facts, policy).fatigue.pending_token.enabled
+            pending_token = shared.rules.fatigue.pending_token.enabled
             if pending_token and invite.fatigue_lock is None:
                 key = fatigue_lock_key(
                     policy.id, policy.fatigue_epoch, invite.sandbox, invite.uuid_hash
@@ -572,7 +571,7 @@ class _BatchWriter:
     def _schedule_next(self, message: Message, invite: Invite) -> None:
         if message.resend_of and invite.id in self.facts.invites_with_later_steps:
             return  # the original already moved the invite on; a resend must not do it twice
-        step = current_step(self.facts, message)
+        step = step_facts(self.facts, message).step
         after = step.position if step is not None and step.position else message.position - 1
         nxt = self._step_after(message.policy_id, after)
         if nxt is None:

@@ -96,6 +96,40 @@ def paused_by(facts: BatchFacts, message: Message) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class StepFacts:
+    """What every message of one dispatch, lineup step, account and channel shares in a
+    batch, worked out once per batch: a batch holds thousands of messages of a few such
+    groups, and looking these up message by message was a visible part of deciding."""
+
+    policy: Policy
+    rules: PolicyRules
+    step: LineupMessage | None  # the live lineup step, None once deleted
+    paused_by: str | None
+    dnd_configured: bool
+
+
+def step_facts(facts: BatchFacts, message: Message) -> StepFacts:
+    key = (
+        message.dispatch_id,
+        message.policy_id,
+        message.lineup_message_id,
+        message.account_id,
+        message.channel,
+    )
+    shared: StepFacts | None = facts.steps_shared.get(key)
+    if shared is None:
+        policy = policy_of(facts, message)
+        shared = facts.steps_shared[key] = StepFacts(
+            policy=policy,
+            rules=rules_for(facts, policy),
+            step=current_step(facts, message),
+            paused_by=paused_by(facts, message),
+            dnd_configured=bool(policy.dnd_webhooks.get(message.channel)),
+        )
+    return shared
+
+
 def rule2_reached(
     facts: BatchFacts,
     invite: Invite,
@@ -133,9 +167,8 @@ def message_facts(
     sent_in_batch: Counter[tuple[str, str | None]],
 ) -> MessageFacts:
     invite = facts.invites[message.invite_id]
-    policy = policy_of(facts, message)
-    parsed = rules_for(facts, policy)
-    rules, hours, contact_zone_applies = parsed.fatigue, parsed.hours, parsed.contact_zone_applies
+    shared = step_facts(facts, message)
+    policy, rules = shared.policy, shared.rules.fatigue
     address_hash = invite.email_hash if message.channel == "email" else invite.mobile_hash
     first_send = invite.first_sent_at is None
     pending_elsewhere = False
@@ -149,20 +182,20 @@ def message_facts(
     return MessageFacts(
         now=now,
         channel=message.channel,
-        paused_by=paused_by(facts, message),
+        paused_by=shared.paused_by,
         responded=invite.responded_at is not None,
         valid_until=invite.valid_until,
-        step_deleted=current_step(facts, message) is None,
+        step_deleted=shared.step is None,
         has_address=address_hash is not None,
         unsubscribed=address_hash is not None
         and (message.account_id, message.channel, address_hash) in facts.unsubscribed,
         first_send=first_send,
         pending_token_elsewhere=pending_elsewhere,
         max_invites_reached=reached,
-        business_hours=hours,
-        contact_zone=invite.time_zone if contact_zone_applies else None,
+        business_hours=shared.rules.hours,
+        contact_zone=invite.time_zone if shared.rules.contact_zone_applies else None,
         dnd=DndFacts(
-            configured=bool(policy.dnd_webhooks.get(message.channel)),
+            configured=shared.dnd_configured,
             answer=dnd_answer,
             failures=message.attempts,
             max_failures=dnd.max_failures,

@@ -43,6 +43,7 @@ class BatchFacts:
     lock_holders: dict[str, Invite] = field(default_factory=dict)
     ledger: dict[str, list[FatigueLedger]] = field(default_factory=dict)
     rules: dict[str, Any] = field(default_factory=dict)  # policy id → PolicyRules (facts.py)
+    steps_shared: dict[tuple[str, ...], Any] = field(default_factory=dict)  # → StepFacts
     invites_with_later_steps: set[str] = field(default_factory=set)  # (for resends)
 
 
