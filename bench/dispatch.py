@@ -64,6 +64,16 @@ from dispatch_engine.runtime import tune_gc
 from dispatch_engine.settings import Settings
 
 NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)  # a Wednesday noon
+OUTBOX_COLUMNS = [  # what the ceilings copy into the outbox, in record order
+    "message_id",
+    "account_id",
+    "invite_id",
+    "body",
+    "created_at",
+    "ready_at",
+    "next_attempt_at",
+    "attempts",
+]
 
 
 async def seed(context: Any, rows: int, dnd_url: str | None) -> None:
@@ -289,16 +299,7 @@ async def ceiling_same_writes_pg(url: str, batch: int, body_size: int) -> tuple[
                         )
                         for r in rows
                     ],
-                    columns=[
-                        "message_id",
-                        "account_id",
-                        "invite_id",
-                        "body",
-                        "created_at",
-                        "ready_at",
-                        "next_attempt_at",
-                        "attempts",
-                    ],
+                    columns=OUTBOX_COLUMNS,
                 )
                 await connection.copy_records_to_table(
                     "fatigue_ledger",
@@ -378,16 +379,7 @@ async def ceiling_pg(url: str, batch: int) -> tuple[int, float, str]:
                         (r["id"], r["account_id"], r["invite_id"], body, NOW, NOW, NOW, 0)
                         for r in rows
                     ],
-                    columns=[
-                        "message_id",
-                        "account_id",
-                        "invite_id",
-                        "body",
-                        "created_at",
-                        "ready_at",
-                        "next_attempt_at",
-                        "attempts",
-                    ],
+                    columns=OUTBOX_COLUMNS,
                 )
             done += len(rows)
         rate = done / (time.perf_counter() - started)
@@ -543,7 +535,7 @@ async def main() -> None:
         worker = Worker(context)
         engine = DeliveryEngine(context, worker.engine.dnd_client, batch_size=args.batch)
         started, cpu_started = time.perf_counter(), time.process_time()
-        db_cpu_started = postgres_cpu_seconds()
+        db_cpu_started = postgres_cpu_seconds() if args.db == "pg" else None
         profiler = None
         if os.environ.get("BENCH_CPROFILE"):
             import cProfile
