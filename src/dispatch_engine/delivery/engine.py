@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -168,11 +168,12 @@ class DeliveryEngine:
                     session, now=now, limit=self.batch_size, lease=self.lease
                 )
                 return (token, ids) if ids else RoundResult()
-            ids = await lock_due_messages(session, now=now, limit=self.batch_size)
-            if not ids:
+            rows = await lock_due_messages(session, now=now, limit=self.batch_size)
+            if not rows:
                 return RoundResult()
-            if not await self._needs_webhooks(session, ids):
-                return await self._decide_locked(session, ids, now)
+            ids = [row.id for row in rows]
+            if not await self._needs_webhooks(session, {row.dispatch_id for row in rows}):
+                return await self._decide_locked(session, ids, now, rows)
             return await lease_messages(session, ids, now=now, lease=self.lease), ids
 
     async def _decide_leased(
@@ -191,14 +192,14 @@ class DeliveryEngine:
         return result
 
     async def _decide_locked(
-        self, session: AsyncSession, ids: list[str], now: datetime
+        self, session: AsyncSession, ids: list[str], now: datetime, rows: list[Any]
     ) -> RoundResult:
         """Decide and write back inside the claiming transaction (its row locks are the
         claim); a fatigue-lock conflict rolls back to a savepoint and decides again."""
         for attempt in range(3):
             try:
                 async with session.begin_nested():
-                    return await self._decide_and_write(session, ids, None, now, {})
+                    return await self._decide_and_write(session, ids, None, now, {}, locked=rows)
             except IntegrityError:
                 log.info("delivery_writeback_retry", attempt=attempt + 1)
         raise RuntimeError("write-back kept conflicting; the messages are due again")
@@ -229,10 +230,16 @@ class DeliveryEngine:
         return released
 
     async def _facts(
-        self, session: AsyncSession, ids: list[str], now: datetime, *, for_write: bool = False
+        self,
+        session: AsyncSession,
+        ids: list[str],
+        now: datetime,
+        *,
+        for_write: bool = False,
+        messages: list[Any] | None = None,
     ) -> BatchFacts:
         """The batch's facts; `for_write` also locks the rule-2 people until commit."""
-        facts = await load_batch_facts(session, ids)
+        facts = await load_batch_facts(session, ids, messages)
         wanted: set[tuple[str, str, str]] = set()
         lock_keys: set[str] = set()
         rule2_hashes: set[str] = set()
@@ -312,14 +319,22 @@ class DeliveryEngine:
 
     async def _any_dnd(self, session: AsyncSession, ids: list[str]) -> bool:
         async with session.begin():
-            return await self._needs_webhooks(session, ids)
+            dispatch_ids = select(Message.dispatch_id).where(member_of(session, Message.id, ids))
+            return await self._needs_webhooks(session, dispatch_ids)
 
-    async def _needs_webhooks(self, session: AsyncSession, ids: list[str]) -> bool:
-        """One cheap query: does any claimed message's policy have a DND webhook at all?"""
+    async def _needs_webhooks(
+        self, session: AsyncSession, dispatch_ids: set[str] | Select[Any]
+    ) -> bool:
+        """One cheap query: does the policy of any of these dispatches (ids, or a query for
+        them) have a DND webhook at all?"""
         if self.dnd_client is None:
             return False
-        dispatch_ids = select(Message.dispatch_id).where(member_of(session, Message.id, ids))
-        policy_ids = select(Dispatch.policy_id).where(Dispatch.id.in_(dispatch_ids))
+        of_dispatches = (
+            Dispatch.id.in_(dispatch_ids)
+            if isinstance(dispatch_ids, Select)
+            else member_of(session, Dispatch.id, dispatch_ids)
+        )
+        policy_ids = select(Dispatch.policy_id).where(of_dispatches)
         webhooks = await session.execute(
             select(Policy.dnd_webhooks).where(Policy.id.in_(policy_ids.distinct()))
         )
@@ -333,12 +348,15 @@ class DeliveryEngine:
         now: datetime,
         answers: dict[str, str],
         opened: OpenedContacts | None = None,
+        *,
+        locked: list[Any] | None = None,
     ) -> RoundResult:
-        """`token` None: the caller's transaction holds the rows' locks (the fast path)."""
+        """`token` None: the caller's transaction holds the rows' locks (the fast path), and
+        `locked` are those rows as the claim read them."""
         owned = set(ids) if token is None else await still_owned(session, ids, token)
         if not owned:
             return RoundResult(claimed=len(ids))
-        facts = await self._facts(session, sorted(owned), now, for_write=True)
+        facts = await self._facts(session, sorted(owned), now, for_write=True, messages=locked)
         writer = _BatchWriter(self.context, facts, now, opened or {})
         sent_in_batch: Counter[tuple[str, str | None]] = Counter()
         for index, message in enumerate(facts.messages):

@@ -115,14 +115,19 @@ async def _core_rows(session: AsyncSession, query: Executable) -> list[Any]:
     return list(result.all())
 
 
-async def load_batch_facts(session: AsyncSession, ids: Sequence[str]) -> BatchFacts:
-    message_rows = await _core_rows(
-        session,
-        _snapshot_rows(Message, MESSAGE_FACT_COLUMNS)
-        .where(member_of(session, Message.id, ids))
-        .order_by(Message.priority, Message.not_before, Message.due_at, Message.id),
-    )
-    messages = cast(list[Message], list(message_rows))
+async def load_batch_facts(
+    session: AsyncSession, ids: Sequence[str], messages: Sequence[Any] | None = None
+) -> BatchFacts:
+    """`messages`: the rows of `ids` already read under this transaction's locks, in claim
+    order (the fast path's claim returns them); read here otherwise."""
+    if messages is None:
+        messages = await _core_rows(
+            session,
+            _snapshot_rows(Message, MESSAGE_FACT_COLUMNS)
+            .where(member_of(session, Message.id, ids))
+            .order_by(Message.priority, Message.not_before, Message.due_at, Message.id),
+        )
+    messages = cast(list[Message], list(messages))
     invite_ids = {m.invite_id for m in messages}
     dispatch_ids = {m.dispatch_id for m in messages}
     invite_rows = await _core_rows(
