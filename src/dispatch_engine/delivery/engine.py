@@ -268,7 +268,16 @@ class DeliveryEngine:
         if for_write:
             await lock_people(session, rule2_hashes)
         facts.unsubscribed = await load_unsubscribes(session, wanted)
-        facts.lock_holders = await load_lock_holders(session, lock_keys)
+        # A lock held by an invite of this batch has that holder (the index is unique): only
+        # the others are looked up, usually none, since each person's first row takes the lock.
+        in_batch = {
+            invite.fatigue_lock: invite
+            for invite in facts.invites.values()
+            if invite.fatigue_lock in lock_keys
+        }
+        facts.lock_holders = in_batch | await load_lock_holders(
+            session, lock_keys - in_batch.keys()
+        )
         facts.ledger = await load_ledger(session, rule2_hashes, earliest)
         facts.invites_with_later_steps = await invites_with_later_steps(
             session, [m for m in facts.messages if m.resend_of]
