@@ -22,7 +22,7 @@ from functools import cached_property
 from typing import Any
 
 import structlog
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -364,17 +364,25 @@ async def _assign_locks(
     if not keys:
         return {}
     unique = set(keys)
-    # A lock whose token expired or was answered is stale: release it first.
-    await session.execute(
-        update(Invite)
-        .where(
-            member_of(session, Invite.fatigue_lock, unique),
-            or_(Invite.valid_until <= now, Invite.responded_at.is_not(None)),
+    # Who holds these locks now, in one pass over the lock index. A lock whose token
+    # expired or was answered is stale: it is released (rare) and can be taken again.
+    stale = or_(Invite.valid_until <= now, Invite.responded_at.is_not(None))
+    holders = (
+        await session.execute(
+            select(Invite.id, Invite.fatigue_lock, stale).where(
+                member_of(session, Invite.fatigue_lock, unique)
+            )
         )
-        .values(fatigue_lock=None)
-        .execution_options(synchronize_session=False)
-    )
-    held = await existing_values(session, Invite.fatigue_lock, unique)
+    ).all()
+    released = [invite_id for invite_id, _, is_stale in holders if is_stale]
+    if released:
+        await session.execute(
+            update(Invite)
+            .where(member_of(session, Invite.id, released))
+            .values(fatigue_lock=None)
+            .execution_options(synchronize_session=False)
+        )
+    held = {key for _, key, is_stale in holders if not is_stale}
     locks: dict[int, str] = {}
     for index, key in enumerate(keys):
         if key not in held:
