@@ -195,8 +195,8 @@ async def prepare_chunk(
             token=new_token(),
             external_id=contact.external_id,
             uuid_hash=uuid_hash,
-            email_hash=keyed_hash(hasher, email) if email else None,
-            mobile_hash=keyed_hash(hasher, mobile) if mobile else None,
+            email_hash=_address_hash(hasher, email, contact.uuid_value, uuid_hash),
+            mobile_hash=_address_hash(hasher, mobile, contact.uuid_value, uuid_hash),
             time_zone=contact.time_zone,
             contact=seal_contact(
                 cipher, invite_id, email=email, mobile=mobile, attributes=contact.attributes
@@ -210,6 +210,16 @@ async def prepare_chunk(
             _Candidate(contact.external_id, uuid_hash, invite, message, contact)
         )
     return prepared
+
+
+def _address_hash(
+    hasher: KeyedHasher, address: str | None, uuid_value: str, uuid_hash: str
+) -> str | None:
+    """An address's keyed hash. The UUID field is usually the email or the mobile itself,
+    whose hash is then already known: one HMAC per row saved."""
+    if not address:
+        return None
+    return uuid_hash if address == uuid_value else keyed_hash(hasher, address)
 
 
 def _shared_values(
