@@ -16,9 +16,13 @@ from sqlalchemy import Select, and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.db.bulk import member_of
-from dispatch_engine.delivery.lookups import MESSAGE_FACT_COLUMNS
+from dispatch_engine.delivery.lookups import (
+    DUE_ORDER,
+    MESSAGE_FACT_COLUMNS,
+    core_rows,
+    fact_columns,
+)
 from dispatch_engine.models import Message
-from dispatch_engine.models.base import table_of
 from dispatch_engine.models.invite import CLAIMABLE_STATES, UNDECIDED_DELAY
 
 
@@ -40,7 +44,7 @@ def _due_candidates(
             Message.not_before <= now,
             or_(Message.lease_until.is_(None), Message.lease_until < now),
         )
-        .order_by(Message.priority, Message.not_before, Message.due_at, Message.id)
+        .order_by(*DUE_ORDER)
         .limit(limit)
     )
     if session.get_bind().dialect.name == "postgresql":
@@ -58,10 +62,8 @@ async def lock_due_messages(session: AsyncSession, *, now: datetime, limit: int)
     A worker that dies mid-round loses its connection, the transaction rolls back, and the
     messages are due again at once, with no lease to wait out.
     """
-    messages = table_of(Message)
-    columns = [messages.c[name] for name in MESSAGE_FACT_COLUMNS]
-    query = _due_candidates(session, now, limit, columns)
-    return list((await (await session.connection()).execute(query)).all())
+    columns = fact_columns(Message, MESSAGE_FACT_COLUMNS)
+    return await core_rows(session, _due_candidates(session, now, limit, columns))
 
 
 async def lease_messages(

@@ -251,9 +251,6 @@ class DeliveryEngine:
                 wanted.add((message.account_id, message.channel, address_hash))
             if invite.first_sent_at is not None:
                 continue
-            dispatch = facts.dispatches.get(message.dispatch_id)
-            if (dispatch.policy_id if dispatch else message.policy_id) not in facts.policies:
-                continue
             shared = step_facts(facts, message)
             policy, rules = shared.policy, shared.rules.fatigue
             if rules.pending_token.enabled:

@@ -101,14 +101,24 @@ LEDGER_FACT_COLUMNS = (
 )
 
 
+# The order messages are claimed and decided in: sandbox first, then by due time. The
+# claim returns its rows in it, and a batch read again by ids is put back in it.
+DUE_ORDER = (Message.priority, Message.not_before, Message.due_at, Message.id)
+
+
+def fact_columns(model: type[ModelT], names: Sequence[str]) -> list[Any]:
+    """The model table's columns called `names`, for a plain-row select."""
+    table = table_of(model)
+    return [table.c[name] for name in names]
+
+
 def _snapshot_rows(model: type[ModelT], columns: Sequence[str]) -> Select[Any]:
     """Plain rows shaped like the model (same attribute names, only `columns`), read-only:
     the hot path skips ORM identity bookkeeping for the thousands of rows per batch."""
-    table = table_of(model)
-    return select(*(table.c[name] for name in columns))
+    return select(*fact_columns(model, columns))
 
 
-async def _core_rows(session: AsyncSession, query: Executable) -> list[Any]:
+async def core_rows(session: AsyncSession, query: Executable) -> list[Any]:
     """Run a column query on the session's connection, past the ORM's result layer: its
     per-row loading work costs more than the rest of reading a batch's wide rows."""
     result = await (await session.connection()).execute(query)
@@ -121,16 +131,16 @@ async def load_batch_facts(
     """`messages`: the rows of `ids` already read under this transaction's locks, in claim
     order (the fast path's claim returns them); read here otherwise."""
     if messages is None:
-        messages = await _core_rows(
+        messages = await core_rows(
             session,
             _snapshot_rows(Message, MESSAGE_FACT_COLUMNS)
             .where(member_of(session, Message.id, ids))
-            .order_by(Message.priority, Message.not_before, Message.due_at, Message.id),
+            .order_by(*DUE_ORDER),
         )
     messages = cast(list[Message], list(messages))
     invite_ids = {m.invite_id for m in messages}
     dispatch_ids = {m.dispatch_id for m in messages}
-    invite_rows = await _core_rows(
+    invite_rows = await core_rows(
         session,
         _snapshot_rows(Invite, INVITE_FACT_COLUMNS).where(
             member_of(session, Invite.id, invite_ids)
@@ -199,7 +209,7 @@ async def load_unsubscribes(
     if not wanted:
         return set()
     hashes = {h for _, _, h in wanted}
-    rows = await _core_rows(
+    rows = await core_rows(
         session,
         select(Unsubscribe.account_id, Unsubscribe.channel, Unsubscribe.address_hash).where(
             member_of(session, Unsubscribe.address_hash, hashes)
@@ -213,7 +223,7 @@ async def load_lock_holders(session: AsyncSession, keys: set[str]) -> dict[str, 
     if not keys:
         return {}
     # Only what rule 1 reads of a holder: who it is and whether its token still counts.
-    rows = await _core_rows(
+    rows = await core_rows(
         session,
         select(Invite.id, Invite.fatigue_lock, Invite.responded_at, Invite.valid_until).where(
             member_of(session, Invite.fatigue_lock, keys)
@@ -229,7 +239,7 @@ async def load_ledger(
     """Fatigue rule 2: invites sent per person hash since the earliest cut-off in the batch."""
     if not hashes:
         return {}
-    rows = await _core_rows(
+    rows = await core_rows(
         session,
         _snapshot_rows(FatigueLedger, LEDGER_FACT_COLUMNS).where(
             member_of(session, FatigueLedger.uuid_hash, hashes), FatigueLedger.sent_at >= since
@@ -268,7 +278,11 @@ async def lock_people(session: AsyncSession, hashes: set[str]) -> None:
 
 
 __all__ = [
+    "DUE_ORDER",
+    "MESSAGE_FACT_COLUMNS",
     "BatchFacts",
+    "core_rows",
+    "fact_columns",
     "load_batch_facts",
     "load_ledger",
     "load_lock_holders",
