@@ -16,7 +16,7 @@ from botocore.exceptions import ClientError, ReadTimeoutError
 from jsonschema import Draft202012Validator
 
 from dispatch_engine.queues.base import OutgoingMessage, SendFailure
-from dispatch_engine.queues.sqs import SqsError, SqsLimits, SqsQueueSender
+from dispatch_engine.queues.sqs import USER_AGENT, SqsError, SqsLimits, SqsQueueSender
 from dispatch_engine.schemas.queue_message import (
     build_invitation,
     build_probe,
@@ -315,6 +315,30 @@ async def test_aclose_closes_the_client_and_is_idempotent(moto_server: Moto) -> 
     await sender.aclose()  # harmless
     late = await sender.send_batch([invitation(3)])
     assert late == [SendFailure("m00003", "queue sender is closed", retryable=True)]
+
+
+async def test_requests_carry_the_services_fixed_user_agent(moto_server: Moto) -> None:
+    """One User-Agent built once (botocore's own costs ~200 µs per request to assemble); it
+    names the service and botocore, so AWS request logs still show the SDK."""
+    queue_url = await moto_server.create_queue("ua")
+    sender = sender_for(moto_server, queue_url)
+    seen: list[str] = []
+
+    def record(request: Any, **_: Any) -> None:  # observes; returning None sends as usual
+        seen.append(request.headers["User-Agent"])
+
+    try:
+        assert await sender.send_batch([invitation(1)]) == []
+        assert sender._client is not None
+        sender._client.meta.events.register("before-send.sqs.SendMessageBatch", record)
+        assert await sender.send_batch([invitation(2), invitation(3)]) == []
+    finally:
+        await sender.aclose()
+    assert len(seen) == 1
+    agent = seen[0].decode() if isinstance(seen[0], bytes) else seen[0]
+    assert agent.startswith(USER_AGENT + " ")
+    assert agent.startswith("dispatch-engine/") and " botocore/" in agent
+    assert len(await receive_all(moto_server, queue_url, 3)) == 3
 
 
 # -- against a scripted client -----------------------------------------------------------

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import platform
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -55,11 +56,16 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from dispatch_engine import __version__
 from dispatch_engine.queues.base import OutgoingMessage, SendFailure
 
 __all__ = ["SqsError", "SqsLimits", "SqsQueueSender"]
 
 log = structlog.get_logger(__name__)
+# One fixed User-Agent, built once: botocore otherwise assembles and sanitises its
+# ~20-component header twice per request: ~75 µs of CPU per SendMessageBatch, a sixth of
+# the sender's cost per message (bench.relay). botocore appends its own name and version.
+USER_AGENT: Final = f"dispatch-engine/{__version__} Python/{platform.python_version()}"
 
 
 @dataclass(frozen=True)
@@ -548,6 +554,7 @@ class SqsQueueSender:
                     # Entries are built by `_entry` (every field a str, ids unique): botocore
                     # checking them again against the model costs ~14 µs per message.
                     parameter_validation=False,
+                    user_agent=USER_AGENT,
                 )
                 context = self._session.client(
                     "sqs",
