@@ -507,6 +507,20 @@ async def test_malformed_json_is_a_422_problem(
     _assert_problem(response, 422, "validation-error")
 
 
+async def test_malformed_json_without_a_valid_key_is_401_not_a_body_error(
+    client: httpx.AsyncClient,
+) -> None:
+    for headers in ({}, {"Authorization": "Bearer de_nope_nope"}, {"Authorization": "Basic x"}):
+        response = await client.post(
+            "/v1/accounts",
+            headers={**headers, "Content-Type": "application/json"},
+            content=b'{"id": "acme", ',
+        )
+        problem = _assert_problem(response, 401, "unauthenticated")
+        assert response.headers["WWW-Authenticate"] == "Bearer"
+        assert "body" not in problem["detail"]
+
+
 async def test_a_body_that_is_not_json_is_a_415_problem_and_changes_nothing(
     client: httpx.AsyncClient, admin: dict[str, str]
 ) -> None:

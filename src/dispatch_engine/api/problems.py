@@ -88,6 +88,16 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if any(e.get("type") == "json_invalid" for e in exc.errors()):
+            # FastAPI decodes a JSON body before any dependency runs, so a caller without a
+            # valid key would be told about its body instead of 401 (every route that takes
+            # a body needs a key).
+            from dispatch_engine.api.deps import current_principal, get_context
+
+            try:
+                await current_principal(get_context(request), request.headers.get("authorization"))
+            except DomainError as refused:
+                return await _domain(request, refused)
         errors = [
             FieldError(_location(tuple(e["loc"]), str(e.get("type", "")), e.get("ctx")), _reason(e))
             for e in exc.errors()
