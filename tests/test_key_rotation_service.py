@@ -20,7 +20,7 @@ from dispatch_engine.ingest.service import keyed_hash
 from dispatch_engine.models import FatigueLedger, Invite, Unsubscribe
 from dispatch_engine.models.base import table_of
 from dispatch_engine.scheduler.worker import Worker
-from dispatch_engine.services.events import unsubscribe
+from dispatch_engine.services.events import address_hashes, block_hashes
 from dispatch_engine.services.key_rotation import (
     CarriedFatigue,
     LockScope,
@@ -131,8 +131,11 @@ async def test_unsubscribes_under_an_old_key_are_copied_to_the_current_key_once(
     old, new = rings
     async with old.sessions() as session, session.begin():
         now = old.clock.now()
-        await unsubscribe(old, session, "acme", "email", "Fay@Example.com", now, "event")
-        await unsubscribe(old, session, "globex", "sms", "+33 6 12 34 56 78", now, "operator")
+        # as the events API records them: the address's hashes under the keys of the time
+        fay_then = address_hashes(old, "email", "Fay@Example.com")
+        mobile_then = address_hashes(old, "sms", "+33 6 12 34 56 78")
+        await block_hashes(session, "acme", "email", fay_then, now, "event")
+        await block_hashes(session, "globex", "sms", mobile_then, now, "operator")
     fay = ("acme", "email", keyed_hash(new.hasher, "fay@example.com"))
     mobile = ("globex", "sms", keyed_hash(new.hasher, "+33612345678"))
 

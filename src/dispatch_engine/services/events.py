@@ -92,20 +92,6 @@ def address_hashes(context: AppContext, channel: str, address: str) -> list[str]
     return all_keyed_hashes(context.hasher, normalized_address(channel, address))
 
 
-async def unsubscribe(
-    context: AppContext,
-    session: AsyncSession,
-    account_id: str,
-    channel: str,
-    address: str,
-    now: datetime,
-    source: str,
-) -> bool:
-    """Block the address on the channel for the account. True when it was not blocked."""
-    hashes = address_hashes(context, channel, address)
-    return await block_hashes(session, account_id, channel, hashes, now, source)
-
-
 async def block_hashes(
     session: AsyncSession,
     account_id: str,
