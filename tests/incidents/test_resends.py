@@ -30,14 +30,19 @@ async def _messages(context: AppContext) -> int:
 
 
 async def _resend(
-    desk: Desk, incident: dict[str, Any], *ids: str, dry_run: bool = False, **extra: Any
+    desk: Desk,
+    incident: dict[str, Any],
+    *ids: str,
+    dry_run: bool = False,
+    status: int = 200,
+    **extra: Any,
 ) -> dict[str, Any]:
     response = await desk.call(
         "POST",
         f"/v1/incidents/{incident['id']}/resends",
         json={"sendings": list(ids), "dry_run": dry_run, **extra},
     )
-    assert response.status_code == 200, response.text
+    assert response.status_code == status, response.text
     result: dict[str, Any] = response.json()
     return result
 
@@ -89,9 +94,20 @@ async def test_window_boundaries_59_60_61(
     done = await _resend(desk, incident, ann)
     assert _outcomes(done) == [(ann, "resent")]
     clock.set(T0 + 61 * MIN)
-    refused = await _resend(desk, incident, bob)
+    # Every sending of the call refused: the call is refused (409), each with its reason.
+    refused = await _resend(desk, incident, bob, status=409)
+    assert refused["type"].endswith(":resend-refused")
+    assert refused["field"] == "sendings.0"
+    assert bob in refused["reason"] and "exceeds the 60-minute threshold" in refused["reason"]
     assert _outcomes(refused) == [(bob, "needs_approval")]
     assert await _messages(context) == before + 1  # only ann's resend
+    refusals = await _count(
+        context,
+        select(func.count())
+        .select_from(AuditRecord)
+        .where(AuditRecord.action == "incident.resend_refused"),
+    )
+    assert refusals == 1  # recorded although the call was refused
     await tick(worker)
     bodies = await desk.pull()
     assert [(b["resend_of"], b["recipient"]["email"]) for b in bodies] == [(ann, "ann@example.com")]
@@ -209,6 +225,11 @@ async def test_not_resendable_reasons(
     assert outside["results"][0]["outcome"] == "not_resendable"
     assert "time range" in outside["results"][0]["reason"]
     assert result["counts"] == {"not_resendable": 1}
+    before = await _messages(context)
+    real = await _resend(desk, incident, "m_unknown", sent, status=409)
+    assert [e["field"] for e in real["errors"]] == ["sendings.0", "sendings.1"]
+    assert real["counts"] == {"not_resendable": 2}
+    assert await _messages(context) == before
 
 
 async def test_resend_goes_through_the_pipeline_again(

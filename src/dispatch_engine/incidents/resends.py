@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.db.bulk import insert_rows
-from dispatch_engine.errors import ValidationFailed
+from dispatch_engine.errors import DomainError, FieldError, ValidationFailed
 from dispatch_engine.incidents.impacted import (
     WITHDRAWN_REASON,
     WITHDRAWN_RULE,
@@ -118,6 +118,29 @@ class ResendOut(BaseModel):
     threshold_minutes: int
     results: list[ResendItem]
     counts: dict[str, int]
+
+
+REFUSALS: frozenset[Outcome] = frozenset({"needs_approval", "not_resendable"})
+
+
+def refusal_of(out: ResendOut) -> DomainError | None:
+    """A real run that re-sent nothing and refused every sending is refused as a whole
+    (409, each sending's reason; nothing was sent). A run where some went, or were already
+    re-sent, answers 200 with the outcome of each."""
+    if out.dry_run or not out.results or any(i.outcome not in REFUSALS for i in out.results):
+        return None
+    errors = [
+        FieldError(f"sendings.{n}", f"{item.sending}: {item.outcome}: {item.reason}")
+        for n, item in enumerate(out.results)
+    ]
+    return DomainError(
+        detail="nothing was re-sent: " + "; ".join(e.reason for e in errors),
+        errors=errors,
+        extra=out.model_dump(mode="json"),
+        status=409,
+        slug="resend-refused",
+        title="Resend refused",
+    )
 
 
 def _email_of(contact: Any) -> str | None:

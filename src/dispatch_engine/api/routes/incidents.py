@@ -360,13 +360,19 @@ async def list_approvals(
         return await resends.list_approvals(session, incident_id)
 
 
-@router.post(ITEM + "/resends", response_model=resends.ResendOut)
+@router.post(
+    ITEM + "/resends",
+    response_model=resends.ResendOut,
+    responses={409: {"description": "Nothing was re-sent: every sending was refused."}},
+)
 async def resend_sendings(
     incident_id: str, body: resends.ResendIn, actor: OperatorActor, session: SessionDep
 ) -> resends.ResendOut:
     """Resend failed/delayed sendings under the window rule; `dry_run` writes nothing.
     Safe to retry: a sending already re-sent under the same approval (or within the
-    threshold) answers `already_resent` with the same new id."""
+    threshold) answers `already_resent` with the same new id. A run in which every sending
+    is refused (`needs_approval`, `not_resendable`) answers 409 `resend-refused` with each
+    sending's reason and the same `results`; the refusal is audited."""
     threshold = actor.context.settings.resend_threshold_minutes
     async with session.begin():
         incident = await service.get_incident(session, incident_id, lock=not body.dry_run)
@@ -382,6 +388,9 @@ async def resend_sendings(
         )
         if not body.dry_run:
             _audit_resends(session, actor, incident.id, out)
+    refused = resends.refusal_of(out)
+    if refused is not None:  # raised after the commit: the refusal's audit record stays
+        raise refused
     return out
 
 
