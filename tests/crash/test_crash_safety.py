@@ -1,10 +1,14 @@
-"""Crash safety, Jepsen-style (R-RUL-2): SIGKILL the worker again and again, stop the queue
-for a while, then compare the queue's contents with the database.
+"""Crash safety, Jepsen-style (R-RUL-2): SIGKILL the worker again and again, take the queue
+away twice, then compare the queue's contents with the database.
 
 Every message that passed is on the queue (lost = 0), none that did not pass is there
 (unexpected = 0), and any duplicate carries the same message id (FIFO queues and vendors
 de-duplicate on it). Runs on PostgreSQL against moto's SQS server in its own process, so
-the queue can be frozen (SIGSTOP) to make an outage without losing its contents.
+the queue can go away in two ways:
+- stopped and started again (connection refused meanwhile). moto keeps its queues in
+  memory, so what the old server held is received before it stops, while no worker runs,
+  and the queue is created again under the same URL;
+- frozen (SIGSTOP) for a while: requests hang until the sender's timeouts, then it thaws.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from tests.procs import BIN, free_port, send_now_dispatch, start_worker
 CONTACTS = 160
 UNSUBSCRIBED = 16
 KILL_CYCLES = 12
+RESTART_AT = 3  # the cycle that starts with the queue server stopped
+DURING_OUTAGE = 40  # contacts posted while it is down, so the relay has work to fail on
 
 
 def _start_moto(port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -66,6 +72,36 @@ def _worker(url: str, log: Path) -> subprocess.Popen[bytes]:
         relay_breaker_cooldown_seconds="0.5",
         sqs_concurrency="2",
     )
+
+
+async def _create_queue(endpoint: str) -> str:
+    session = aioboto3.Session()
+    async with session.client(
+        "sqs",
+        region_name="us-east-1",
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ) as sqs:
+        url: str = (await sqs.create_queue(QueueName="crash"))["QueueUrl"]
+        return url
+
+
+async def _unreachable_seen(context: AppContext) -> bool:
+    """The relay found the queue down and kept the rows for a retry (what an operator sees)."""
+    async with context.sessions() as session:
+        failing = (
+            await session.execute(
+                select(func.count())
+                .select_from(OutboxEntry)
+                .where(
+                    OutboxEntry.attempts > 0,
+                    OutboxEntry.failed_at.is_(None),
+                    OutboxEntry.last_error.like("queue unreachable%"),
+                )
+            )
+        ).scalar_one()
+    return bool(failing)
 
 
 async def _drain_queue(endpoint: str, queue_url: str) -> Counter[str]:
@@ -128,15 +164,7 @@ async def test_kill_the_worker_again_and_again_lose_nothing(
     endpoint = f"http://127.0.0.1:{port}"
     workers: list[subprocess.Popen[bytes]] = []
     try:
-        session = aioboto3.Session()
-        async with session.client(
-            "sqs",
-            region_name="us-east-1",
-            endpoint_url=endpoint,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        ) as sqs:
-            queue_url = (await sqs.create_queue(QueueName="crash"))["QueueUrl"]
+        queue_url = await _create_queue(endpoint)
         assert (
             await client.post("/v1/accounts", headers=admin, json={"id": "acme", "name": "A"})
         ).status_code == 201
@@ -171,10 +199,33 @@ async def test_kill_the_worker_again_and_again_lose_nothing(
 
         url = context.settings.effective_database_url
         log = tmp_path / "worker.log"
+        before_restart: Counter[str] = Counter()
         for cycle in range(KILL_CYCLES):
+            if cycle == RESTART_AT:
+                # No worker runs now: what the old server holds is all it will ever get.
+                before_restart = await _drain_queue(endpoint, queue_url)
+                moto.terminate()
+                moto.wait(timeout=10)
+                more = [
+                    {"email": f"p{i}@example.com", "external_id": f"c{i}"}
+                    for i in range(CONTACTS, CONTACTS + DURING_OUTAGE)
+                ]
+                posted = await client.post(
+                    f"/v1/accounts/acme/dispatches/{dispatch['id']}/contacts",
+                    headers=admin,
+                    json={"contacts": more},
+                )
+                assert posted.json()["counts"]["accepted"] == DURING_OUTAGE
             worker = _worker(url, log)
             workers.append(worker)
-            if cycle == KILL_CYCLES // 2:  # a queue outage in the middle of the run
+            if cycle == RESTART_AT:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and not await _unreachable_seen(context):
+                    await asyncio.sleep(0.2)
+                assert await _unreachable_seen(context), log.read_text()[-3000:]
+                moto = _start_moto(port, tmp_path / "moto-restarted.log")
+                assert await _create_queue(endpoint) == queue_url
+            if cycle == KILL_CYCLES // 2:  # a queue that hangs in the middle of the run
                 await asyncio.sleep(0.5)
                 moto.send_signal(signal.SIGSTOP)
                 await asyncio.sleep(3)
@@ -199,10 +250,11 @@ async def test_kill_the_worker_again_and_again_lose_nothing(
             not_passed = set(
                 (await db.execute(select(Message.id).where(Message.state != "sent"))).scalars()
             )
-        delivered = await _drain_queue(endpoint, queue_url)
+        delivered = before_restart + await _drain_queue(endpoint, queue_url)
         lost = passed - set(delivered)
         unexpected = set(delivered) - passed
-        assert len(passed) == CONTACTS - UNSUBSCRIBED
+        assert before_restart, "the first server received nothing before it stopped"
+        assert len(passed) == CONTACTS + DURING_OUTAGE - UNSUBSCRIBED
         assert len(not_passed) == UNSUBSCRIBED
         assert lost == set(), f"lost {len(lost)}"
         assert unexpected == set(), f"unexpected {len(unexpected)}"
