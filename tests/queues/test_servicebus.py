@@ -329,6 +329,7 @@ async def test_a_message_too_large_for_an_empty_batch_fails_alone_and_is_never_s
 
     assert [(f.message_id, f.retryable) for f in failures] == [(huge.message_id, False)]
     assert failures[0].error == "message too large for the entity (max 4096 bytes)"
+    assert not failures[0].about_queue  # the message's fault: nothing shown on the integration
     fake = client.sender
     assert fake.delivered_ids == [m.message_id for m in small]
     assert huge.message_id not in [i for attempt in fake.attempts for i in attempt]
@@ -425,6 +426,7 @@ async def test_transient_errors_fail_exactly_the_failed_batch_as_retryable(
     failed_batch = fake.attempts[1]
     assert [f.message_id for f in failures] == failed_batch
     assert all(f.retryable for f in failures)
+    assert all(f.about_queue for f in failures)  # an outage: shown on the integration
     assert all(words in f.error for f in failures)
     for failure in failures:
         assert_plain(failure.error)
@@ -509,6 +511,7 @@ async def test_refusals_are_final_in_plain_words_without_secrets(
     ]
     assert len(fake.attempts) == 2  # every later batch would be refused the same way
     assert all(not f.retryable for f in failures)
+    assert all(f.about_queue for f in failures)  # shown on the integration
     assert {f.error for f in failures} == {failures[0].error}
     assert words in failures[0].error
     assert_plain(failures[0].error)

@@ -246,6 +246,7 @@ async def test_nonexistent_queue_fails_every_message_for_good(moto_server: Moto)
     assert [f.message_id for f in failures] == [m.message_id for m in messages]
     for failure in failures:
         assert not failure.retryable
+        assert failure.about_queue  # the queue's fault: shown on the integration
         assert "does not exist" in failure.error
         assert "127.0.0.1" not in failure.error and "no-such-queue" not in failure.error
 
@@ -269,6 +270,7 @@ async def test_server_down_is_retryable_and_says_unreachable() -> None:
     assert [f.message_id for f in failures] == [m.message_id for m in messages]
     for failure in failures:
         assert failure.retryable
+        assert failure.about_queue
         assert failure.error.startswith("queue unreachable: ")
         assert str(port) not in failure.error
 
@@ -583,6 +585,7 @@ async def test_whole_request_errors(error: BaseException, retryable: bool, text:
     assert [f.message_id for f in failures] == ["id0", "id1", "id2"]
     for failure in failures:
         assert failure.retryable is retryable
+        assert failure.about_queue  # the request, not a message: shown on the integration
         assert text in failure.error
         for secret in ("s3cr3t", "AKIAEXAMPLE", "amazonaws", "123456789012", "10.0.0.1", '"n"'):
             assert secret not in failure.error

@@ -71,6 +71,19 @@ class RelayResult:
         return self.delivered + self.retried + self.failed
 
 
+def _queue_health_change(
+    integration: QueueIntegration, entries: list[DueRow], pushed: list[SendFailure]
+) -> tuple[QueueIntegration, str | None] | None:
+    """What the integration should show after a push, when that differs from what it shows:
+    the queue's own refusal (not a message's), or nothing once some message went through."""
+    refusal = next((f.error[:1000] for f in pushed if f.about_queue), None)
+    if refusal is None and len(pushed) == len(entries):
+        return None  # every message refused for itself: says nothing about the queue
+    if refusal == integration.push_error:
+        return None
+    return integration, refusal
+
+
 def backoff(attempt: int, base: float, cap: float) -> timedelta:
     """Exponential backoff with full jitter (attempt 1 → up to `base` seconds)."""
     return timedelta(seconds=random.uniform(0, min(cap, base * 2 ** (attempt - 1))))
@@ -205,6 +218,7 @@ class OutboxRelay:
             by_account[row.account_id].append(row)
         failures: dict[str, SendFailure] = {}
         skipped: dict[int, tuple[str, datetime]] = {}
+        health: list[tuple[QueueIntegration, str | None]] = []
         for account_id, entries in by_account.items():
             integration = kinds.get(account_id)
             sender = await self.senders.get(integration) if integration else None
@@ -222,10 +236,41 @@ class OutboxRelay:
             self.breaker.record(key, ok=not outage, now=now)
             for failure in pushed:
                 failures[failure.message_id] = failure
+            change = _queue_health_change(integration, entries, pushed)
+            if change is not None:
+                health.append(change)
         if token is None:  # the caller's transaction holds the rows
+            await self._record_queue_health(session, health, now)
             return await self._write_back(session, token, rows, failures, skipped, now)
         async with session.begin():
+            await self._record_queue_health(session, health, now)
             return await self._write_back(session, token, rows, failures, skipped, now)
+
+    async def _record_queue_health(
+        self,
+        session: AsyncSession,
+        changes: list[tuple[QueueIntegration, str | None]],
+        now: datetime,
+    ) -> None:
+        """Show a refusal of the whole push on the integration, or clear it once a push went
+        through (only on a change, so an outage writes once, not every round). Fenced by
+        version: a replaced integration starts clean."""
+        table = table_of(QueueIntegration)
+        for integration, error in changes:
+            await session.execute(
+                update(table)
+                .where(
+                    table.c.account_id == integration.account_id,
+                    table.c.version == integration.version,
+                )
+                .values(push_error=error, push_error_at=now if error is not None else None)
+            )
+            if error is None:
+                log.info("queue_push_recovered", account=integration.account_id)
+            else:
+                log.warning(
+                    "queue_push_refused", account=integration.account_id, kind=integration.kind
+                )
 
     async def _due_rows(self, session: AsyncSession, now: datetime) -> list[DueRow]:
         """Due outbox rows in order (locked on PostgreSQL: the locks are the claim)."""
@@ -313,7 +358,7 @@ class OutboxRelay:
         except Exception as exc:  # a sender bug or outage must not lose the batch
             error = f"{type(exc).__name__}: queue push failed"
             log.warning("relay_push_error", error_type=type(exc).__name__, kind=kind)
-            failures = [SendFailure(m.message_id, error, retryable=True) for m in messages]
+            failures = [SendFailure(m.message_id, error, True, about_queue=True) for m in messages]
         metrics.QUEUE_PUSH_LATENCY.labels(kind).observe(time.perf_counter() - started)
         failed = {f.message_id for f in failures}
         metrics.QUEUE_PUSHES.labels(kind, "ok").inc(len(messages) - len(failed))

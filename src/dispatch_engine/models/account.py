@@ -40,3 +40,6 @@ class QueueIntegration(Base):
     updated_at: Mapped[datetime]
     verified_at: Mapped[datetime | None] = mapped_column(default=None)
     verify_error: Mapped[str | None] = mapped_column(Text, default=None)
+    # The last push the queue refused as a whole (set and cleared by the relay).
+    push_error: Mapped[str | None] = mapped_column(Text, default=None)
+    push_error_at: Mapped[datetime | None] = mapped_column(default=None)

@@ -20,6 +20,10 @@ class SendFailure:
     message_id: str
     error: str  # plain words, never a secret or an address
     retryable: bool
+    # The queue refused or could not be reached (credentials, rights, missing queue,
+    # outage), as opposed to this message (too large, refused entry): shown on the
+    # integration, since it will fail every message until someone acts or it recovers.
+    about_queue: bool = False
 
 
 class QueueSender(Protocol):

@@ -73,6 +73,8 @@ class _Problem:
     # The entity refuses every message (credentials, rights, entity missing or disabled):
     # the rest of the call is reported with the same error instead of being tried.
     refuses_all: bool = False
+    # About the queue or topic, not the message (see SendFailure.about_queue).
+    about_queue: bool = True
 
 
 _AUTHENTICATION = _Problem(
@@ -87,7 +89,9 @@ _AUTHORIZATION = _Problem(
 )
 _NOT_FOUND = _Problem("queue or topic not found", retryable=False, refuses_all=True)
 _DISABLED = _Problem("queue or topic is disabled", retryable=False, refuses_all=True)
-_CLOSED = _Problem("the queue sender was closed; the push will be retried", retryable=True)
+_CLOSED = _Problem(
+    "the queue sender was closed; the push will be retried", retryable=True, about_queue=False
+)
 
 
 def _condition_of(exc: ServiceBusError) -> str | None:
@@ -118,7 +122,7 @@ def _classify(exc: Exception) -> _Problem:
     if isinstance(getattr(exc, "inner_exception", None), ClientAuthenticationError):
         return _AUTHENTICATION
     if isinstance(exc, MessageSizeExceededError):
-        return _Problem("message too large for the entity", retryable=False)
+        return _Problem("message too large for the entity", retryable=False, about_queue=False)
     if isinstance(exc, ServiceBusAuthenticationError):
         return _AUTHENTICATION
     if isinstance(exc, ServiceBusAuthorizationError):
@@ -339,7 +343,10 @@ def _to_servicebus(message: OutgoingMessage) -> ServiceBusMessage:
 
 
 def _fail(messages: Sequence[OutgoingMessage], problem: _Problem) -> list[SendFailure]:
-    return [SendFailure(m.message_id, problem.error, problem.retryable) for m in messages]
+    return [
+        SendFailure(m.message_id, problem.error, problem.retryable, problem.about_queue)
+        for m in messages
+    ]
 
 
 def _too_large(message: OutgoingMessage, max_bytes: int) -> SendFailure:

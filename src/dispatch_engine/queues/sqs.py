@@ -220,6 +220,15 @@ def _describe(code: str, message: str) -> str:
     return f"{code}: {plain}"
 
 
+def _every(
+    batch: Batch, error: str, retryable: bool, *, about_queue: bool = True
+) -> list[SendFailure]:
+    """The same failure for every message of a request the queue did not take as a whole."""
+    return [
+        SendFailure(i.message.message_id, error, retryable, about_queue=about_queue) for i in batch
+    ]
+
+
 def _client_error(exc: ClientError) -> tuple[str, str, bool]:
     """(code, error text, retryable) of a refused request."""
     response: Mapping[str, Any] = exc.response or {}
@@ -448,26 +457,24 @@ class SqsQueueSender:
                     response = await client.send_message_batch(
                         QueueUrl=self.queue_url, Entries=entries
                     )
-        except SqsError as exc:
-            return [SendFailure(i.message.message_id, exc.reason, exc.retryable) for i in batch]
+        except SqsError as exc:  # the sender was closed (shutdown): not the queue's fault
+            return _every(batch, exc.reason, exc.retryable, about_queue=False)
         except ClientError as exc:
             code, error, retryable = _client_error(exc)
             log.warning("sqs_request_refused", code=code, entries=len(batch))
             if len(batch) > 1 and code in _CONTENT_CODES:
                 return await self._send_one_by_one(batch)
-            return [SendFailure(i.message.message_id, error, retryable) for i in batch]
+            return _every(batch, error, retryable, about_queue=code not in _CONTENT_CODES)
         except _UNREACHABLE as exc:
-            error = f"queue unreachable: {type(exc).__name__}"
             log.warning("sqs_unreachable", error_type=type(exc).__name__, entries=len(batch))
-            return [SendFailure(i.message.message_id, error, retryable=True) for i in batch]
+            return _every(batch, f"queue unreachable: {type(exc).__name__}", True)
         except (NoCredentialsError, PartialCredentialsError) as exc:
             # The default chain found nothing usable; an instance role may come back.
             error = f"{type(exc).__name__}: no usable AWS credentials were found"
-            return [SendFailure(i.message.message_id, error, retryable=True) for i in batch]
+            return _every(batch, error, True)
         except BotoCoreError as exc:
-            error = f"{type(exc).__name__}: the request could not be made"
             log.warning("sqs_client_error", error_type=type(exc).__name__)
-            return [SendFailure(i.message.message_id, error, retryable=True) for i in batch]
+            return _every(batch, f"{type(exc).__name__}: the request could not be made", True)
         return self._read_answer(batch, response)
 
     async def _send_one_by_one(self, batch: Batch) -> list[SendFailure]:

@@ -179,3 +179,9 @@ class IntegrationOut(BaseModel):
     updated_at: datetime
     verified_at: datetime | None
     verify_error: str | None
+    push_error: str | None = Field(
+        description="Why the queue refused the last push as a whole (credentials, rights, a "
+        "missing queue, unreachable), in plain words; null once a push goes through again, "
+        "a probe succeeds, or the integration is replaced."
+    )
+    push_error_at: datetime | None = Field(description="When that push was refused.")

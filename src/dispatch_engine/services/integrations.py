@@ -72,6 +72,8 @@ async def put_integration(
         existing.updated_at = now
         existing.verified_at = None
         existing.verify_error = None
+        existing.push_error = None  # the new settings have not been refused yet
+        existing.push_error_at = None
     await session.flush()
     return existing, before
 
@@ -123,6 +125,8 @@ def integration_out(integration: QueueIntegration) -> IntegrationOut:
         updated_at=integration.updated_at,
         verified_at=integration.verified_at,
         verify_error=integration.verify_error,
+        push_error=integration.push_error,
+        push_error_at=integration.push_error_at,
     )
 
 

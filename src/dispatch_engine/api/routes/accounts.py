@@ -158,6 +158,8 @@ async def verify_integration(
         stored = await integrations.get_integration(session, account_id)
         stored.verified_at = now if error is None else stored.verified_at
         stored.verify_error = error
+        if error is None:  # the queue takes messages again: an earlier refusal is history
+            stored.push_error = stored.push_error_at = None
         actor.audit(
             session,
             "queue_integration.verify",
