@@ -295,3 +295,27 @@ async def test_a_probe_that_goes_through_clears_the_error(
     assert verified.status_code == 200 and verified.json()["ok"] is True, verified.text
     integration = await shown(client, admin, "acme")
     assert (integration["push_error"], integration["push_error_at"]) == (None, None)
+
+
+async def test_lanes_reporting_the_same_error_keep_the_time_it_began(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    clock: FrozenClock,
+    context: AppContext,
+    worker: Worker,
+) -> None:
+    await dispatch_for(client, admin, "acme")
+    async with context.sessions() as session:
+        integration = await session.get(QueueIntegration, "acme")
+        assert integration is not None
+        session.expunge(integration)  # as every lane loaded it: no error shown yet
+    began = clock.now().isoformat().replace("+00:00", "Z")
+    for _lane in range(2):
+        async with context.sessions() as session, session.begin():
+            await worker.relay._record_queue_health(
+                session, [(integration, "queue unreachable: ConnectionRefused")], clock.now()
+            )
+        clock.advance(MINUTE)
+    shown_now = await shown(client, admin, "acme")
+    assert shown_now["push_error"] == "queue unreachable: ConnectionRefused"
+    assert shown_now["push_error_at"] == began

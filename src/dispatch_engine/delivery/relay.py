@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import structlog
-from sqlalchemy import bindparam, delete, func, or_, select, update
+from sqlalchemy import bindparam, case, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.context import AppContext
@@ -257,13 +257,15 @@ class OutboxRelay:
         version: a replaced integration starts clean."""
         table = table_of(QueueIntegration)
         for integration, error in changes:
+            # Parallel lanes may report the same error: the first one's time is kept.
+            since = case((table.c.push_error == error, table.c.push_error_at), else_=now)
             await session.execute(
                 update(table)
                 .where(
                     table.c.account_id == integration.account_id,
                     table.c.version == integration.version,
                 )
-                .values(push_error=error, push_error_at=now if error is not None else None)
+                .values(push_error=error, push_error_at=since if error is not None else None)
             )
             if error is None:
                 log.info("queue_push_recovered", account=integration.account_id)
