@@ -74,60 +74,26 @@ def _worker(url: str, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def _create_queue(endpoint: str) -> str:
-    session = aioboto3.Session()
-    async with session.client(
+def _sqs(endpoint: str) -> Any:
+    """An aioboto3 SQS client context on the moto server."""
+    return aioboto3.Session().client(
         "sqs",
         region_name="us-east-1",
         endpoint_url=endpoint,
         aws_access_key_id="testing",
         aws_secret_access_key="testing",
-    ) as sqs:
+    )
+
+
+async def _create_queue(endpoint: str) -> str:
+    async with _sqs(endpoint) as sqs:
         url: str = (await sqs.create_queue(QueueName="crash"))["QueueUrl"]
         return url
 
 
-async def _unreachable_seen(context: AppContext) -> bool:
-    """The relay found the queue down and kept the rows for a retry (what an operator sees)."""
-    async with context.sessions() as session:
-        failing = (
-            await session.execute(
-                select(func.count())
-                .select_from(OutboxEntry)
-                .where(
-                    OutboxEntry.attempts > 0,
-                    OutboxEntry.failed_at.is_(None),
-                    OutboxEntry.last_error.like("queue unreachable%"),
-                )
-            )
-        ).scalar_one()
-    return bool(failing)
-
-
-async def _pushed_any(context: AppContext) -> bool:
-    """Some message has left the outbox: the queue acknowledged it."""
-    async with context.sessions() as session:
-        sent = (
-            await session.execute(
-                select(func.count()).select_from(Message).where(Message.state == "sent")
-            )
-        ).scalar_one()
-        waiting = (
-            await session.execute(select(func.count()).select_from(OutboxEntry))
-        ).scalar_one()
-    return bool(sent > waiting)
-
-
 async def _drain_queue(endpoint: str, queue_url: str) -> Counter[str]:
     seen: Counter[str] = Counter()
-    session = aioboto3.Session()
-    async with session.client(
-        "sqs",
-        region_name="us-east-1",
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ) as sqs:
+    async with _sqs(endpoint) as sqs:
         empty = 0
         while empty < 3:
             answer = await sqs.receive_message(
@@ -144,22 +110,37 @@ async def _drain_queue(endpoint: str, queue_url: str) -> Counter[str]:
     return seen
 
 
-async def _settled(context: AppContext) -> bool:
+async def _count(context: AppContext, model: Any, *where: Any) -> int:
     async with context.sessions() as session:
-        waiting = (
-            await session.execute(
-                select(func.count())
-                .select_from(Message)
-                .where(Message.state.in_(("pending", "deferred", "delayed", "held")))
-            )
-        ).scalar_one()
-        unpushed = (
-            await session.execute(
-                select(func.count())
-                .select_from(OutboxEntry)
-                .where(OutboxEntry.delivered_at.is_(None), OutboxEntry.failed_at.is_(None))
-            )
-        ).scalar_one()
+        query = select(func.count()).select_from(model).where(*where)
+        return int((await session.execute(query)).scalar_one())
+
+
+async def _unreachable_seen(context: AppContext) -> bool:
+    """The relay found the queue down and kept the rows for a retry (what an operator sees)."""
+    failing = await _count(
+        context,
+        OutboxEntry,
+        OutboxEntry.attempts > 0,
+        OutboxEntry.failed_at.is_(None),
+        OutboxEntry.last_error.like("queue unreachable%"),
+    )
+    return failing > 0
+
+
+async def _pushed_any(context: AppContext) -> bool:
+    """Some message has left the outbox: the queue acknowledged it."""
+    sent = await _count(context, Message, Message.state == "sent")
+    return sent > await _count(context, OutboxEntry)
+
+
+async def _settled(context: AppContext) -> bool:
+    waiting = await _count(
+        context, Message, Message.state.in_(("pending", "deferred", "delayed", "held"))
+    )
+    unpushed = await _count(
+        context, OutboxEntry, OutboxEntry.delivered_at.is_(None), OutboxEntry.failed_at.is_(None)
+    )
     return waiting == 0 and unpushed == 0
 
 
