@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from azure.servicebus._pyamqp.error import AuthenticationException, ErrorCondition
+from prometheus_client import REGISTRY
 from sqlalchemy import select
 
 from dispatch_engine.clock import FrozenClock
@@ -32,6 +33,10 @@ from tests.queues.conftest import KEY, REGION, SECRET, Moto, free_port
 from tests.queues.test_servicebus import CONNECTION_STRING, Factory, FakeClient, sdk_error
 
 MINUTE = timedelta(minutes=1)
+
+
+def refusing() -> float | None:
+    return REGISTRY.get_sample_value("dispatch_queue_integrations_refusing")
 
 
 @pytest.fixture
@@ -173,6 +178,7 @@ async def test_an_outage_is_shown_from_when_it_began_and_a_replaced_integration_
     assert integration["push_error"].startswith("queue unreachable: ")
     assert str(port) not in integration["push_error"]
     assert integration["push_error_at"] == began
+    assert refusing() == 1  # the gauge to alert on
 
     clock.advance(10 * MINUTE)  # past the backoff: pushed again, refused again
     await worker.relay_outbox()
@@ -188,6 +194,7 @@ async def test_an_outage_is_shown_from_when_it_began_and_a_replaced_integration_
     await worker.relay_outbox()  # the waiting message goes to the new queue
     assert (await message_of(client, admin, "acme", "ann"))["state"] == "sent"
     assert (await shown(client, admin, "acme"))["push_error"] is None
+    assert refusing() == 0
 
 
 async def test_refused_credentials_on_service_bus_show_on_the_integration(

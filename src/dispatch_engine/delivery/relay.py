@@ -133,7 +133,8 @@ class OutboxRelay:
         return total
 
     async def observe_depth(self) -> None:
-        """Outbox depth and oldest age, for the gauges (one cheap indexed query)."""
+        """Outbox depth and oldest age, and the integrations whose queue refuses pushes, for
+        the gauges (an indexed query and a count over the small integrations table)."""
         async with self.context.sessions() as session, session.begin():
             depth, oldest = (
                 await session.execute(
@@ -142,6 +143,12 @@ class OutboxRelay:
                     )
                 )
             ).one()
+            refusing = (
+                await session.execute(
+                    select(func.count()).where(QueueIntegration.push_error.is_not(None))
+                )
+            ).scalar_one()
+        metrics.QUEUE_INTEGRATIONS_REFUSING.set(refusing)
         metrics.OUTBOX_DEPTH.set(depth)
         age = (self.context.clock.now() - oldest).total_seconds() if oldest else 0.0
         metrics.OUTBOX_OLDEST_AGE.set(max(0.0, age))

@@ -87,6 +87,11 @@ OUTBOX_OLDEST_AGE = Gauge(
     "Age of the oldest unacknowledged outbox row.",
     multiprocess_mode="max",
 )
+QUEUE_INTEGRATIONS_REFUSING = Gauge(
+    "dispatch_queue_integrations_refusing",
+    "Queue integrations whose queue refused the last push as a whole (push_error set).",
+    multiprocess_mode="max",
+)
 
 
 def metrics_payload() -> tuple[bytes, str]:
