@@ -230,6 +230,8 @@ async def test_not_resendable_reasons(
     assert [e["field"] for e in real["errors"]] == ["sendings.0", "sendings.1"]
     assert real["counts"] == {"not_resendable": 2}
     assert await _messages(context) == before
+    many = await _resend(desk, incident, *(f"m_nope{n}" for n in range(7)), status=409)
+    assert len(many["errors"]) == 7 and many["detail"].endswith("and 2 more (see errors)")
 
 
 async def test_resend_goes_through_the_pipeline_again(

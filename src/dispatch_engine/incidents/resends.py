@@ -133,8 +133,10 @@ def refusal_of(out: ResendOut) -> DomainError | None:
         FieldError(f"sendings.{n}", f"{item.sending}: {item.outcome}: {item.reason}")
         for n, item in enumerate(out.results)
     ]
+    shown = "; ".join(e.reason for e in errors[:5])  # a call may name up to 1000
+    more = f"; and {len(errors) - 5} more (see errors)" if len(errors) > 5 else ""
     return DomainError(
-        detail="nothing was re-sent: " + "; ".join(e.reason for e in errors),
+        detail=f"nothing was re-sent: {shown}{more}",
         errors=errors,
         extra=out.model_dump(mode="json"),
         status=409,
