@@ -226,8 +226,13 @@ async def test_kill_the_worker_again_and_again_lose_nothing(
                 while time.monotonic() < deadline and not await _unreachable_seen(context):
                     await asyncio.sleep(0.2)
                 assert await _unreachable_seen(context), log.read_text()[-3000:]
+                # A restarted moto has lost its queues (SQS would not): the worker waits,
+                # frozen, until the queue is back, or its pushes would fail for good with
+                # "queue does not exist" in between.
+                worker.send_signal(signal.SIGSTOP)
                 moto = _start_moto(port, tmp_path / "moto-restarted.log")
                 assert await _create_queue(endpoint) == queue_url
+                worker.send_signal(signal.SIGCONT)
             if cycle == KILL_CYCLES // 2:  # a queue that hangs in the middle of the run
                 await asyncio.sleep(0.5)
                 moto.send_signal(signal.SIGSTOP)
