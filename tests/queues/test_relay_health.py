@@ -35,6 +35,11 @@ from tests.queues.test_servicebus import CONNECTION_STRING, Factory, FakeClient,
 MINUTE = timedelta(minutes=1)
 
 
+def as_shown(clock: FrozenClock) -> str:
+    """The clock's time as the API writes it (RFC 3339, UTC as `Z`)."""
+    return clock.now().isoformat().replace("+00:00", "Z")
+
+
 def refusing() -> float | None:
     return REGISTRY.get_sample_value("dispatch_queue_integrations_refusing")
 
@@ -142,7 +147,7 @@ async def test_a_missing_queue_shows_on_the_integration_until_a_push_goes_throug
     integration = await shown(client, admin, "acme")
     assert "does not exist" in integration["push_error"]
     assert name not in integration["push_error"] and "127.0.0.1" not in integration["push_error"]
-    assert integration["push_error_at"] == clock.now().isoformat().replace("+00:00", "Z")
+    assert integration["push_error_at"] == as_shown(clock)
     ann = await message_of(client, admin, "acme", "ann")
     assert ann["state"] == "failed" and "does not exist" in ann["reason"]
 
@@ -172,7 +177,7 @@ async def test_an_outage_is_shown_from_when_it_began_and_a_replaced_integration_
     await put_queue(client, admin, "acme", sqs_at(endpoint, f"{endpoint}/123456789012/q"))
     await post_contact(client, admin, "acme", dispatch, "ann")
     await worker.deliver()
-    began = clock.now().isoformat().replace("+00:00", "Z")
+    began = as_shown(clock)
     await worker.relay_outbox()
     integration = await shown(client, admin, "acme")
     assert integration["push_error"].startswith("queue unreachable: ")
@@ -316,7 +321,7 @@ async def test_lanes_reporting_the_same_error_keep_the_time_it_began(
         integration = await session.get(QueueIntegration, "acme")
         assert integration is not None
         session.expunge(integration)  # as every lane loaded it: no error shown yet
-    began = clock.now().isoformat().replace("+00:00", "Z")
+    began = as_shown(clock)
     for _lane in range(2):
         async with context.sessions() as session, session.begin():
             await worker.relay._record_queue_health(

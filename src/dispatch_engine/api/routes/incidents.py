@@ -409,7 +409,7 @@ def _audit_resends(
                 incident=incident_id,
                 after=item.model_dump(mode="json"),
             )
-        elif item.outcome in ("needs_approval", "not_resendable"):
+        elif item.outcome in resends.REFUSALS:
             refused.append(item.model_dump(mode="json"))
     if refused:
         actor.audit(
