@@ -26,7 +26,7 @@ from sqlalchemy import (
     true,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
 
@@ -114,8 +114,10 @@ async def insert_rows(session: AsyncSession, table: Table, rows: Sequence[dict[s
         )
         await driver.copy_records_to_table(table.name, records=records, columns=columns)
     except asyncpg.IntegrityConstraintViolationError as exc:
-        # Same exception type as the ORM paths, so callers retry races in one place.
+        # Same exception types as the ORM paths, so callers retry races in one place.
         raise IntegrityError(f"COPY {table.name}", None, exc) from exc
+    except asyncpg.TransactionRollbackError as exc:  # deadlock, serialization failure
+        raise OperationalError(f"COPY {table.name}", None, exc) from exc
 
 
 def pg_array_type(column: Any) -> str:

@@ -23,12 +23,13 @@ from typing import Any
 
 import structlog
 from sqlalchemy import or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.context import AppContext
 from dispatch_engine.db.bulk import existing_values, insert_rows, member_of
 from dispatch_engine.db.statistics import GrowthAnalyzer
+from dispatch_engine.db.transient import jittered_delay, transient_kind
 from dispatch_engine.delivery.contacts import seal_contact
 from dispatch_engine.delivery.facts import fatigue_lock_key, fatigue_of
 from dispatch_engine.ingest.rows import ContactIn, Rejection, parse_contact
@@ -47,7 +48,9 @@ from dispatch_engine.observability import metrics
 from dispatch_engine.security.hashing import KeyedHasher
 
 log = structlog.get_logger(__name__)
-CHUNK_RETRIES = 3
+CHUNK_RETRIES = 6
+RETRY_BASE_SECONDS = 0.05
+RETRY_CAP_SECONDS = 1.0
 YIELD_EVERY_ROWS = 50  # rows prepared between two chances for the writing chunk to progress
 
 
@@ -267,17 +270,38 @@ def _shared_values(
 async def store_chunk(
     context: AppContext, batch_id: str, target: IngestTarget, prepared: PreparedChunk
 ) -> IngestCounts:
-    """One transaction: drop duplicates, take fatigue locks, insert, count."""
+    """One transaction: drop duplicates, take fatigue locks, insert, count.
+
+    Run again, whole, when a racing file took an external id or a fatigue lock first
+    (the next attempt sees its rows), or when PostgreSQL aborted it to break a deadlock
+    or a serialization conflict with another file (after a jittered pause). Locks are
+    taken in one global order (see `_in_lock_order`), so deadlocks are rare to begin with.
+    """
     for attempt in range(1, CHUNK_RETRIES + 1):
         try:
             async with context.sessions() as session, session.begin():
                 return await _store_chunk(session, context, batch_id, target, prepared)
         except IntegrityError:
-            # A racing file took an external id or a fatigue lock first: look again.
-            log.info("ingest_chunk_retry", batch=batch_id, attempt=attempt)
+            kind = "unique"
             if attempt == CHUNK_RETRIES:
                 raise
+        except DBAPIError as error:
+            kind = transient_kind(error) or ""
+            if not kind or attempt == CHUNK_RETRIES:
+                raise
+            await asyncio.sleep(jittered_delay(attempt, RETRY_BASE_SECONDS, RETRY_CAP_SECONDS))
+        metrics.TRANSACTION_RETRIES.labels("ingest_chunk", kind).inc()
+        log.info("ingest_chunk_retry", batch=batch_id, attempt=attempt, kind=kind)
     raise AssertionError("unreachable")
+
+
+def _in_lock_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Invites holding a pending-token lock first, in lock-key order, then the others.
+
+    The unique lock index makes a transaction wait for another that inserted the same
+    key; two files with the same people in other orders would wait on each other
+    (deadlock). Inserting keys in one global order makes the second wait, not deadlock."""
+    return sorted(rows, key=lambda row: (row["fatigue_lock"] is None, row["fatigue_lock"] or ""))
 
 
 async def _store_chunk(
@@ -303,7 +327,7 @@ async def _store_chunk(
         invites.append(candidate.invite)
         if candidate.message is not None:
             messages.append(candidate.message)
-    await insert_rows(session, table_of(Invite), invites)
+    await insert_rows(session, table_of(Invite), _in_lock_order(invites))
     await insert_rows(session, table_of(Message), messages)
     counts.accepted = len(invites)
     counts.rejected = len(counts.rejections)
@@ -384,7 +408,7 @@ async def _assign_locks(
             )
         )
     ).all()
-    released = [invite_id for invite_id, _, is_stale in holders if is_stale]
+    released = sorted(invite_id for invite_id, _, is_stale in holders if is_stale)
     if released:
         await session.execute(
             update(Invite)

@@ -46,6 +46,12 @@ def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
 
 
 CONTACTS = Counter("dispatch_contacts_total", "Contact rows received, by outcome.", ["outcome"])
+TRANSACTION_RETRIES = Counter(
+    "dispatch_transaction_retries_total",
+    "Transactions run again after the database aborted them (deadlock, serialization) or a "
+    "racing writer took a unique key first, by where and why.",
+    ["where", "kind"],
+)
 MESSAGES = Counter(
     "dispatch_messages_total",
     "Messages decided by the rule pipeline, by outcome and reason.",
