@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from dispatch_engine.clock import Clock, SystemClock
-from dispatch_engine.db.engine import build_engine, session_factory
+from dispatch_engine.db.engine import SessionLimits, build_engine, session_factory
 from dispatch_engine.security.crypto import FieldCipher, generate_key, parse_key_ring
 from dispatch_engine.security.hashing import KeyedHasher
 from dispatch_engine.security.ssrf import UrlPolicy
@@ -37,7 +37,14 @@ def build_context(settings: Settings, clock: Clock | None = None) -> AppContext:
     encryption_spec, hmac_spec = key_ring_specs(settings)
     enc_keys, enc_current = parse_key_ring(encryption_spec)
     mac_keys, mac_current = parse_key_ring(hmac_spec)
-    engine = build_engine(settings.effective_database_url)
+    engine = build_engine(
+        settings.effective_database_url,
+        limits=SessionLimits(
+            idle_in_transaction_seconds=settings.claim_lease_seconds,
+            statement_seconds=settings.db_statement_timeout_seconds,
+            application_name=f"dispatch-engine {settings.worker_id}",
+        ),
+    )
     return AppContext(
         settings=settings,
         engine=engine,

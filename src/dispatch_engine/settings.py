@@ -62,7 +62,17 @@ class Settings(BaseSettings):
         description="`worker` serves Prometheus metrics on this port (the API serves /metrics).",
     )
     claim_batch_size: int = Field(default=500, ge=1, le=10_000)
-    claim_lease_seconds: int = Field(default=60, ge=5)
+    claim_lease_seconds: int = Field(
+        default=60,
+        ge=5,
+        description="Bounds every claim: a leased claim comes back after it, and PostgreSQL "
+        "ends a session whose transaction stays idle this long (a frozen or cut-off worker).",
+    )
+    db_statement_timeout_seconds: int = Field(
+        default=300,
+        ge=0,
+        description="PostgreSQL statement_timeout of the service's sessions (0: none).",
+    )
     # Rounds a worker runs at once on PostgreSQL (SQLite always runs one).
     claim_concurrency: int = Field(default=3, ge=1, le=16)
     claim_interval_seconds: float = Field(default=1.0, gt=0)
