@@ -31,6 +31,17 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """`dispatch-engine worker` on the test database, with the tests' key rings; keyword
     arguments become DISPATCH_<NAME> settings."""
+    return _start(["worker", "--grace", str(grace)], url, log, settings)
+
+
+def start_api(url: str, log: Path, port: int, **settings: str) -> subprocess.Popen[bytes]:
+    """`dispatch-engine api` on 127.0.0.1:`port` (settings as for `start_worker`)."""
+    return _start(["api", "--host", "127.0.0.1", "--port", str(port)], url, log, settings)
+
+
+def _start(
+    command: list[str], url: str, log: Path, settings: dict[str, str]
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DISPATCH_DATABASE_URL": url,
@@ -41,7 +52,7 @@ def start_worker(
         **{f"DISPATCH_{name.upper()}": value for name, value in settings.items()},
     }
     return subprocess.Popen(
-        [str(BIN / "dispatch-engine"), "worker", "--grace", str(grace)],
+        [str(BIN / "dispatch-engine"), *command],
         env=env,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,

@@ -93,6 +93,13 @@ class Settings(BaseSettings):
     delayed_after_seconds: int = Field(default=900, ge=1)
     maintenance_interval_seconds: float = Field(default=60.0, gt=0)
     upload_batch_rows: int = Field(default=10_000, ge=1, le=50_000)
+    upload_lease_seconds: int = Field(
+        default=30,
+        ge=3,
+        description="A contact file's request renews its batch's lease every third of this; "
+        "a batch not renewed for this long is `interrupted` and its Idempotency-Key can be "
+        "retried.",
+    )
 
     @field_validator("webhook_allowlist", mode="before")
     @classmethod

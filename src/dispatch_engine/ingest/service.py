@@ -32,6 +32,7 @@ from dispatch_engine.db.statistics import GrowthAnalyzer
 from dispatch_engine.db.transient import jittered_delay, transient_kind
 from dispatch_engine.delivery.contacts import seal_contact
 from dispatch_engine.delivery.facts import fatigue_lock_key, fatigue_of
+from dispatch_engine.ingest import batches
 from dispatch_engine.ingest.rows import ContactIn, Rejection, parse_contact
 from dispatch_engine.models import (
     ContactBatch,
@@ -439,9 +440,9 @@ async def _record_progress(session: AsyncSession, batch_id: str, counts: IngestC
             for r in counts.rejections
         ],
     )
-    await session.execute(
+    progressed = await session.execute(
         update(ContactBatch)
-        .where(ContactBatch.id == batch_id)
+        .where(batches.progress_fence(batch_id))
         .values(
             rows_total=ContactBatch.rows_total + counts.rows,
             accepted=ContactBatch.accepted + counts.accepted,
@@ -450,3 +451,4 @@ async def _record_progress(session: AsyncSession, batch_id: str, counts: IngestC
         )
         .execution_options(synchronize_session=False)
     )
+    batches.check_fence(progressed.rowcount)  # type: ignore[attr-defined]

@@ -168,6 +168,11 @@ class ContactBatch(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[datetime]
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    # While `processing`: the request storing the file renews this; past it, the request
+    # is taken for dead and the batch becomes `interrupted` (see ingest/batches.py).
+    lease_until: Mapped[datetime | None] = mapped_column(default=None)
+    # The interrupted batch whose rows this one carried on from (same Idempotency-Key).
+    resumed_from: Mapped[str | None] = mapped_column(String(32), default=None)
 
 
 class RejectedRow(Base):
@@ -190,3 +195,7 @@ class IdempotencyKey(Base):
     status_code: Mapped[int | None] = mapped_column(default=None)
     response: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[datetime]
+    # While in flight: the batch storing the request's file, and what the request was
+    # sent to (dispatch and content type), known before its body is.
+    batch_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    request_scope: Mapped[str | None] = mapped_column(String(64), default=None)

@@ -21,6 +21,7 @@ from dispatch_engine.delivery.engine import DeliveryEngine
 from dispatch_engine.delivery.facts import DndSettings
 from dispatch_engine.delivery.relay import OutboxRelay
 from dispatch_engine.incidents import job as incident_job
+from dispatch_engine.ingest import batches
 from dispatch_engine.queues.factory import SenderCache
 from dispatch_engine.runtime import MEMORY_RELEASE_SECONDS, release_memory, tune_gc
 from dispatch_engine.scheduler.maintenance import (
@@ -69,12 +70,14 @@ class Worker:
         await self.relay.observe_depth()
 
     async def maintain(self) -> None:
-        """Expire tokens, then erase contact data that can no longer be needed."""
+        """Expire tokens, end uploads whose request died, then erase contact data that can no
+        longer be needed."""
         now = self.context.clock.now()
         delayed_after = timedelta(seconds=self.context.settings.delayed_after_seconds)
         async with self.context.sessions() as session, session.begin():
             await expire_tokens(session, now)
             await mark_delayed(session, now, delayed_after)
+            await batches.interrupt_expired(session, now)
         for _ in range(MAX_ROUNDS_PER_TICK):
             if self._stopping:
                 return

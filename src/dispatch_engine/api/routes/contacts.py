@@ -11,14 +11,15 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.api.deps import ConfigActor, ReadActor, SessionDep
 from dispatch_engine.context import AppContext
 from dispatch_engine.errors import Conflict, DomainError, FieldError, NotFound, ValidationFailed
-from dispatch_engine.ingest import idempotency
+from dispatch_engine.ingest import batches, idempotency
 from dispatch_engine.ingest.csv_stream import CsvFormatError, iter_csv_rows
 from dispatch_engine.ingest.service import IngestTarget, ingest_stream
-from dispatch_engine.models import ContactBatch, Policy, RejectedRow, new_id
+from dispatch_engine.models import ContactBatch, IdempotencyKey, Policy, RejectedRow, new_id
 from dispatch_engine.services.dispatches import get_dispatch
 from dispatch_engine.services.policies import live_lineup
 
@@ -41,6 +42,7 @@ class BatchOut(BaseModel):
     error: str | None
     created_at: datetime
     finished_at: datetime | None
+    resumed_from: str | None = None
     rejected_rows: list[RejectedRowOut]
     next_rejected_after: int | None = None
 
@@ -120,6 +122,7 @@ async def _batch_out(
         error=batch.error,
         created_at=batch.created_at,
         finished_at=batch.finished_at,
+        resumed_from=batch.resumed_from,
         rejected_rows=[
             RejectedRowOut(row=r.row_number, field=r.field, reason=r.reason) for r in rows
         ],
@@ -168,59 +171,69 @@ async def post_contacts(
         )
     target = await _target(context, account_id, dispatch_id)
     body = idempotency.HashingStream(request.stream(), f"{dispatch_id}\x00{media}")
+    batch = batches.new_batch(
+        context,
+        new_id("bat"),
+        account_id=account_id,
+        dispatch_id=dispatch_id,
+        media=media,
+        now=target.received_at,
+    )
+
+    def on_start(session: AsyncSession) -> None:
+        actor.audit(
+            session,
+            "contacts.upload",
+            "batch",
+            batch.id,
+            account_id=account_id,
+            after={"dispatch": dispatch_id, "content_type": media},
+        )
+
+    stored_before = 0
     if idempotency_key:
-        record = await idempotency.begin(context, account_id, idempotency_key, target.received_at)
-        if record is not None:
+        started = await idempotency.begin(
+            context, account_id, idempotency_key, scope=body.scope, batch=batch, on_start=on_start
+        )
+        if isinstance(started, IdempotencyKey):
             await body.drain()
-            code, stored = idempotency.check_replay(record, body.hexdigest())
+            code, stored = idempotency.check_replay(started, body.hexdigest())
             return JSONResponse(
                 stored,
                 status_code=code,
                 headers={"Idempotent-Replayed": "true"},
                 media_type="application/problem+json" if code >= 400 else "application/json",
             )
+        stored_before = started
+    else:
+        async with context.sessions() as session, session.begin():
+            session.add(batch)
+            on_start(session)
     try:
-        return await _ingest(
-            actor, account_id, dispatch_id, media, target, body, idempotency_key, request.url.path
-        )
+        async with batches.heartbeat(context, batch.id):
+            return await _ingest(
+                context, batch.id, media, target, body, stored_before, idempotency_key, request
+            )
     except BaseException:
-        if idempotency_key:
-            await idempotency.abandon(context, account_id, idempotency_key)
+        await idempotency.abandon(context, account_id, idempotency_key, batch.id)
         raise
 
 
 async def _ingest(
-    actor: ConfigActor,
-    account_id: str,
-    dispatch_id: str,
+    context: AppContext,
+    batch_id: str,
     media: str,
     target: IngestTarget,
     body: idempotency.HashingStream,
+    stored_before: int,
     idempotency_key: str | None,
-    instance: str,
+    request: Request,
 ) -> JSONResponse:
-    context = actor.context
-    batch_id = new_id("bat")
-    async with context.sessions() as session, session.begin():
-        session.add(
-            ContactBatch(
-                id=batch_id,
-                account_id=account_id,
-                dispatch_id=dispatch_id,
-                status="processing",
-                content_type=media,
-                created_at=target.received_at,
-            )
-        )
-        actor.audit(
-            session,
-            "contacts.upload",
-            "batch",
-            batch_id,
-            account_id=account_id,
-            after={"dispatch": dispatch_id, "content_type": media},
-        )
+    """Store the file's rows (after the first `stored_before`, which an interrupted request
+    with the same key stored), end the batch, and answer with its counts."""
     rows = iter_csv_rows(aiter(body)) if media == "text/csv" else _json_rows(aiter(body))
+    if stored_before:
+        rows = batches.skip_rows(rows, stored_before)
     outcome, error = "completed", None  # error: what the batch keeps
     field, reason = "body", ""  # what the 422 names
     try:
@@ -228,21 +241,27 @@ async def _ingest(
     except CsvFormatError as exc:
         outcome, error = "failed", f"row {exc.row_number}: {exc.reason}"
         reason = error
+    except batches.BatchTakenOver:
+        raise
     except DomainError as exc:
         outcome, error = "failed", exc.detail
         first = exc.errors[0] if exc.errors else None
         field, reason = (first.field or "body", first.reason) if first else ("body", exc.detail)
     async with context.sessions() as session, session.begin():
-        batch = await session.get(ContactBatch, batch_id)
+        batch = await session.get(ContactBatch, batch_id, with_for_update=True)
         assert batch is not None
+        if batch.status != "processing":
+            raise batches.BatchTakenOver()
         batch.status = outcome
         batch.error = error
         batch.finished_at = context.clock.now()
+        batch.lease_until = None
         out = (await _batch_out(session, batch)).model_dump(mode="json")
     code = 202 if outcome == "completed" else 422
     if code == 422:
-        out = _unreadable_file_problem(out, field, reason, instance)
+        out = _unreadable_file_problem(out, field, reason, request.url.path)
     if idempotency_key:
+        account_id = target.dispatch.account_id
         await idempotency.finish(context, account_id, idempotency_key, body.hexdigest(), code, out)
     media_type = "application/json" if code == 202 else "application/problem+json"
     return JSONResponse(out, status_code=code, media_type=media_type)
