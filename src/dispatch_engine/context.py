@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from dispatch_engine.clock import Clock, SystemClock
 from dispatch_engine.db.engine import SessionLimits, build_engine, session_factory
+from dispatch_engine.db.stuck_sessions import APPLICATION_PREFIX
 from dispatch_engine.security.crypto import FieldCipher, generate_key, parse_key_ring
 from dispatch_engine.security.hashing import KeyedHasher
 from dispatch_engine.security.ssrf import UrlPolicy
@@ -42,7 +43,7 @@ def build_context(settings: Settings, clock: Clock | None = None) -> AppContext:
         limits=SessionLimits(
             idle_in_transaction_seconds=settings.claim_lease_seconds,
             statement_seconds=settings.db_statement_timeout_seconds,
-            application_name=f"dispatch-engine {settings.worker_id}",
+            application_name=f"{APPLICATION_PREFIX} {settings.worker_id}",
         ),
     )
     return AppContext(

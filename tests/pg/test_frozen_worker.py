@@ -38,8 +38,8 @@ def _worker(url: str, name: str, log: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def _open_transactions(context: AppContext, name: str) -> int:
-    """Transactions of worker `name` that hold row locks on messages or outbox rows."""
+async def _open_transactions(context: AppContext, name: str, table: str = "messages") -> int:
+    """Transactions of worker `name` that hold row locks on `table`."""
     async with context.sessions() as session:
         found = await session.execute(
             text(
@@ -47,9 +47,9 @@ async def _open_transactions(context: AppContext, name: str) -> int:
                 "JOIN pg_locks l ON l.pid = a.pid "
                 "JOIN pg_class c ON c.oid = l.relation "
                 "WHERE a.application_name = :app AND a.xact_start IS NOT NULL "
-                "AND c.relname IN ('messages', 'outbox') AND l.mode = 'RowShareLock'"
+                "AND c.relname = :table AND l.mode = 'RowShareLock'"
             ),
-            {"app": f"dispatch-engine {name}"},
+            {"app": f"dispatch-engine {name}", "table": table},
         )
         return int(found.scalar_one())
 
@@ -64,13 +64,16 @@ async def _sessions_of(context: AppContext, name: str) -> int:
 
 
 async def _freeze_mid_transaction(context: AppContext, process: subprocess.Popen[bytes]) -> None:
-    """SIGSTOP the worker at a moment when it holds claimed rows in an open transaction."""
+    """SIGSTOP the worker at a moment when it holds claimed messages in an open transaction
+    (and no relay round: a push's claim is bounded by the relay's longer lease)."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if await _open_transactions(context, "frozen"):
             os.kill(process.pid, signal.SIGSTOP)
             await asyncio.sleep(0.2)  # a statement under way finishes; the locks stay
-            if await _open_transactions(context, "frozen"):
+            if await _open_transactions(context, "frozen") and not await _open_transactions(
+                context, "frozen", "outbox"
+            ):
                 return
             os.kill(process.pid, signal.SIGCONT)
         await asyncio.sleep(0.005)

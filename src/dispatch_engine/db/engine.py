@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -107,3 +107,13 @@ def _install_sqlite_pragmas(engine: AsyncEngine) -> None:
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def allow_idle_in_transaction(session: AsyncSession, seconds: float) -> None:
+    """Let this transaction (only) stay idle up to `seconds` before PostgreSQL ends it:
+    for a claim held across a call elsewhere (the relay's push), whose bound is its own
+    lease rather than the session's."""
+    await session.execute(
+        text("SELECT set_config('idle_in_transaction_session_timeout', :ms, true)"),
+        {"ms": str(int(seconds * 1000))},
+    )

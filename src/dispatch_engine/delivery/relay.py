@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.context import AppContext
 from dispatch_engine.db.bulk import asyncpg_connection, dialect_of, member_of
+from dispatch_engine.db.engine import allow_idle_in_transaction
 from dispatch_engine.delivery.breaker import CircuitBreaker
 from dispatch_engine.delivery.claims import new_claim_token
 from dispatch_engine.models import Message, OutboxEntry, QueueIntegration
@@ -163,6 +164,8 @@ class OutboxRelay:
                 # the transaction rolls back and the rows are due again at once (pushed again
                 # with the same message id: at least once).
                 async with session.begin():
+                    # The push is this claim's idle time; its bound is the relay's lease.
+                    await allow_idle_in_transaction(session, self.lease.total_seconds())
                     rows = await self._due_rows(session, now)
                     if not rows:
                         return RelayResult()

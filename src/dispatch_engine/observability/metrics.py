@@ -46,6 +46,11 @@ def observe_many(histogram: Histogram, amounts: Iterable[float]) -> None:
 
 
 CONTACTS = Counter("dispatch_contacts_total", "Contact rows received, by outcome.", ["outcome"])
+STUCK_SESSIONS_ENDED = Counter(
+    "dispatch_stuck_sessions_ended_total",
+    "Database sessions of a frozen or cut-off process ended by another worker, so the rows "
+    "it had claimed come back (PostgreSQL).",
+)
 TRANSACTION_RETRIES = Counter(
     "dispatch_transaction_retries_total",
     "Transactions run again after the database aborted them (deadlock, serialization) or a "

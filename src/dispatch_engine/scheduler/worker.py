@@ -17,6 +17,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from dispatch_engine.clients.dnd_webhook import DndClient
 from dispatch_engine.clients.guarded_http import GuardedHttpClient
 from dispatch_engine.context import AppContext
+from dispatch_engine.db.stuck_sessions import end_stuck_sessions
 from dispatch_engine.delivery.engine import DeliveryEngine
 from dispatch_engine.delivery.facts import DndSettings
 from dispatch_engine.delivery.relay import OutboxRelay
@@ -85,6 +86,12 @@ class Worker:
                 if await erase_finished_contacts(session, now) == 0:
                     return
 
+    async def end_stuck_sessions(self) -> None:
+        """End the database sessions of a frozen worker stuck mid-statement (their claims
+        come back); see `db/stuck_sessions.py`."""
+        lease = timedelta(seconds=self.context.settings.claim_lease_seconds)
+        await end_stuck_sessions(self.context.engine, lease)
+
     async def release_memory(self) -> None:
         """Keep a steady worker's RSS steady (see `runtime.release_memory`)."""
         release_memory()
@@ -112,6 +119,7 @@ class Worker:
             ("deliver", settings.claim_interval_seconds),
             ("relay_outbox", settings.relay_interval_seconds),
             ("maintain", settings.maintenance_interval_seconds),
+            ("end_stuck_sessions", max(1.0, settings.claim_lease_seconds / 5)),
             ("incident_clocks", incident_job.INTERVAL_SECONDS),
             ("release_memory", MEMORY_RELEASE_SECONDS),
         ):
