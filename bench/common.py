@@ -59,6 +59,9 @@ def env_for(url: str, workdir: Path, **extra: str) -> dict[str, str]:
         "DISPATCH_DATABASE_URL": url,
         "DISPATCH_DATA_DIR": str(workdir),
         "DISPATCH_LOG_LEVEL": "WARNING",
+        # The SQS sink listens on loopback: allow-listed, or the senders refuse it.
+        "DISPATCH_WEBHOOK_ALLOW_HTTP": "true",
+        "DISPATCH_WEBHOOK_ALLOWLIST": "127.0.0.1/32",
         **extra,
     }
 

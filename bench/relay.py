@@ -404,7 +404,14 @@ async def main() -> None:
         overrides: dict[str, Any] = {"relay_batch_size": args.batch} if args.batch else {}
         if "sqs_concurrency" in Settings.model_fields:
             overrides["sqs_concurrency"] = args.concurrency
-        settings = Settings(database_url=url, data_dir=workdir, **overrides)
+        settings = Settings(
+            database_url=url,
+            data_dir=workdir,
+            # The sink listens on loopback: allow-listed, or the senders refuse it.
+            webhook_allow_http=True,
+            webhook_allowlist=["127.0.0.1/32"],
+            **overrides,
+        )
         context = build_context(settings, FrozenClock(NOW))
         tune_gc()  # as the worker process does at start
         senders = BenchSenders(context)

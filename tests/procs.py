@@ -49,6 +49,10 @@ def _start(
         "DISPATCH_HMAC_KEYS": HMAC_KEYS,
         "DISPATCH_DATA_DIR": str(log.parent),
         "AWS_EC2_METADATA_DISABLED": "true",
+        # The queue servers (moto, the sink) listen on loopback: allow-listed, as in the
+        # in-process tests' settings (the senders refuse loopback otherwise).
+        "DISPATCH_WEBHOOK_ALLOW_HTTP": "true",
+        "DISPATCH_WEBHOOK_ALLOWLIST": "127.0.0.1/32,localhost",
         **{f"DISPATCH_{name.upper()}": value for name, value in settings.items()},
     }
     return subprocess.Popen(

@@ -27,10 +27,12 @@ from dispatch_engine.context import AppContext, build_context
 from dispatch_engine.delivery.contacts import open_contact
 from dispatch_engine.delivery.facts import fatigue_lock_key
 from dispatch_engine.delivery.lookups import load_unsubscribes
+from dispatch_engine.incidents.communications import open_recipient
 from dispatch_engine.ingest.service import keyed_hash
 from dispatch_engine.models import (
     Base,
     FatigueLedger,
+    IncidentCommunication,
     Invite,
     NotificationWebhook,
     QueueIntegration,
@@ -65,6 +67,7 @@ MAC_K1, MAC_K2_K1 = ring("mac", "k1"), ring("mac", "k2", "k1")
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 SQS_URL = "https://sqs.eu-west-1.amazonaws.com/123456789012/invitations"
 HOOK_URL = "https://hooks.example.com/services/T000/B000/XXXXXXXX"
+COMMUNICATION_RECIPIENT = "+14155550123"  # an incident communication's recipient
 ANN = {"email": "ann@example.com", "mobile": "+33612345678"}
 BOB = {"email": "bob@example.com", "mobile": "+14155552671", "plan": "gold"}
 CAT = {"email": "cat@example.com", "mobile": "+447911123456"}
@@ -172,6 +175,19 @@ async def seed(url: str, data_dir: Path) -> dict[str, Any]:
             await api.call(
                 "POST", "/v1/admin/notification-webhooks", json={"name": "ops", "url": HOOK_URL}
             )
+            incident = await api.call(
+                "POST", "/v1/incidents", json={"title": "Relay down", "service": "SQS relay"}
+            )
+            await api.call(
+                "POST",
+                f"/v1/incidents/{incident['id']}/communications",
+                json={
+                    "account": "acme",
+                    "channel": "phone",
+                    "recipient": COMMUNICATION_RECIPIENT,
+                    "what": "Told",
+                },
+            )
             main = await create_policy(api.http, api.headers, lineup=EMAIL_THEN_SMS)
             by_id = await create_policy(
                 api.http,
@@ -230,6 +246,7 @@ async def plaintexts(context: AppContext) -> dict[str, Any]:
         invites = (await session.execute(select(Invite))).scalars().all()
         integrations = (await session.execute(select(QueueIntegration))).scalars().all()
         hooks = (await session.execute(select(NotificationWebhook))).scalars().all()
+        comms = (await session.execute(select(IncidentCommunication))).scalars().all()
     return {
         "invites": {
             i.id: open_contact(cipher, i.id, i.contact) for i in invites if i.contact is not None
@@ -239,6 +256,7 @@ async def plaintexts(context: AppContext) -> dict[str, Any]:
         },
         # as incidents.notifications._post opens it
         "hooks": {h.id: cipher.decrypt(h.url, aad=h.id.encode()) for h in hooks},
+        "communications": {c.id: open_recipient(cipher, c.id, c.recipient) for c in comms},
     }
 
 
@@ -376,6 +394,7 @@ def test_keys_reencrypt_moves_everything_to_the_current_keys(
     originals = asyncio.run(seed(migrated_url, tmp_path))
     assert len(originals["invites"]) == 4 and originals["hooks"]
     assert originals["integrations"] == {"globex": {"secret_access_key": AWS_SECRET}}
+    assert list(originals["communications"].values()) == [COMMUNICATION_RECIPIENT]
 
     for name, value in {
         "DISPATCH_DATABASE_URL": migrated_url,
@@ -392,7 +411,8 @@ def test_keys_reencrypt_moves_everything_to_the_current_keys(
     assert dry.exit_code == 0, dry.output
     assert "would change" in dry.stdout
     would_change, skipped, remaining = _totals(dry)
-    assert would_change > 0 and skipped == 0 and remaining == 6  # 4 invites, secret, hook
+    # 4 invites, the secret, the hook, the communication's recipient
+    assert would_change > 0 and skipped == 0 and remaining == 7
     assert asyncio.run(snapshot(migrated_url, tmp_path)) == before
 
     run = runner.invoke(app, ["keys", "reencrypt", "--batch-size", "2"])
@@ -423,11 +443,13 @@ def test_every_encrypting_call_site_has_its_column_registered() -> None:
         "delivery/contacts.py",
         "services/integrations.py",
         "incidents/notifications.py",
+        "incidents/communications.py",
     }
     assert {spec.name for spec in ENCRYPTED_COLUMNS} == {
         "invites.contact",
         "queue_integrations.secret",
         "notification_webhooks.url",
+        "incident_communications.recipient",
     }
 
 

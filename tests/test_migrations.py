@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,10 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import insert, inspect, select
 from sqlalchemy.engine import Connection
 
+from dispatch_engine.context import build_context
 from dispatch_engine.db.engine import build_engine
 from dispatch_engine.db.migrate import (
     alembic_config,
@@ -22,8 +24,16 @@ from dispatch_engine.db.migrate import (
     head_revision,
     upgrade,
 )
-from dispatch_engine.models import Base
-from tests.conftest import drop_pg_database, fresh_database_url
+from dispatch_engine.incidents.communications import open_recipient, recipient_hash
+from dispatch_engine.models import AuditRecord, Base, Incident, IncidentCommunication
+from dispatch_engine.models.base import table_of
+from tests.conftest import (
+    ENCRYPTION_KEYS,
+    HMAC_KEYS,
+    drop_pg_database,
+    fresh_database_url,
+    make_settings,
+)
 
 
 @pytest.fixture
@@ -133,3 +143,77 @@ def test_queue_tables_are_vacuumed_and_analyzed_sooner(empty_url: str, db_kind: 
     }
     downgrade(empty_url, "0005")
     assert _reloptions(empty_url) == {"messages": [], "outbox": [], "invites": []}
+
+
+COMMUNICATION = "com_before0009"
+RECIPIENT = "early.recipient@example.com"
+
+
+def _run_sql(url: str, work: Callable[[Connection], Any]) -> Any:
+    async def go() -> Any:
+        engine = build_engine(url)
+        try:
+            async with engine.begin() as connection:
+                return await connection.run_sync(work)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
+def _seed_plain_communication(connection: Connection) -> None:
+    """A communication and its audit row as revision 0008 stored them: in clear."""
+    at = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    connection.execute(
+        insert(table_of(Incident)).values(
+            id="inc_before0009", title="t", service="s", started_at=at, reported_at=at,
+            updated_at=at,
+        )
+    )  # fmt: skip
+    connection.execute(
+        insert(table_of(IncidentCommunication)).values(
+            id=COMMUNICATION, incident_id="inc_before0009", account_id="acme",
+            channel="direct_email", recipient=RECIPIENT, by="Carl", at=at, what="Told",
+            recorded_at=at,
+        )
+    )  # fmt: skip
+    connection.execute(
+        insert(table_of(AuditRecord)).values(
+            id="aud_before0009", at=at, action="incident.communication",
+            target_type="communication", target_id=COMMUNICATION,
+            after={"id": COMMUNICATION, "recipient": RECIPIENT, "what": "Told"},
+        )
+    )  # fmt: skip
+
+
+def _stored(connection: Connection) -> tuple[str, dict[str, Any]]:
+    recipient = connection.execute(select(table_of(IncidentCommunication).c.recipient)).scalar_one()
+    after = connection.execute(select(table_of(AuditRecord).c.after)).scalar_one()
+    return str(recipient), dict(after)
+
+
+def test_0009_seals_the_recipients_stored_before_it(
+    empty_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows written in clear are sealed with the settings' key ring, and their audit rows
+    keep a keyed hash instead of the recipient; downgrade opens them again."""
+    monkeypatch.setenv("DISPATCH_ENCRYPTION_KEYS", ENCRYPTION_KEYS)
+    monkeypatch.setenv("DISPATCH_HMAC_KEYS", HMAC_KEYS)
+    monkeypatch.setenv("DISPATCH_DATA_DIR", str(tmp_path))
+    context = build_context(make_settings(empty_url, tmp_path))  # the service's rings
+    upgrade(empty_url, "0008")
+    _run_sql(empty_url, _seed_plain_communication)
+
+    upgrade(empty_url)
+    recipient, after = _run_sql(empty_url, _stored)
+    assert RECIPIENT not in recipient and RECIPIENT not in str(after)
+    assert open_recipient(context.cipher, COMMUNICATION, recipient) == RECIPIENT
+    assert after == {
+        "id": COMMUNICATION,
+        "what": "Told",
+        "recipient_hash": recipient_hash(context.hasher, RECIPIENT),
+    }
+
+    downgrade(empty_url, "0008")
+    assert _run_sql(empty_url, _stored)[0] == RECIPIENT
+    asyncio.run(context.aclose())

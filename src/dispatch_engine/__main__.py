@@ -80,7 +80,9 @@ def serve(
     err.print(f"dispatch-engine on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
     err.print("first admin key: dispatch-engine apikey create --role admin")
     app = create_app(settings, with_worker=settings.run_scheduler)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # log_config=None: uvicorn's records go through our handler, whose tracebacks carry no
+    # values (uvicorn's own handler would print an error's full message).
+    uvicorn.run(app, host=host, port=port, log_level="warning", log_config=None)
 
 
 @app.command()
@@ -101,6 +103,7 @@ def api(
         port=port or settings.port,
         workers=workers,
         log_level="warning",
+        log_config=None,  # as in `serve`: tracebacks through our handler, without values
         timeout_graceful_shutdown=30,
     )
 

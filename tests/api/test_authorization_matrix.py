@@ -175,6 +175,20 @@ ROUTES: list[tuple[str, str, Any, set[str], bool]] = [
     ),
     ("GET", "/v1/admin/notification-webhooks", None, OPERATOR, False),
     ("DELETE", "/v1/admin/notification-webhooks/{webhook}", None, OPERATOR, False),
+    # Choosing an SQS-compatible server is an operator's decision: admin keys only (last, so
+    # the routes before it still find the local queue).
+    (
+        "PUT",
+        "/v1/accounts/{account}/queue-integration",
+        {
+            "kind": "sqs",
+            "queue_url": "https://sqs.us-east-1.amazonaws.com/123456789012/q",
+            "region": "us-east-1",
+            "endpoint_url": "https://sqs-compatible.example.com",
+        },
+        ADMIN,
+        True,
+    ),
 ]
 
 

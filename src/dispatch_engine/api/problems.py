@@ -1,4 +1,9 @@
-"""The one place where errors become RFC 9457 problem+json responses."""
+"""The one place where errors become RFC 9457 problem+json responses.
+
+Unhandled errors are caught by :class:`UnhandledErrors` inside the app: Starlette's own
+last-resort handler answers and then re-raises, and the server logs the re-raised error with
+its full message (for a database error: the SQL parameters, personal data included).
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dispatch_engine.errors import DomainError, FieldError
+from dispatch_engine.observability.safe_errors import describe_exception
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_PREFIX = "urn:dispatch-engine:problem:"
@@ -125,11 +132,54 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled_error", error_type=type(exc).__name__, path=request.url.path)
-        return problem_response(
-            status=500,
-            slug="internal-error",
-            title="Internal server error",
-            detail="an unexpected error occurred; it has been logged",
-            instance=request.url.path,
-        )
+        # Only errors raised outside UnhandledErrors (in an outer middleware) get here.
+        _log_unhandled(exc, request.method, request.url.path)
+        return internal_error_response(exc, request.url.path)
+
+    app.add_middleware(UnhandledErrors)  # the innermost middleware: added before the others
+
+
+def _log_unhandled(exc: BaseException, method: str, path: str) -> None:
+    log.error("unhandled_error", method=method, path=path, **describe_exception(exc))
+
+
+def internal_error_response(exc: BaseException, path: str) -> JSONResponse:
+    """The 500 answer: the error's type and the request id, never its message."""
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    error_type = type(exc).__name__
+    return problem_response(
+        status=500,
+        slug="internal-error",
+        title="Internal server error",
+        detail=f"an unexpected error occurred ({error_type}); it has been logged",
+        instance=path,
+        extra={"error_type": error_type, "request_id": request_id},
+    )
+
+
+class UnhandledErrors:
+    """Turns an error no handler took into a 500 problem and one log line without values,
+    and does not re-raise it (the server would log it again, message and all)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            path = str(scope.get("path", ""))
+            _log_unhandled(exc, str(scope.get("method", "")), path)
+            if not started:  # otherwise the client sees the answer cut short
+                await internal_error_response(exc, path)(scope, receive, send)

@@ -1,9 +1,15 @@
 """Customer communication log (R-INC-6): per incident and account — channel, recipient,
-who, when and what."""
+who, when and what.
+
+The recipient is personal data (an address, a phone number, a name): it is stored sealed
+with the field cipher, bound to the row id, and opened only for the API's readers. The
+audit log gets a keyed hash of it instead (enough to answer "was this person contacted?"
+for someone who knows the address, useless to anyone who reads the log)."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -11,6 +17,27 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dispatch_engine.errors import ValidationFailed
 from dispatch_engine.incidents.schemas import CommunicationIn, CommunicationOut
 from dispatch_engine.models import Account, IncidentCommunication, new_id
+from dispatch_engine.security.crypto import FieldCipher
+from dispatch_engine.security.hashing import KeyedHasher
+
+
+def recipient_aad(communication_id: str) -> bytes:
+    """Binds a sealed recipient to its row: a value copied to another row fails to open."""
+    return f"incident-communication:{communication_id}".encode()
+
+
+def seal_recipient(cipher: FieldCipher, communication_id: str, recipient: str) -> str:
+    return cipher.encrypt(recipient, aad=recipient_aad(communication_id))
+
+
+def open_recipient(cipher: FieldCipher, communication_id: str, sealed: str) -> str:
+    return cipher.decrypt(sealed, aad=recipient_aad(communication_id))
+
+
+def recipient_hash(hasher: KeyedHasher, recipient: str) -> str:
+    """``<key id>:<HMAC>`` of the recipient, whitespace collapsed and case folded."""
+    normalized = " ".join(recipient.split()).casefold()
+    return f"{hasher.current_key_id}:{hasher.digest(normalized)}"
 
 
 async def record_communication(
@@ -19,17 +46,19 @@ async def record_communication(
     body: CommunicationIn,
     now: datetime,
     key_id: str | None,
+    cipher: FieldCipher,
 ) -> IncidentCommunication:
     if await session.get(Account, body.account) is None:
         raise ValidationFailed("account", f"unknown account '{body.account}'")
     if body.at is not None and body.at > now:
         raise ValidationFailed("at", "must not be in the future")
+    entry_id = new_id("com")
     entry = IncidentCommunication(
-        id=new_id("com"),
+        id=entry_id,
         incident_id=incident_id,
         account_id=body.account,
         channel=body.channel,
-        recipient=body.recipient,
+        recipient=seal_recipient(cipher, entry_id, body.recipient),
         by=body.by or key_id or "unknown",
         at=body.at or now,
         what=body.what,
@@ -41,13 +70,13 @@ async def record_communication(
     return entry
 
 
-def communication_out(entry: IncidentCommunication) -> CommunicationOut:
+def communication_out(entry: IncidentCommunication, cipher: FieldCipher) -> CommunicationOut:
     return CommunicationOut(
         id=entry.id,
         incident=entry.incident_id,
         account=entry.account_id,
         channel=entry.channel,
-        recipient=entry.recipient,
+        recipient=open_recipient(cipher, entry.id, entry.recipient),
         by=entry.by,
         at=entry.at,
         what=entry.what,
@@ -55,8 +84,16 @@ def communication_out(entry: IncidentCommunication) -> CommunicationOut:
     )
 
 
+def audit_view(out: CommunicationOut, hasher: KeyedHasher) -> dict[str, Any]:
+    """What the audit log keeps of a communication: everything but the recipient, which
+    becomes ``recipient_hash``."""
+    view = out.model_dump(mode="json", exclude={"recipient"})
+    view["recipient_hash"] = recipient_hash(hasher, out.recipient)
+    return view
+
+
 async def list_communications(
-    session: AsyncSession, incident_id: str, account: str | None
+    session: AsyncSession, incident_id: str, account: str | None, cipher: FieldCipher
 ) -> list[CommunicationOut]:
     query = select(IncidentCommunication).where(IncidentCommunication.incident_id == incident_id)
     if account:
@@ -64,4 +101,4 @@ async def list_communications(
     query = query.order_by(
         IncidentCommunication.account_id, IncidentCommunication.at, IncidentCommunication.id
     )
-    return [communication_out(e) for e in (await session.execute(query)).scalars()]
+    return [communication_out(e, cipher) for e in (await session.execute(query)).scalars()]

@@ -103,7 +103,8 @@ class IncidentCommunication(Base):
     )
     account_id: Mapped[str] = mapped_column(String(64))
     channel: Mapped[str] = mapped_column(String(16))
-    recipient: Mapped[str] = mapped_column(String(320))
+    # Sealed: a FieldCipher token bound to the row id (incidents/communications.py).
+    recipient: Mapped[str] = mapped_column(Text)
     by: Mapped[str] = mapped_column(String(200))
     at: Mapped[datetime]
     what: Mapped[str] = mapped_column(Text)

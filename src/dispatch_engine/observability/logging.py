@@ -1,8 +1,9 @@
 """Structured JSON logs (structlog, on stderr) with request, account and dispatch ids — never PII.
 
 Log events carry ids and reasons only: no addresses, tokens, secrets or message bodies.
-The request log line records the route's path without its query string (a token lookup
-puts the token in the query).
+Exceptions are logged by type and location only (observability/safe_errors.py): their
+messages can quote SQL parameters or rows. The request log line records the route's path
+without its query string (a token lookup puts the token in the query).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Awaitable, Callable
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
+
+from dispatch_engine.observability.safe_errors import SafeExceptionFormatter, render_exc_info
 
 REQUEST_ID_HEADER = "X-Request-ID"
 QUIET_LIBRARIES = (
@@ -46,7 +49,7 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
+            render_exc_info,  # not format_exc_info: messages can carry values
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
@@ -61,7 +64,9 @@ def configure_logging(level: str = "INFO", json: bool = True) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not any(isinstance(h, _CurrentStderr) for h in root.handlers):
         handler = _CurrentStderr()
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        # uvicorn's "Exception in ASGI application" and APScheduler's job errors come with a
+        # traceback whose last line would quote SQL parameters: rendered without values.
+        handler.setFormatter(SafeExceptionFormatter("%(message)s"))
         root.addHandler(handler)
 
 

@@ -31,11 +31,12 @@ def build_sender(context: AppContext, integration: QueueIntegration) -> QueueSen
                 max_batch_bytes=settings.sqs_max_batch_bytes,
                 concurrency=settings.sqs_concurrency,
             ),
+            url_policy=context.url_policy,
         )
     if integration.kind == "azure_service_bus":
         from dispatch_engine.queues.servicebus import ServiceBusQueueSender
 
-        return ServiceBusQueueSender.from_integration(config, secrets)
+        return ServiceBusQueueSender.from_integration(config, secrets, context.url_policy)
     return None
 
 

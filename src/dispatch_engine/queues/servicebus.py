@@ -6,6 +6,11 @@ SDK's own size accounting (``create_message_batch`` / ``add_message``), so no me
 guessed here. Every message carries ``message_id`` = the outbox message id: with duplicate
 detection enabled on the entity, a retried push is de-duplicated by Service Bus itself.
 
+SSRF. Given a URL policy (the factory always passes the settings' one), the namespace host
+is vetted before each push: static rules, then every address it resolves to now. The SDK
+opens its own connections and takes no resolver, so it resolves the host again when it
+connects; that window is the residual risk described in docs/queues.md.
+
 Errors are turned into :class:`SendFailure` values in plain words. Service Bus error texts are
 never passed on: they can quote the namespace, the entity path or a token request.
 """
@@ -38,6 +43,13 @@ from azure.servicebus.exceptions import (
 
 from dispatch_engine.queues.base import OutgoingMessage, SendFailure
 from dispatch_engine.schemas.queue_message import SCHEMA_NAME
+from dispatch_engine.security.queue_endpoints import (
+    ServiceBusEndpoint,
+    namespace_endpoint,
+    servicebus_endpoint,
+    vet_servicebus_endpoint,
+)
+from dispatch_engine.security.ssrf import HostResolutionError, UnsafeUrlError, UrlPolicy
 
 __all__ = [
     "CONTENT_TYPE",
@@ -89,6 +101,10 @@ _AUTHORIZATION = _Problem(
 )
 _NOT_FOUND = _Problem("queue or topic not found", retryable=False, refuses_all=True)
 _DISABLED = _Problem("queue or topic is disabled", retryable=False, refuses_all=True)
+_UNRESOLVED = _Problem(
+    "could not reach Service Bus (the namespace's host name could not be resolved)",
+    retryable=True,
+)
 _CLOSED = _Problem(
     "the queue sender was closed; the push will be retried", retryable=True, about_queue=False
 )
@@ -163,7 +179,10 @@ class ServiceBusQueueSender:
         queue_name: str | None = None,
         topic_name: str | None = None,
         client_factory: Callable[[], Any] | None = None,
+        url_policy: UrlPolicy | None = None,
     ) -> None:
+        """`url_policy`: the SSRF rules for the namespace host (None: none, for tests with a
+        fake client; the factory always passes the settings' policy)."""
         if (queue_name is None) == (topic_name is None):
             raise ServiceBusConfigError("give exactly one of queue_name or topic_name")
         if connection_string is not None and namespace is not None:
@@ -175,6 +194,7 @@ class ServiceBusQueueSender:
         self._queue_name = queue_name
         self._topic_name = topic_name
         self._client_factory = client_factory
+        self._url_policy = url_policy
         self._client: Any = None
         self._sender: Any = None
         self._credential: Any = None
@@ -184,7 +204,10 @@ class ServiceBusQueueSender:
 
     @classmethod
     def from_integration(
-        cls, config: Mapping[str, Any], secrets: Mapping[str, str]
+        cls,
+        config: Mapping[str, Any],
+        secrets: Mapping[str, str],
+        url_policy: UrlPolicy | None = None,
     ) -> ServiceBusQueueSender:
         """Build from a stored integration: its ``config`` and its decrypted ``secrets``."""
 
@@ -196,6 +219,7 @@ class ServiceBusQueueSender:
             namespace=text(config.get("namespace")),
             queue_name=text(config.get("queue_name")),
             topic_name=text(config.get("topic_name")),
+            url_policy=url_policy,
         )
 
     @property
@@ -269,8 +293,33 @@ class ServiceBusQueueSender:
                 self._sender = self._client.get_topic_sender(topic_name=self._topic_name)
         return self._sender
 
+    def _endpoint(self) -> ServiceBusEndpoint | None:
+        if self._connection_string is not None:
+            return servicebus_endpoint(self._connection_string)
+        if self._namespace is not None:
+            return namespace_endpoint(self._namespace)
+        return None
+
+    async def _vet_endpoint(self) -> _Problem | None:
+        """The namespace host as it resolves now, against the policy (before each push)."""
+        endpoint = self._endpoint() if self._url_policy is not None else None
+        if self._url_policy is None or endpoint is None:
+            return None  # no policy (tests), or nothing to vet: the SDK refuses it itself
+        try:
+            await vet_servicebus_endpoint(endpoint, self._url_policy)
+        except UnsafeUrlError as exc:
+            log.warning("servicebus_endpoint_refused", entity_kind=self.entity_kind)
+            return _Problem(f"namespace refused: {exc.reason}", retryable=False, refuses_all=True)
+        except (HostResolutionError, TimeoutError):
+            # A connected client keeps its vetted address; a new one could not connect.
+            return _UNRESOLVED if self._client is None else None
+        return None
+
     async def _send(self, messages: Sequence[OutgoingMessage]) -> list[SendFailure]:
         failures: list[SendFailure] = []
+        refused = await self._vet_endpoint()
+        if refused is not None:
+            return _fail(messages, refused)
         try:
             sender = self._get_sender()
             batch = await sender.create_message_batch()

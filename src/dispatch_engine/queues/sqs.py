@@ -28,6 +28,12 @@ Errors. The relay retries what is `retryable` and gives up on the rest:
 Error texts are plain words with the AWS error code; they never carry a credential, a
 message body or an address (URLs, ARNs, IP and email addresses are scrubbed).
 
+SSRF. Given a URL policy (the factory always passes the settings' one), the sender vets
+`endpoint_url` before it creates its client (static rules, then the host's addresses as
+resolved now) and resolves through `VettingResolver`, so every new connection goes to an
+address vetted at that moment. A refusal is a non-retryable failure about the queue:
+"endpoint_url refused: …" (security/queue_endpoints.py, docs/queues.md).
+
 Credentials: the explicit key pair when given, else the default AWS credential chain
 (environment, profile, container or instance role) as botocore resolves it. botocore's own
 retries are off (the relay retries with backoff and records attempts).
@@ -46,7 +52,7 @@ from typing import Any, Final, NamedTuple
 import aioboto3
 import aiohttp
 import structlog
-from botocore.config import Config
+from aiobotocore.config import AioConfig
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -58,6 +64,12 @@ from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from dispatch_engine import __version__
 from dispatch_engine.queues.base import OutgoingMessage, SendFailure
+from dispatch_engine.security.queue_endpoints import (
+    ForbiddenAddressError,
+    VettingResolver,
+    vet_url,
+)
+from dispatch_engine.security.ssrf import HostResolutionError, UnsafeUrlError, UrlPolicy
 
 __all__ = ["SqsError", "SqsLimits", "SqsQueueSender"]
 
@@ -89,12 +101,36 @@ class SqsLimits:
 
 
 class SqsError(Exception):
-    """A probe that failed; `reason` is plain words, safe to show and store."""
+    """A probe that failed; `reason` is plain words, safe to show and store. `about_queue`:
+    the integration itself is at fault (see SendFailure.about_queue)."""
 
-    def __init__(self, reason: str, *, retryable: bool) -> None:
+    def __init__(self, reason: str, *, retryable: bool, about_queue: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retryable = retryable
+        self.about_queue = about_queue
+
+
+def _refused_endpoint(reason: str) -> SqsError:
+    return SqsError(f"endpoint_url refused: {reason}", retryable=False, about_queue=True)
+
+
+def _forbidden_address(exc: BaseException) -> ForbiddenAddressError | None:
+    """The resolver's refusal behind a connection error (aiohttp and botocore wrap it)."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ForbiddenAddressError):
+            return current
+        wrapped = getattr(current, "os_error", None)  # aiohttp's ClientConnectorError
+        pending.extend([current.__cause__, current.__context__])
+        if isinstance(wrapped, BaseException):
+            pending.append(wrapped)
+    return None
 
 
 # Error codes as botocore reports them for the SQS JSON protocol: the query-compatible
@@ -273,7 +309,10 @@ class SqsQueueSender:
         secret_access_key: str | None = None,
         limits: SqsLimits = SqsLimits(),  # frozen: one shared default is safe
         session: aioboto3.Session | None = None,
+        url_policy: UrlPolicy | None = None,
     ) -> None:
+        """`url_policy`: the SSRF rules for the endpoint (None: none, for tests and benches
+        that bring their own server; the factory always passes the settings' policy)."""
         if (access_key_id is None) != (secret_access_key is None):
             raise ValueError("give both access_key_id and secret_access_key, or neither")
         self.queue_url = queue_url
@@ -281,6 +320,7 @@ class SqsQueueSender:
         self.fifo = fifo
         self.endpoint_url = endpoint_url
         self.limits = limits
+        self._url_policy = url_policy
         self._credentials: dict[str, str] = (
             {"aws_access_key_id": access_key_id, "aws_secret_access_key": secret_access_key}
             if access_key_id is not None and secret_access_key is not None
@@ -457,8 +497,8 @@ class SqsQueueSender:
                     response = await client.send_message_batch(
                         QueueUrl=self.queue_url, Entries=entries
                     )
-        except SqsError as exc:  # the sender was closed (shutdown): not the queue's fault
-            return _every(batch, exc.reason, exc.retryable, about_queue=False)
+        except SqsError as exc:  # closed (shutdown), or the endpoint refused by the policy
+            return _every(batch, exc.reason, exc.retryable, about_queue=exc.about_queue)
         except ClientError as exc:
             code, error, retryable = _client_error(exc)
             log.warning("sqs_request_refused", code=code, entries=len(batch))
@@ -466,6 +506,11 @@ class SqsQueueSender:
                 return await self._send_one_by_one(batch)
             return _every(batch, error, retryable, about_queue=code not in _CONTENT_CODES)
         except _UNREACHABLE as exc:
+            forbidden = _forbidden_address(exc)
+            if forbidden is not None:  # the host resolves elsewhere now (DNS rebinding)
+                log.warning("sqs_endpoint_refused", entries=len(batch))
+                refused = _refused_endpoint(forbidden.reason)
+                return _every(batch, refused.reason, retryable=False)
             log.warning("sqs_unreachable", error_type=type(exc).__name__, entries=len(batch))
             return _every(batch, f"queue unreachable: {type(exc).__name__}", True)
         except (NoCredentialsError, PartialCredentialsError) as exc:
@@ -551,9 +596,11 @@ class SqsQueueSender:
             if self._client is None:
                 if self._closed:
                     raise SqsError("queue sender is closed", retryable=True)
+                await self._vet_endpoint()
                 if self._session is None:
                     self._session = aioboto3.Session()
-                config = Config(
+                config = AioConfig(
+                    connector_args=self._connector_args(),
                     connect_timeout=self.limits.connect_timeout,
                     read_timeout=self.limits.read_timeout,
                     retries={"max_attempts": 1, "mode": "standard"},
@@ -573,3 +620,26 @@ class SqsQueueSender:
                 self._client = await context.__aenter__()
                 self._client_context = context
             return self._client
+
+    def _connector_args(self) -> dict[str, Any] | None:
+        if self._url_policy is None:
+            return None
+        # Every new connection asks the resolver again: no cached, unvetted answer.
+        return {"resolver": VettingResolver(self._url_policy), "use_dns_cache": False}
+
+    async def _vet_endpoint(self) -> None:
+        """Refuse an endpoint the policy forbids, before any client exists (IP literals are
+        never passed to the resolver, and a clear reason beats "unreachable")."""
+        if self._url_policy is None or self.endpoint_url is None:
+            return
+        try:
+            await vet_url(self.endpoint_url, self._url_policy)
+        except UnsafeUrlError as exc:
+            log.warning("sqs_endpoint_refused")
+            raise _refused_endpoint(exc.reason) from None
+        except (HostResolutionError, TimeoutError):
+            raise SqsError(
+                "queue unreachable: the endpoint's host name could not be resolved",
+                retryable=True,
+                about_queue=True,
+            ) from None

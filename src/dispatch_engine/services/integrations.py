@@ -16,6 +16,8 @@ from dispatch_engine.schemas.integrations import (
     SqsIntegrationIn,
 )
 from dispatch_engine.security.crypto import FieldCipher
+from dispatch_engine.security.ssrf import UrlPolicy
+from dispatch_engine.services.integration_endpoints import check_endpoint_role, check_endpoints
 from dispatch_engine.services.policies import get_account
 
 SECRET_FIELDS = ("secret_access_key", "connection_string")
@@ -47,11 +49,19 @@ async def put_integration(
     body: SqsIntegrationIn | AzureServiceBusIntegrationIn | LocalIntegrationIn,
     cipher: FieldCipher,
     now: datetime,
+    *,
+    policy: UrlPolicy,
+    role: str,
 ) -> tuple[QueueIntegration, dict[str, Any] | None]:
-    """Create or replace the whole integration (PUT semantics: secrets are sent again)."""
+    """Create or replace the whole integration (PUT semantics: secrets are sent again).
+
+    The caller's ``role`` decides whether it may choose an SQS endpoint; every host must pass
+    the outgoing-URL ``policy`` (services/integration_endpoints.py)."""
     await get_account(session, account_id, lock=True)  # one PUT per account at a time
-    config, secrets = _split(body)
     existing = await session.get(QueueIntegration, account_id)
+    check_endpoint_role(body, existing, role)
+    check_endpoints(body, policy)
+    config, secrets = _split(body)
     before = integration_snapshot(existing) if existing else None
     secret = cipher.encrypt_json(secrets, aad=secret_aad(account_id)) if secrets else None
     if existing is None:

@@ -101,10 +101,18 @@ async def patch_account(
 async def put_integration(
     account_id: str, body: IntegrationIn, actor: ConfigActor, session: SessionDep
 ) -> IntegrationOut:
-    """Set where the account's messages go. Secrets are write-only and stored encrypted."""
+    """Set where the account's messages go. Secrets are write-only and stored encrypted.
+    Only an admin key may set an SQS `endpoint_url`; every host must pass the outgoing-URL
+    rules (422 naming the field)."""
     async with session.begin():
         integration, before = await integrations.put_integration(
-            session, account_id, body, actor.context.cipher, actor.now()
+            session,
+            account_id,
+            body,
+            actor.context.cipher,
+            actor.now(),
+            policy=actor.context.url_policy,
+            role=actor.principal.role,
         )
         out = integrations.integration_out(integration)
         actor.audit(

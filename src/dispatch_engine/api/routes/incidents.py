@@ -442,9 +442,9 @@ async def record_communication(
     async with session.begin():
         incident = await service.get_incident(session, incident_id)
         entry = await communications.record_communication(
-            session, incident.id, body, actor.now(), actor.principal.key_id
+            session, incident.id, body, actor.now(), actor.principal.key_id, actor.context.cipher
         )
-        out = communications.communication_out(entry)
+        out = communications.communication_out(entry, actor.context.cipher)
         actor.audit(
             session,
             "incident.communication",
@@ -452,7 +452,7 @@ async def record_communication(
             entry.id,
             account_id=entry.account_id,
             incident=incident.id,
-            after=out.model_dump(mode="json"),
+            after=communications.audit_view(out, actor.context.hasher),  # no recipient
         )
     return out
 
@@ -463,7 +463,9 @@ async def list_communications(
 ) -> list[CommunicationOut]:
     async with session.begin():
         await service.get_incident(session, incident_id)
-        return await communications.list_communications(session, incident_id, account)
+        return await communications.list_communications(
+            session, incident_id, account, actor.context.cipher
+        )
 
 
 @router.put(ITEM + "/postmortem", response_model=PostmortemOut)

@@ -17,8 +17,10 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatch_engine.db.bulk import asyncpg_connection, dialect_of, member_of, pg_array_type
 from dispatch_engine.delivery.contacts import contact_aad as invite_contact_aad
+from dispatch_engine.incidents.communications import recipient_aad as communication_recipient_aad
 from dispatch_engine.incidents.notifications import webhook_url_aad
 from dispatch_engine.models import (
+    IncidentCommunication,
     Invite,
     NotificationWebhook,
     QueueIntegration,
@@ -62,6 +64,8 @@ ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
     EncryptedColumn(QueueIntegration, "account_id", "secret", integration_secret_aad),
     # incidents.notifications.create_webhook, opened by notifications._post.
     EncryptedColumn(NotificationWebhook, "id", "url", webhook_url_aad),
+    # incidents.communications.record_communication, opened by communication_out.
+    EncryptedColumn(IncidentCommunication, "id", "recipient", communication_recipient_aad),
 )
 
 
