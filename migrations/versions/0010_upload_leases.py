@@ -5,7 +5,7 @@ storing a file now holds a lease its request renews; past it the batch is `inter
 and a retry with the same key takes the key over and carries on from the rows stored.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-07
 """
 
@@ -17,7 +17,7 @@ from alembic import op
 import dispatch_engine.db.types
 
 revision: str = "0010"
-down_revision: str | None = "0008"  # re-chained onto 0009 when it lands
+down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
