@@ -80,6 +80,20 @@ async def _freeze_mid_transaction(context: AppContext, process: subprocess.Popen
     pytest.fail("the worker never held a claim transaction open")
 
 
+def stop(*processes: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL whatever did not exit: no worker outlives its test."""
+    for process in processes:
+        if process is not None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        if process is not None:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
 async def _progress(context: AppContext) -> tuple[int, int]:
     async with context.sessions() as session:
         queued = (
@@ -129,17 +143,11 @@ async def test_a_frozen_worker_loses_its_claim_after_the_lease_and_writes_nothin
         assert released_after is not None and released_after <= LEASE + 2, released_after
         assert await _progress(context) == (CONTACTS, 0), "the frozen worker held messages"
         assert await _sessions_of(context, "frozen") < 3  # its idle sessions were ended
-    finally:
         os.kill(frozen.pid, signal.SIGCONT)
-    try:
         await asyncio.sleep(2 * LEASE)  # the woken worker runs on: nothing left to write
     finally:
-        for process in (frozen, other):
-            if process is not None:
-                process.send_signal(signal.SIGTERM)
-        for process in (frozen, other):
-            if process is not None:
-                process.wait(timeout=30)
+        os.kill(frozen.pid, signal.SIGCONT)
+        stop(frozen, other)
 
     async with context.sessions() as session:
         sent = (
