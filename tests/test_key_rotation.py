@@ -28,7 +28,6 @@ from dispatch_engine.delivery.contacts import open_contact
 from dispatch_engine.delivery.facts import fatigue_lock_key
 from dispatch_engine.delivery.lookups import load_unsubscribes
 from dispatch_engine.incidents.communications import open_recipient
-from dispatch_engine.ingest.service import keyed_hash
 from dispatch_engine.models import (
     Base,
     FatigueLedger,
@@ -39,6 +38,7 @@ from dispatch_engine.models import (
     Unsubscribe,
 )
 from dispatch_engine.scheduler.worker import Worker
+from dispatch_engine.security.hashing import keyed_hash
 from dispatch_engine.services.integrations import integration_secrets
 from dispatch_engine.services.key_rotation import ENCRYPTED_COLUMNS
 from tests.conftest import (

@@ -46,22 +46,13 @@ from dispatch_engine.models import (
 )
 from dispatch_engine.models.base import table_of
 from dispatch_engine.observability import metrics
-from dispatch_engine.security.hashing import KeyedHasher
+from dispatch_engine.security.hashing import KeyedHasher, keyed_hash
 
 log = structlog.get_logger(__name__)
 CHUNK_RETRIES = 6
 RETRY_BASE_SECONDS = 0.05
 RETRY_CAP_SECONDS = 1.0
 YIELD_EVERY_ROWS = 50  # rows prepared between two chances for the writing chunk to progress
-
-
-def keyed_hash(hasher: KeyedHasher, value: str) -> str:
-    """`<key id>:<hex HMAC>`: the key version travels with the hash, for rotation."""
-    return f"{hasher.current_key_id}:{hasher.digest(value)}"
-
-
-def all_keyed_hashes(hasher: KeyedHasher, value: str) -> list[str]:
-    return [f"{key_id}:{digest}" for key_id, digest in hasher.all_digests(value).items()]
 
 
 def new_token() -> str:

@@ -15,7 +15,6 @@ from dispatch_engine.db.bulk import existing_values
 from dispatch_engine.delivery.contacts import open_contact
 from dispatch_engine.ingest.csv_stream import KNOWN_COLUMNS
 from dispatch_engine.ingest.rows import Rejection, parse_contact
-from dispatch_engine.ingest.service import keyed_hash
 from dispatch_engine.models import (
     FatigueLedger,
     Invite,
@@ -24,7 +23,7 @@ from dispatch_engine.models import (
 )
 from dispatch_engine.models.base import table_of
 from dispatch_engine.security.crypto import DecryptionError, FieldCipher
-from dispatch_engine.security.hashing import KeyedHasher
+from dispatch_engine.security.hashing import KeyedHasher, keyed_hash
 from dispatch_engine.services.key_rotation.common import (
     ColumnResult,
     copy_unsubscribes,
