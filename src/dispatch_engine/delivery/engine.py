@@ -30,7 +30,6 @@ from dispatch_engine.delivery.claims import (
     release_claims,
     still_owned,
 )
-from dispatch_engine.delivery.contacts import open_contact
 from dispatch_engine.delivery.facts import (
     DndSettings,
     fatigue_lock_key,
@@ -61,6 +60,7 @@ from dispatch_engine.observability import metrics
 from dispatch_engine.rules.base import Decision, Defer, Hold, Pass, Suppress
 from dispatch_engine.rules.pipeline import MessageFacts, decide, needs_dnd_check
 from dispatch_engine.schemas.queue_message import encode_invitation, format_utc
+from dispatch_engine.security.sealing import open_contact
 
 log = structlog.get_logger(__name__)
 

@@ -16,9 +16,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatch_engine.db.bulk import asyncpg_connection, dialect_of, member_of, pg_array_type
-from dispatch_engine.delivery.contacts import contact_aad as invite_contact_aad
-from dispatch_engine.incidents.communications import recipient_aad as communication_recipient_aad
-from dispatch_engine.incidents.notifications import webhook_url_aad
 from dispatch_engine.models import (
     IncidentCommunication,
     Invite,
@@ -28,7 +25,12 @@ from dispatch_engine.models import (
 )
 from dispatch_engine.models.base import Base, table_of
 from dispatch_engine.security.hashing import KeyedHasher
-from dispatch_engine.services.integrations import secret_aad as integration_secret_aad
+from dispatch_engine.security.sealing import (
+    communication_recipient_aad,
+    contact_aad,
+    integration_secret_aad,
+    webhook_url_aad,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -58,9 +60,9 @@ class EncryptedColumn:
 
 #: Every encrypted column, with the aad of its writer (tests check no call site is missed).
 ENCRYPTED_COLUMNS: tuple[EncryptedColumn, ...] = (
-    # delivery.contacts.seal_contact (ingest), opened by delivery and events.
-    EncryptedColumn(Invite, "id", "contact", invite_contact_aad),
-    # services.integrations.put_integration, opened by integration_secrets (queue senders).
+    # security.sealing.seal_contact (ingest), opened by delivery and events.
+    EncryptedColumn(Invite, "id", "contact", contact_aad),
+    # services.integrations.put_integration, opened by queues.factory.integration_secrets.
     EncryptedColumn(QueueIntegration, "account_id", "secret", integration_secret_aad),
     # incidents.notifications.create_webhook, opened by notifications._post.
     EncryptedColumn(NotificationWebhook, "id", "url", webhook_url_aad),

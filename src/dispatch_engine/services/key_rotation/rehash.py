@@ -12,7 +12,6 @@ from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from dispatch_engine.db.bulk import existing_values
-from dispatch_engine.delivery.contacts import open_contact
 from dispatch_engine.ingest.csv_stream import KNOWN_COLUMNS
 from dispatch_engine.ingest.rows import Rejection, parse_contact
 from dispatch_engine.models import (
@@ -24,6 +23,7 @@ from dispatch_engine.models import (
 from dispatch_engine.models.base import table_of
 from dispatch_engine.security.crypto import DecryptionError, FieldCipher
 from dispatch_engine.security.hashing import KeyedHasher, keyed_hash
+from dispatch_engine.security.sealing import open_contact
 from dispatch_engine.services.key_rotation.common import (
     ColumnResult,
     copy_unsubscribes,
