@@ -24,7 +24,6 @@ from dispatch_engine.__main__ import app
 from dispatch_engine.api.app import create_app
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext, build_context
-from dispatch_engine.delivery.facts import fatigue_lock_key
 from dispatch_engine.delivery.lookups import load_unsubscribes
 from dispatch_engine.incidents.communications import open_recipient
 from dispatch_engine.models import (
@@ -37,6 +36,7 @@ from dispatch_engine.models import (
     Unsubscribe,
 )
 from dispatch_engine.queues.factory import integration_secrets
+from dispatch_engine.rules.fatigue import fatigue_lock_key
 from dispatch_engine.scheduler.worker import Worker
 from dispatch_engine.security.hashing import keyed_hash
 from dispatch_engine.security.sealing import open_contact

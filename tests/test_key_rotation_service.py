@@ -13,10 +13,10 @@ from sqlalchemy import event, insert, select
 
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
-from dispatch_engine.delivery.facts import fatigue_lock_key
 from dispatch_engine.delivery.lookups import load_lock_holders, load_unsubscribes
 from dispatch_engine.models import FatigueLedger, Invite, Unsubscribe
 from dispatch_engine.models.base import table_of
+from dispatch_engine.rules.fatigue import fatigue_lock_key
 from dispatch_engine.scheduler.worker import Worker
 from dispatch_engine.security.hashing import keyed_hash
 from dispatch_engine.security.sealing import seal_contact

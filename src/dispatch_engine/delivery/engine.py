@@ -30,12 +30,7 @@ from dispatch_engine.delivery.claims import (
     release_claims,
     still_owned,
 )
-from dispatch_engine.delivery.facts import (
-    DndSettings,
-    fatigue_lock_key,
-    message_facts,
-    step_facts,
-)
+from dispatch_engine.delivery.facts import DndSettings, message_facts, step_facts
 from dispatch_engine.delivery.lookups import (
     BatchFacts,
     invites_with_later_steps,
@@ -58,6 +53,7 @@ from dispatch_engine.models import (
 from dispatch_engine.models.base import table_of
 from dispatch_engine.observability import metrics
 from dispatch_engine.rules.base import Decision, Defer, Hold, Pass, Suppress
+from dispatch_engine.rules.fatigue import fatigue_lock_key
 from dispatch_engine.rules.pipeline import MessageFacts, decide, needs_dnd_check
 from dispatch_engine.schemas.queue_message import encode_invitation, format_utc
 from dispatch_engine.security.sealing import open_contact

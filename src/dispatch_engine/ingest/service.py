@@ -30,7 +30,7 @@ from dispatch_engine.context import AppContext
 from dispatch_engine.db.bulk import existing_values, insert_rows, member_of
 from dispatch_engine.db.statistics import GrowthAnalyzer
 from dispatch_engine.db.transient import jittered_delay, transient_kind
-from dispatch_engine.delivery.facts import fatigue_lock_key, fatigue_of
+from dispatch_engine.delivery.facts import fatigue_of
 from dispatch_engine.ingest import batches
 from dispatch_engine.ingest.rows import ContactIn, Rejection, parse_contact
 from dispatch_engine.models import (
@@ -45,6 +45,7 @@ from dispatch_engine.models import (
 )
 from dispatch_engine.models.base import table_of
 from dispatch_engine.observability import metrics
+from dispatch_engine.rules.fatigue import fatigue_lock_key
 from dispatch_engine.security.hashing import KeyedHasher, keyed_hash
 from dispatch_engine.security.sealing import seal_contact
 

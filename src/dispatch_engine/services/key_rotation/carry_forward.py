@@ -11,12 +11,12 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.db.bulk import member_of
-from dispatch_engine.delivery.facts import fatigue_lock_key
 from dispatch_engine.models import (
     FatigueLedger,
     Invite,
 )
 from dispatch_engine.models.base import table_of
+from dispatch_engine.rules.fatigue import fatigue_lock_key
 from dispatch_engine.security.hashing import KeyedHasher, keyed_hash
 from dispatch_engine.services.key_rotation.common import (
     chunks,

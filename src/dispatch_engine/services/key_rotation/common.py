@@ -318,13 +318,6 @@ def old_key_ids(hasher: KeyedHasher) -> list[str]:
     return [k for k in hasher.key_ids if k != hasher.current_key_id]
 
 
-def relabelled_lock(lock: str | None, old_hash: str, new_hash: str) -> str | None:
-    """The pending-token lock (``fatigue_lock_key(…, uuid_hash)``) for the new hash."""
-    if lock is None or not lock.endswith(f":{old_hash}"):
-        return None
-    return lock[: -len(old_hash)] + new_hash
-
-
 async def in_batches(
     sessions: async_sessionmaker[AsyncSession],
     step: Callable[[AsyncSession, Any], Any],

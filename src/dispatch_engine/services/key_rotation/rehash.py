@@ -21,6 +21,7 @@ from dispatch_engine.models import (
     Unsubscribe,
 )
 from dispatch_engine.models.base import table_of
+from dispatch_engine.rules.fatigue import relabelled_lock
 from dispatch_engine.security.crypto import DecryptionError, FieldCipher
 from dispatch_engine.security.hashing import KeyedHasher, keyed_hash
 from dispatch_engine.security.sealing import open_contact
@@ -32,7 +33,6 @@ from dispatch_engine.services.key_rotation.common import (
     is_current,
     matches,
     relabel,
-    relabelled_lock,
     under_old_key,
     update_unchanged,
     write_unchanged,
