@@ -19,7 +19,7 @@ from dispatch_engine.security.crypto import FieldCipher
 from dispatch_engine.security.sealing import integration_secret_aad
 from dispatch_engine.security.ssrf import UrlPolicy
 from dispatch_engine.services.integration_endpoints import check_endpoint_role, check_endpoints
-from dispatch_engine.services.policies import get_account
+from dispatch_engine.store.accounts import get_account
 
 SECRET_FIELDS = ("secret_access_key", "connection_string")
 
