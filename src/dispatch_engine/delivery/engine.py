@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dispatch_engine.clients.dnd_webhook import DndAnswer, DndClient, DndQuery
 from dispatch_engine.context import AppContext
 from dispatch_engine.db.bulk import insert_rows, member_of, update_rows
+from dispatch_engine.db.dialect import is_single_writer
 from dispatch_engine.delivery.claims import (
     claim_due_messages,
     lease_messages,
@@ -103,7 +104,7 @@ class DeliveryEngine:
         self.lease = lease or timedelta(seconds=context.settings.claim_lease_seconds)
         self.dnd = dnd or DndSettings()
         self.holding: dict[str, list[str]] = {}  # claim token → ids of rounds in flight
-        single_writer = context.engine.dialect.name == "sqlite"
+        single_writer = is_single_writer(context.engine)
         self.concurrency = 1 if single_writer else context.settings.claim_concurrency
         # PostgreSQL row locks can be the claim for rounds that call no webhook; SQLite has
         # none, and holding its one write lock while deciding would stall the API.
