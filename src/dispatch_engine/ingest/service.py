@@ -32,6 +32,11 @@ from dispatch_engine.db.statistics import GrowthAnalyzer
 from dispatch_engine.db.transient import jittered_delay, transient_kind
 from dispatch_engine.delivery.facts import fatigue_of
 from dispatch_engine.ingest import batches
+from dispatch_engine.ingest.carry_forward import (
+    LockScope,
+    carry_forward_fatigue,
+    carry_forward_unsubscribes,
+)
 from dispatch_engine.ingest.rows import ContactIn, Rejection, parse_contact
 from dispatch_engine.models import (
     ContactBatch,
@@ -339,12 +344,6 @@ async def _carry_forward(
     """During an HMAC key rotation, bring these people's unsubscribes and fatigue history
     (ledger, pending-token lock) from old-key hashes to the current key, before the locks
     are assigned, so a rotation forgets nobody's opt-out or fatigue."""
-    from dispatch_engine.services.key_rotation import (  # imports this module
-        LockScope,
-        carry_forward_fatigue,
-        carry_forward_unsubscribes,
-    )
-
     scope = LockScope(policy.id, policy.fatigue_epoch, bool(policy.is_sandbox)) if rule1 else None
     await carry_forward_fatigue(
         session, hasher, [c.contact.uuid_value for c in kept], lock_scope=scope

@@ -18,6 +18,7 @@ __all__ = [
     "constant_time_equals",
     "hash_api_secret",
     "keyed_hash",
+    "old_key_ids",
 ]
 
 MIN_KEY_SIZE = 16
@@ -82,6 +83,11 @@ def keyed_hash(hasher: KeyedHasher, value: str) -> str:
 def all_keyed_hashes(hasher: KeyedHasher, value: str) -> list[str]:
     """The value's keyed hash under every ring key, current first (lookups mid-rotation)."""
     return [f"{key_id}:{digest}" for key_id, digest in hasher.all_digests(value).items()]
+
+
+def old_key_ids(hasher: KeyedHasher) -> list[str]:
+    """Ring keys other than the current one (what a rotation moves values away from)."""
+    return [k for k in hasher.key_ids if k != hasher.current_key_id]
 
 
 def hash_api_secret(secret: str) -> str:
