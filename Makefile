@@ -11,3 +11,4 @@ lint:
 	.venv/bin/ruff check src tests bench migrations
 	.venv/bin/ruff format --check src tests bench migrations
 	.venv/bin/mypy
+	.venv/bin/lint-imports --no-logo

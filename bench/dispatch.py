@@ -43,10 +43,8 @@ from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import build_context
 from dispatch_engine.db.bulk import insert_rows
 from dispatch_engine.db.migrate import upgrade
-from dispatch_engine.delivery.contacts import seal_contact
 from dispatch_engine.delivery.engine import DeliveryEngine
-from dispatch_engine.delivery.facts import fatigue_lock_key
-from dispatch_engine.ingest.service import keyed_hash, new_token
+from dispatch_engine.ingest.service import new_token
 from dispatch_engine.models import (
     Account,
     Dispatch,
@@ -60,7 +58,10 @@ from dispatch_engine.models import (
     new_id,
 )
 from dispatch_engine.models.base import table_of
+from dispatch_engine.rules.fatigue import fatigue_lock_key
 from dispatch_engine.runtime import tune_gc
+from dispatch_engine.security.hashing import keyed_hash
+from dispatch_engine.security.sealing import seal_contact
 from dispatch_engine.settings import Settings
 
 NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)  # a Wednesday noon

@@ -47,11 +47,11 @@ from dispatch_engine.delivery.relay import OutboxRelay
 from dispatch_engine.models import Account, OutboxEntry, QueueIntegration
 from dispatch_engine.models.base import table_of
 from dispatch_engine.queues.base import OutgoingMessage, QueueSender
-from dispatch_engine.queues.factory import SenderCache
+from dispatch_engine.queues.factory import SenderCache, integration_secrets
 from dispatch_engine.queues.sqs import USER_AGENT, SqsLimits, SqsQueueSender
 from dispatch_engine.runtime import tune_gc
 from dispatch_engine.schemas.queue_message import build_invitation, encode_message
-from dispatch_engine.services.integrations import integration_secrets, secret_aad
+from dispatch_engine.security.sealing import integration_secret_aad
 from dispatch_engine.settings import Settings
 
 NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
@@ -174,7 +174,7 @@ async def seed_account(context: AppContext, sink_url: str) -> None:
                 kind="sqs",
                 config={},
                 secret=context.cipher.encrypt_json(
-                    {"secret_access_key": SECRET}, aad=secret_aad(ACCOUNT)
+                    {"secret_access_key": SECRET}, aad=integration_secret_aad(ACCOUNT)
                 ),
                 created_at=NOW,
                 updated_at=NOW,

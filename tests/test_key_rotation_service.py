@@ -13,22 +13,22 @@ from sqlalchemy import event, insert, select
 
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
-from dispatch_engine.delivery.contacts import seal_contact
-from dispatch_engine.delivery.facts import fatigue_lock_key
+from dispatch_engine.db.conditional import update_unchanged
 from dispatch_engine.delivery.lookups import load_lock_holders, load_unsubscribes
-from dispatch_engine.ingest.service import keyed_hash
-from dispatch_engine.models import FatigueLedger, Invite, Unsubscribe
-from dispatch_engine.models.base import table_of
-from dispatch_engine.scheduler.worker import Worker
-from dispatch_engine.services.events import address_hashes, block_hashes
-from dispatch_engine.services.key_rotation import (
+from dispatch_engine.ingest.carry_forward import (
     CarriedFatigue,
     LockScope,
     carry_forward_fatigue,
     carry_forward_unsubscribes,
-    rotate_keys,
 )
-from dispatch_engine.services.key_rotation.common import update_unchanged
+from dispatch_engine.models import FatigueLedger, Invite, Unsubscribe
+from dispatch_engine.models.base import table_of
+from dispatch_engine.rules.fatigue import fatigue_lock_key
+from dispatch_engine.scheduler.worker import Worker
+from dispatch_engine.security.hashing import keyed_hash
+from dispatch_engine.security.sealing import seal_contact
+from dispatch_engine.services.events import address_hashes, block_hashes
+from dispatch_engine.services.key_rotation import rotate_keys
 from tests.conftest import create_policy, empty_database, setup_account
 from tests.test_key_rotation import (
     EMAIL,

@@ -20,9 +20,9 @@ from sqlalchemy import func, select, text
 
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
-from dispatch_engine.delivery.contacts import open_contact
 from dispatch_engine.models import Base, Invite, Message
 from dispatch_engine.security.crypto import DecryptionError
+from dispatch_engine.security.sealing import open_contact
 from tests.conftest import T0, create_policy, setup_account, templates_for
 
 ACME = "/v1/accounts/acme"

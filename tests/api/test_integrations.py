@@ -15,7 +15,7 @@ from dispatch_engine.api.app import create_app
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
 from dispatch_engine.models import QueueIntegration
-from dispatch_engine.services.integrations import integration_secrets
+from dispatch_engine.queues.factory import integration_secrets
 from tests.conftest import bearer, new_key, setup_account
 
 PATH = "/v1/accounts/acme/queue-integration"

@@ -21,9 +21,9 @@ from sqlalchemy import func, select, text
 
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
-from dispatch_engine.delivery.contacts import open_contact
 from dispatch_engine.models import Base, Invite, OutboxEntry, Unsubscribe
 from dispatch_engine.scheduler.worker import Worker
+from dispatch_engine.security.sealing import open_contact
 from tests.conftest import bearer, new_key, report_incident, setup_account, templates_for
 
 MONDAY_10 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)

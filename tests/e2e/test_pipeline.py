@@ -35,7 +35,6 @@ from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
 from dispatch_engine.delivery.claims import claim_due_messages, still_owned
 from dispatch_engine.delivery.engine import DeliveryEngine
-from dispatch_engine.ingest.service import keyed_hash
 from dispatch_engine.models import (
     Invite,
     LocalQueueMessage,
@@ -48,6 +47,7 @@ from dispatch_engine.models import (
 from dispatch_engine.queues.base import OutgoingMessage, SendFailure
 from dispatch_engine.scheduler.worker import Worker
 from dispatch_engine.schemas.queue_message import SCHEMA_NAME, load_json_schema
+from dispatch_engine.security.hashing import keyed_hash
 from dispatch_engine.security.normalize import normalize_email
 from tests.conftest import setup_account, templates_for
 

@@ -22,9 +22,9 @@ from sqlalchemy import func, select
 from dispatch_engine.api.app import create_app
 from dispatch_engine.context import AppContext, build_context
 from dispatch_engine.ingest import service
-from dispatch_engine.ingest.service import keyed_hash
 from dispatch_engine.models import Invite
 from dispatch_engine.observability import metrics
+from dispatch_engine.security.hashing import keyed_hash
 from tests.conftest import create_policy, make_settings, setup_account, templates_for
 
 ROUNDS = 5

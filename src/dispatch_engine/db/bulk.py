@@ -7,7 +7,7 @@ statement. Bulk inserts use COPY there. SQLite gets the portable forms.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -29,6 +29,15 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import InstrumentedAttribute
+
+# Values per `IN (…)` list or multi-row INSERT (SQLite allows 32,766 parameters).
+CHUNK = 1_000
+
+
+def chunks(values: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    """``values`` in slices of ``size``, for statements bounded in parameters."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def dialect_of(session: AsyncSession) -> str:

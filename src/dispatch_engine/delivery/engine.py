@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dispatch_engine.clients.dnd_webhook import DndAnswer, DndClient, DndQuery
 from dispatch_engine.context import AppContext
 from dispatch_engine.db.bulk import insert_rows, member_of, update_rows
+from dispatch_engine.db.dialect import is_single_writer
 from dispatch_engine.delivery.claims import (
     claim_due_messages,
     lease_messages,
@@ -30,13 +31,7 @@ from dispatch_engine.delivery.claims import (
     release_claims,
     still_owned,
 )
-from dispatch_engine.delivery.contacts import open_contact
-from dispatch_engine.delivery.facts import (
-    DndSettings,
-    fatigue_lock_key,
-    message_facts,
-    step_facts,
-)
+from dispatch_engine.delivery.facts import DndSettings, message_facts, step_facts
 from dispatch_engine.delivery.lookups import (
     BatchFacts,
     invites_with_later_steps,
@@ -59,8 +54,10 @@ from dispatch_engine.models import (
 from dispatch_engine.models.base import table_of
 from dispatch_engine.observability import metrics
 from dispatch_engine.rules.base import Decision, Defer, Hold, Pass, Suppress
+from dispatch_engine.rules.fatigue import fatigue_lock_key
 from dispatch_engine.rules.pipeline import MessageFacts, decide, needs_dnd_check
 from dispatch_engine.schemas.queue_message import encode_invitation, format_utc
+from dispatch_engine.security.sealing import open_contact
 
 log = structlog.get_logger(__name__)
 
@@ -107,7 +104,7 @@ class DeliveryEngine:
         self.lease = lease or timedelta(seconds=context.settings.claim_lease_seconds)
         self.dnd = dnd or DndSettings()
         self.holding: dict[str, list[str]] = {}  # claim token → ids of rounds in flight
-        single_writer = context.engine.dialect.name == "sqlite"
+        single_writer = is_single_writer(context.engine)
         self.concurrency = 1 if single_writer else context.settings.claim_concurrency
         # PostgreSQL row locks can be the claim for rounds that call no webhook; SQLite has
         # none, and holding its one write lock while deciding would stall the API.

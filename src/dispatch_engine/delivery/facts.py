@@ -10,13 +10,9 @@ from functools import lru_cache
 from dispatch_engine.delivery.lookups import BatchFacts
 from dispatch_engine.models import Invite, LineupMessage, Message, Policy
 from dispatch_engine.rules.business_hours import BusinessHours
+from dispatch_engine.rules.fatigue import fatigue_lock_key
 from dispatch_engine.rules.pipeline import DndFacts, MessageFacts
 from dispatch_engine.schemas.policies import BusinessRules, FatigueRules
-
-
-def fatigue_lock_key(policy_id: str, epoch: int, sandbox: bool, uuid_hash: str) -> str:
-    """One pending-token lock per person, policy, fatigue epoch and sandbox flag."""
-    return f"{policy_id}:{epoch}:{int(sandbox)}:{uuid_hash}"
 
 
 @lru_cache(maxsize=1024)

@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, TypeVar, cast
 
-from sqlalchemy import Executable, Select, select, text
+from sqlalchemy import Executable, Select, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.db.bulk import member_of
+from dispatch_engine.db.dialect import advisory_xact_locks
 from dispatch_engine.models import (
     Dispatch,
     FatigueLedger,
@@ -265,16 +266,8 @@ async def lock_people(session: AsyncSession, hashes: set[str]) -> None:
     and in one global order (no deadlock), makes the second round read the first's sends.
     SQLite needs nothing: its write-back transactions never overlap (BEGIN IMMEDIATE).
     """
-    if not hashes or session.get_bind().dialect.name != "postgresql":
-        return
-    ids = sorted({person_lock_id(h) for h in hashes})
-    await session.execute(
-        text(
-            "SELECT count(pg_advisory_xact_lock(k))"
-            " FROM (SELECT unnest(CAST(:ids AS bigint[])) AS k ORDER BY 1) AS people"
-        ),
-        {"ids": ids},
-    )
+    if hashes:
+        await advisory_xact_locks(session, map(person_lock_id, hashes))
 
 
 __all__ = [

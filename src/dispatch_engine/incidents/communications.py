@@ -18,26 +18,22 @@ from dispatch_engine.errors import ValidationFailed
 from dispatch_engine.incidents.schemas import CommunicationIn, CommunicationOut
 from dispatch_engine.models import Account, IncidentCommunication, new_id
 from dispatch_engine.security.crypto import FieldCipher
-from dispatch_engine.security.hashing import KeyedHasher
-
-
-def recipient_aad(communication_id: str) -> bytes:
-    """Binds a sealed recipient to its row: a value copied to another row fails to open."""
-    return f"incident-communication:{communication_id}".encode()
+from dispatch_engine.security.hashing import KeyedHasher, keyed_hash
+from dispatch_engine.security.sealing import communication_recipient_aad
 
 
 def seal_recipient(cipher: FieldCipher, communication_id: str, recipient: str) -> str:
-    return cipher.encrypt(recipient, aad=recipient_aad(communication_id))
+    return cipher.encrypt(recipient, aad=communication_recipient_aad(communication_id))
 
 
 def open_recipient(cipher: FieldCipher, communication_id: str, sealed: str) -> str:
-    return cipher.decrypt(sealed, aad=recipient_aad(communication_id))
+    return cipher.decrypt(sealed, aad=communication_recipient_aad(communication_id))
 
 
 def recipient_hash(hasher: KeyedHasher, recipient: str) -> str:
     """``<key id>:<HMAC>`` of the recipient, whitespace collapsed and case folded."""
     normalized = " ".join(recipient.split()).casefold()
-    return f"{hasher.current_key_id}:{hasher.digest(normalized)}"
+    return keyed_hash(hasher, normalized)
 
 
 async def record_communication(

@@ -15,11 +15,11 @@ from datetime import datetime
 
 import structlog
 from sqlalchemy import Insert, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.clients.guarded_http import GuardedHttpClient
 from dispatch_engine.context import AppContext
+from dispatch_engine.db.dialect import insert_ignoring_conflicts
 from dispatch_engine.incidents import metrics, notifications
 from dispatch_engine.incidents.clocks import CLOCK_NAMES
 from dispatch_engine.incidents.service import DUE_COLUMNS
@@ -45,10 +45,7 @@ class JobResult:
 
 
 def _insert_once(session: AsyncSession) -> Insert:
-    table = table_of(IncidentClockAlert)
-    if session.get_bind().dialect.name == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing()
-    return sqlite.insert(table).on_conflict_do_nothing()
+    return insert_ignoring_conflicts(session, table_of(IncidentClockAlert))
 
 
 async def _overdue(session: AsyncSession, now: datetime) -> list[Incident]:

@@ -27,6 +27,7 @@ from dispatch_engine.models import Incident, IncidentNotification, NotificationW
 from dispatch_engine.models.base import table_of
 from dispatch_engine.schemas.common import StrictModel
 from dispatch_engine.security.crypto import FieldCipher
+from dispatch_engine.security.sealing import webhook_url_aad
 from dispatch_engine.security.ssrf import GuardedHttpError, UnsafeUrlError, UrlPolicy, validate_url
 
 log = structlog.get_logger(__name__)
@@ -62,11 +63,6 @@ class WebhookOut(BaseModel):
     origin: str = Field(description="Scheme, host and port only: the path may hold a token.")
     events: list[str]
     created_at: datetime
-
-
-def webhook_url_aad(webhook_id: str) -> bytes:
-    """Associated data binding a notification webhook's encrypted URL to its row."""
-    return webhook_id.encode()
 
 
 def webhook_out(webhook: NotificationWebhook) -> WebhookOut:

@@ -30,9 +30,13 @@ from dispatch_engine.context import AppContext
 from dispatch_engine.db.bulk import existing_values, insert_rows, member_of
 from dispatch_engine.db.statistics import GrowthAnalyzer
 from dispatch_engine.db.transient import jittered_delay, transient_kind
-from dispatch_engine.delivery.contacts import seal_contact
-from dispatch_engine.delivery.facts import fatigue_lock_key, fatigue_of
+from dispatch_engine.delivery.facts import fatigue_of
 from dispatch_engine.ingest import batches
+from dispatch_engine.ingest.carry_forward import (
+    LockScope,
+    carry_forward_fatigue,
+    carry_forward_unsubscribes,
+)
 from dispatch_engine.ingest.rows import ContactIn, Rejection, parse_contact
 from dispatch_engine.models import (
     ContactBatch,
@@ -46,22 +50,15 @@ from dispatch_engine.models import (
 )
 from dispatch_engine.models.base import table_of
 from dispatch_engine.observability import metrics
-from dispatch_engine.security.hashing import KeyedHasher
+from dispatch_engine.rules.fatigue import fatigue_lock_key
+from dispatch_engine.security.hashing import KeyedHasher, keyed_hash
+from dispatch_engine.security.sealing import seal_contact
 
 log = structlog.get_logger(__name__)
 CHUNK_RETRIES = 6
 RETRY_BASE_SECONDS = 0.05
 RETRY_CAP_SECONDS = 1.0
 YIELD_EVERY_ROWS = 50  # rows prepared between two chances for the writing chunk to progress
-
-
-def keyed_hash(hasher: KeyedHasher, value: str) -> str:
-    """`<key id>:<hex HMAC>`: the key version travels with the hash, for rotation."""
-    return f"{hasher.current_key_id}:{hasher.digest(value)}"
-
-
-def all_keyed_hashes(hasher: KeyedHasher, value: str) -> list[str]:
-    return [f"{key_id}:{digest}" for key_id, digest in hasher.all_digests(value).items()]
 
 
 def new_token() -> str:
@@ -347,12 +344,6 @@ async def _carry_forward(
     """During an HMAC key rotation, bring these people's unsubscribes and fatigue history
     (ledger, pending-token lock) from old-key hashes to the current key, before the locks
     are assigned, so a rotation forgets nobody's opt-out or fatigue."""
-    from dispatch_engine.services.key_rotation import (  # imports this module
-        LockScope,
-        carry_forward_fatigue,
-        carry_forward_unsubscribes,
-    )
-
     scope = LockScope(policy.id, policy.fatigue_epoch, bool(policy.is_sandbox)) if rule1 else None
     await carry_forward_fatigue(
         session, hasher, [c.contact.uuid_value for c in kept], lock_scope=scope

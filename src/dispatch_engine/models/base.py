@@ -7,11 +7,10 @@ import time
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import JSON, BigInteger, Integer, MetaData, Table
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import MetaData, Table
 from sqlalchemy.orm import DeclarativeBase
 
-from dispatch_engine.db.types import UTCDateTime
+from dispatch_engine.db.types import JSONType, UTCDateTime
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -20,10 +19,6 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-JSONType = JSON().with_variant(JSONB(), "postgresql")
-# SQLite only autoincrements an INTEGER PRIMARY KEY.
-BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):

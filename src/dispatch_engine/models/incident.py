@@ -12,7 +12,8 @@ from typing import Any
 from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dispatch_engine.models.base import Base, BigIntPK
+from dispatch_engine.db.types import BigIntPK
+from dispatch_engine.models.base import Base
 
 _INCIDENT_FK = "incidents.id"
 

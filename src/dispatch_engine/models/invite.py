@@ -8,7 +8,8 @@ from typing import Any
 from sqlalchemy import Index, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dispatch_engine.models.base import Base, BigIntPK
+from dispatch_engine.db.types import BigIntPK
+from dispatch_engine.models.base import Base
 
 
 class Invite(Base):

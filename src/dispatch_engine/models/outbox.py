@@ -7,7 +7,8 @@ from datetime import datetime
 from sqlalchemy import Index, LargeBinary, String, Text, text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from dispatch_engine.models.base import Base, BigIntPK
+from dispatch_engine.db.types import BigIntPK
+from dispatch_engine.models.base import Base
 
 
 class OutboxEntry(Base):

@@ -6,7 +6,17 @@ from dispatch_engine.context import AppContext
 from dispatch_engine.models import QueueIntegration
 from dispatch_engine.queues.base import QueueSender
 from dispatch_engine.queues.local import LocalQueueSender
-from dispatch_engine.services.integrations import integration_secrets
+from dispatch_engine.security.crypto import FieldCipher
+from dispatch_engine.security.sealing import integration_secret_aad
+
+
+def integration_secrets(integration: QueueIntegration, cipher: FieldCipher) -> dict[str, str]:
+    """Decrypted secrets, for the queue senders only."""
+    if not integration.secret:
+        return {}
+    aad = integration_secret_aad(integration.account_id)
+    data: dict[str, str] = cipher.decrypt_json(integration.secret, aad=aad)
+    return data
 
 
 def build_sender(context: AppContext, integration: QueueIntegration) -> QueueSender | None:

@@ -1,1 +1,1 @@
-"""Security helpers: field encryption, keyed hashing, normalisation and SSRF rules."""
+"""Security helpers: field encryption and sealing, keyed hashing, normalisation, SSRF rules."""

@@ -11,7 +11,15 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 
-__all__ = ["MIN_KEY_SIZE", "KeyedHasher", "constant_time_equals", "hash_api_secret"]
+__all__ = [
+    "MIN_KEY_SIZE",
+    "KeyedHasher",
+    "all_keyed_hashes",
+    "constant_time_equals",
+    "hash_api_secret",
+    "keyed_hash",
+    "old_key_ids",
+]
 
 MIN_KEY_SIZE = 16
 
@@ -65,6 +73,21 @@ class KeyedHasher:
     def all_digests(self, value: str) -> dict[str, str]:
         """Digest of ``value`` under every ring key (key id -> digest), current first."""
         return {key_id: self.digest(value, key_id) for key_id in self._keys}
+
+
+def keyed_hash(hasher: KeyedHasher, value: str) -> str:
+    """`<key id>:<hex HMAC>`: the key version travels with the hash, for rotation."""
+    return f"{hasher.current_key_id}:{hasher.digest(value)}"
+
+
+def all_keyed_hashes(hasher: KeyedHasher, value: str) -> list[str]:
+    """The value's keyed hash under every ring key, current first (lookups mid-rotation)."""
+    return [f"{key_id}:{digest}" for key_id, digest in hasher.all_digests(value).items()]
+
+
+def old_key_ids(hasher: KeyedHasher) -> list[str]:
+    """Ring keys other than the current one (what a rotation moves values away from)."""
+    return [k for k in hasher.key_ids if k != hasher.current_key_id]
 
 
 def hash_api_secret(secret: str) -> str:

@@ -12,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dispatch_engine.errors import Conflict, ValidationFailed
 from dispatch_engine.models import Account
 from dispatch_engine.schemas.accounts import AccountCreate, AccountOut
-from dispatch_engine.services.policies import get_account, new_sandbox_policy
+from dispatch_engine.services.policies import new_sandbox_policy
+from dispatch_engine.store.accounts import get_account
 
 
 def account_out(account: Account) -> AccountOut:

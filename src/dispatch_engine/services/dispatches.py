@@ -23,7 +23,8 @@ from dispatch_engine.schemas.dispatches import DispatchCreate, DispatchOut
 from dispatch_engine.schemas.durations import format_duration, parse_duration
 from dispatch_engine.services import retiming
 from dispatch_engine.services.dispatch_pauses import VALIDITY_TOO_SHORT
-from dispatch_engine.services.policies import get_account, live_lineup, live_lineups
+from dispatch_engine.services.policies import live_lineup, live_lineups
+from dispatch_engine.store.accounts import get_account
 
 MANUAL_PAUSE = "manual"
 

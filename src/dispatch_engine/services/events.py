@@ -8,12 +8,12 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.context import AppContext
-from dispatch_engine.delivery.contacts import open_contact
 from dispatch_engine.errors import NotFound, ValidationFailed
-from dispatch_engine.ingest.service import all_keyed_hashes
 from dispatch_engine.models import Invite, Message, Unsubscribe
 from dispatch_engine.models.base import table_of
+from dispatch_engine.security.hashing import all_keyed_hashes
 from dispatch_engine.security.normalize import InvalidAddress, normalize_email, normalize_phone
+from dispatch_engine.security.sealing import open_contact
 
 PENDING_STATES = ("pending", "deferred", "held")
 

@@ -16,9 +16,10 @@ from dispatch_engine.schemas.integrations import (
     SqsIntegrationIn,
 )
 from dispatch_engine.security.crypto import FieldCipher
+from dispatch_engine.security.sealing import integration_secret_aad
 from dispatch_engine.security.ssrf import UrlPolicy
 from dispatch_engine.services.integration_endpoints import check_endpoint_role, check_endpoints
-from dispatch_engine.services.policies import get_account
+from dispatch_engine.store.accounts import get_account
 
 SECRET_FIELDS = ("secret_access_key", "connection_string")
 
@@ -36,11 +37,6 @@ def _split(
     if isinstance(body, SqsIntegrationIn):
         data["fifo"] = body.fifo
     return data, secrets
-
-
-def secret_aad(account_id: str) -> bytes:
-    """Binds the ciphertext to its account, so a copied value fails to decrypt elsewhere."""
-    return f"queue-integration:{account_id}".encode()
 
 
 async def put_integration(
@@ -63,7 +59,9 @@ async def put_integration(
     check_endpoints(body, policy)
     config, secrets = _split(body)
     before = integration_snapshot(existing) if existing else None
-    secret = cipher.encrypt_json(secrets, aad=secret_aad(account_id)) if secrets else None
+    secret = (
+        cipher.encrypt_json(secrets, aad=integration_secret_aad(account_id)) if secrets else None
+    )
     if existing is None:
         existing = QueueIntegration(
             account_id=account_id,
@@ -112,15 +110,6 @@ async def require_local_queue(session: AsyncSession, account_id: str) -> None:
             "queue; read the messages there",
             slug="not-local-queue",
         )
-
-
-def integration_secrets(integration: QueueIntegration, cipher: FieldCipher) -> dict[str, str]:
-    """Decrypted secrets, for the queue senders only."""
-    if not integration.secret:
-        return {}
-    aad = secret_aad(integration.account_id)
-    data: dict[str, str] = cipher.decrypt_json(integration.secret, aad=aad)
-    return data
 
 
 def integration_out(integration: QueueIntegration) -> IntegrationOut:

@@ -12,7 +12,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.errors import Conflict, FieldError, InvalidFields, NotFound, ValidationFailed
-from dispatch_engine.models import Account, LineupMessage, Policy, QueueIntegration, new_id
+from dispatch_engine.models import LineupMessage, Policy, QueueIntegration, new_id
 from dispatch_engine.rules.business_hours import BusinessHours, BusinessHoursError
 from dispatch_engine.rules.lineup import delay_problems, total_delay, validity_problem
 from dispatch_engine.schemas.durations import format_duration, parse_duration
@@ -34,6 +34,7 @@ from dispatch_engine.services.dispatch_pauses import (
     dispatches_of_policy,
     pause_active_dispatches,
 )
+from dispatch_engine.store.accounts import get_account
 
 SANDBOX_NAME = "Sandbox"
 SectionT = TypeVar("SectionT", FatigueRules, BusinessRules, DndWebhooks)
@@ -102,14 +103,6 @@ def _parse_section(model: type[SectionT], name: str, data: Mapping[str, Any]) ->
 
 
 # --- reads ----------------------------------------------------------------------------------
-
-
-async def get_account(session: AsyncSession, account_id: str, *, lock: bool = False) -> Account:
-    """The account; `lock` takes its row lock (PostgreSQL) so concurrent edits serialise."""
-    account = await session.get(Account, account_id, with_for_update=lock or None)
-    if account is None:
-        raise NotFound(f"account '{account_id}'")
-    return account
 
 
 async def get_policy(

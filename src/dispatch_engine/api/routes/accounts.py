@@ -22,7 +22,7 @@ from dispatch_engine.schemas.queue_message import build_probe, encode_message
 from dispatch_engine.services import accounts as service
 from dispatch_engine.services import integrations
 from dispatch_engine.services.etags import check_if_match, etag
-from dispatch_engine.services.policies import get_account as load_account
+from dispatch_engine.store.accounts import get_account as load_account
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
 

@@ -18,7 +18,7 @@ from dispatch_engine.incidents.service import check_incident_reference
 from dispatch_engine.models import Dispatch, Message, OperatorPause, Policy, new_id
 from dispatch_engine.schemas.common import StrictModel
 from dispatch_engine.services import retiming
-from dispatch_engine.services.policies import get_account
+from dispatch_engine.store.accounts import get_account
 
 router = APIRouter(prefix="/v1/admin/pauses", tags=["admin"])
 

@@ -22,7 +22,8 @@ from dispatch_engine.schemas.dispatches import (
 )
 from dispatch_engine.services import dispatches as service
 from dispatch_engine.services.etags import check_if_match, etag
-from dispatch_engine.services.policies import get_account, live_lineup
+from dispatch_engine.services.policies import live_lineup
+from dispatch_engine.store.accounts import get_account
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/dispatches", tags=["dispatches"])
 

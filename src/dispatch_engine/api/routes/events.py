@@ -14,7 +14,7 @@ from dispatch_engine.errors import ValidationFailed
 from dispatch_engine.models import Invite
 from dispatch_engine.schemas.common import StrictModel
 from dispatch_engine.services import events as service
-from dispatch_engine.services.policies import get_account
+from dispatch_engine.store.accounts import get_account
 
 router = APIRouter(prefix="/v1/accounts/{account_id}", tags=["events"])
 

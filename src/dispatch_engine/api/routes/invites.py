@@ -13,7 +13,7 @@ from dispatch_engine.api.deps import ReadActor, SessionDep
 from dispatch_engine.errors import NotFound, ValidationFailed
 from dispatch_engine.models import Invite, Message
 from dispatch_engine.services.dispatches import get_dispatch
-from dispatch_engine.services.policies import get_account
+from dispatch_engine.store.accounts import get_account
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/invites", tags=["invites"])
 

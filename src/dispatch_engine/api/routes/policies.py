@@ -26,6 +26,7 @@ from dispatch_engine.schemas.policies import (
 )
 from dispatch_engine.services import policies as service
 from dispatch_engine.services.etags import check_if_match, check_version, etag
+from dispatch_engine.store.accounts import get_account
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/policies", tags=["policies"])
 IfMatch = Header(default=None, description='The policy\'s current ETag, e.g. "3".')
@@ -62,7 +63,7 @@ async def _snapshot(session: SessionDep, policy: Policy) -> dict[str, object]:
 async def list_policies(account_id: str, actor: ReadActor, session: SessionDep) -> list[PolicyOut]:
     """Live policies; the sandbox policy comes first."""
     async with session.begin():
-        await service.get_account(session, account_id)
+        await get_account(session, account_id)
         policies = await service.list_policies(session, account_id)
         lineups = await service.live_lineups(session, [p.id for p in policies])
         return [service.policy_out(p, lineups[p.id]) for p in policies]

@@ -21,16 +21,10 @@ row is simply picked up by the next run. Running it again changes nothing.
 
 What cannot be recomputed (hashes of invites whose contact data was erased, unsubscribes of
 people with no live invite) is carried forward at ingest time by
-:func:`carry_forward_unsubscribes` and :func:`carry_forward_fatigue`, when that person comes
-back.
+``ingest.carry_forward`` (``carry_forward_unsubscribes``, ``carry_forward_fatigue``), when
+that person comes back.
 """
 
-from dispatch_engine.services.key_rotation.carry_forward import (
-    CarriedFatigue,
-    LockScope,
-    carry_forward_fatigue,
-    carry_forward_unsubscribes,
-)
 from dispatch_engine.services.key_rotation.common import (
     ENCRYPTED_COLUMNS,
     ColumnResult,
@@ -41,12 +35,8 @@ from dispatch_engine.services.key_rotation.rotation import rotate_keys
 
 __all__ = [
     "ENCRYPTED_COLUMNS",
-    "CarriedFatigue",
     "ColumnResult",
     "EncryptedColumn",
-    "LockScope",
     "RotationReport",
-    "carry_forward_fatigue",
-    "carry_forward_unsubscribes",
     "rotate_keys",
 ]

@@ -3,19 +3,16 @@ pending-token locks and unsubscribes follow."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
 from sqlalchemy import ColumnElement, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dispatch_engine.db.bulk import existing_values
-from dispatch_engine.delivery.contacts import open_contact
+from dispatch_engine.db.conditional import relabel, update_unchanged
 from dispatch_engine.ingest.csv_stream import KNOWN_COLUMNS
 from dispatch_engine.ingest.rows import Rejection, parse_contact
-from dispatch_engine.ingest.service import keyed_hash
 from dispatch_engine.models import (
     FatigueLedger,
     Invite,
@@ -23,21 +20,21 @@ from dispatch_engine.models import (
     Unsubscribe,
 )
 from dispatch_engine.models.base import table_of
+from dispatch_engine.rules.fatigue import relabelled_lock
 from dispatch_engine.security.crypto import DecryptionError, FieldCipher
-from dispatch_engine.security.hashing import KeyedHasher
+from dispatch_engine.security.hashing import KeyedHasher, keyed_hash
+from dispatch_engine.security.sealing import open_contact
 from dispatch_engine.services.key_rotation.common import (
     ColumnResult,
-    copy_unsubscribes,
     count_matching,
     in_batches,
     is_current,
     matches,
-    relabel,
-    relabelled_lock,
     under_old_key,
-    update_unchanged,
     write_unchanged,
 )
+from dispatch_engine.store.fatigue_locks import InviteRehash, release_conflicting_locks
+from dispatch_engine.store.unsubscribes import copy_unsubscribes
 
 log = structlog.get_logger(__name__)
 
@@ -84,13 +81,6 @@ def _uuid_value(
         if raw and matches(hasher, stored_hash, raw):
             return str(raw)
     return None
-
-
-@dataclass
-class InviteRehash:
-    invite_id: str
-    old: dict[str, str | None]
-    new: dict[str, str | None]
 
 
 _HASH_COLUMNS = ("uuid_hash", "email_hash", "mobile_hash")
@@ -145,18 +135,6 @@ def _rehash_invite(
     if new == old:
         return None
     return InviteRehash(row.id, old, new)
-
-
-async def release_conflicting_locks(session: AsyncSession, plans: Sequence[InviteRehash]) -> None:
-    """A relabelled lock another invite already holds (ingested under the new key while this
-    one's lock was invisible to it) is released instead: one holder per person again."""
-    moving = [p for p in plans if p.new["fatigue_lock"] not in (None, p.old["fatigue_lock"])]
-    held = await existing_values(
-        session, Invite.fatigue_lock, {str(p.new["fatigue_lock"]) for p in moving}
-    )
-    for plan in moving:
-        if plan.new["fatigue_lock"] in held:
-            plan.new["fatigue_lock"] = None
 
 
 async def rehash_invites(

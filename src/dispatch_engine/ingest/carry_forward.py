@@ -10,25 +10,14 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dispatch_engine.db.bulk import member_of
-from dispatch_engine.delivery.facts import fatigue_lock_key
-from dispatch_engine.ingest.service import keyed_hash
-from dispatch_engine.models import (
-    FatigueLedger,
-    Invite,
-)
+from dispatch_engine.db.bulk import chunks, member_of
+from dispatch_engine.db.conditional import relabel, update_unchanged
+from dispatch_engine.models import FatigueLedger, Invite
 from dispatch_engine.models.base import table_of
-from dispatch_engine.security.hashing import KeyedHasher
-from dispatch_engine.services.key_rotation.common import (
-    chunks,
-    copy_unsubscribes,
-    old_key_ids,
-    relabel,
-    update_unchanged,
-)
-from dispatch_engine.services.key_rotation.rehash import InviteRehash, release_conflicting_locks
-
-# --- carry-forward at ingest --------------------------------------------------------------
+from dispatch_engine.rules.fatigue import fatigue_lock_key
+from dispatch_engine.security.hashing import KeyedHasher, keyed_hash, old_key_ids
+from dispatch_engine.store.fatigue_locks import InviteRehash, release_conflicting_locks
+from dispatch_engine.store.unsubscribes import copy_unsubscribes
 
 
 def _carry_pairs(hasher: KeyedHasher, values: Iterable[str | None]) -> dict[str, str]:
