@@ -10,6 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from dispatch_engine.db import leases
 from dispatch_engine.delivery.relay import _PG_DUE_ROWS, OUTBOX
+from dispatch_engine.queues.local import LOCAL_QUEUE
 
 NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
 
@@ -46,11 +47,13 @@ def _sql(query: object, dialect: object) -> str:
     return str(query.compile(dialect=dialect, compile_kwargs={"literal_binds": True}))  # type: ignore[attr-defined]
 
 
-def test_a_lease_hides_a_row_until_it_ends() -> None:
+def test_a_lease_hides_a_row_until_it_ends_and_a_visibility_timeout_until_it_is_reached() -> None:
     outbox = _sql(OUTBOX.unleased(NOW), sqlite.dialect())
     assert (
         outbox == "outbox.lease_until IS NULL OR outbox.lease_until < '2026-03-04 12:00:00.000000'"
     )
+    queue = _sql(LOCAL_QUEUE.unleased(NOW), sqlite.dialect())
+    assert queue == "local_queue.visible_at <= '2026-03-04 12:00:00.000000'"
 
 
 def test_the_due_query_locks_with_skip_locked_only_when_asked() -> None:
