@@ -150,11 +150,9 @@ def queue_tail(
     interval: Annotated[float, typer.Option(help="Seconds between polls")] = 1.0,
 ) -> None:
     """Print the `local` queue's messages as JSON lines as they arrive."""
-    from sqlalchemy import delete, select
-
     from dispatch_engine.context import build_context
     from dispatch_engine.errors import DomainError
-    from dispatch_engine.models import LocalQueueMessage
+    from dispatch_engine.queues.local import read_after
     from dispatch_engine.services.integrations import require_local_queue
 
     settings = _migrated_settings()
@@ -167,29 +165,11 @@ def queue_tail(
                 await require_local_queue(session, account)
             while True:
                 async with context.sessions() as session, session.begin():
-                    rows = list(
-                        (
-                            await session.execute(
-                                select(LocalQueueMessage)
-                                .where(
-                                    LocalQueueMessage.account_id == account,
-                                    LocalQueueMessage.id > last,
-                                )
-                                .order_by(LocalQueueMessage.id)
-                                .limit(1000)
-                            )
-                        ).scalars()
-                    )
-                    for row in rows:
-                        sys.stdout.write(row.body.decode() + "\n")
-                        last = row.id
+                    rows = await read_after(session, account, last, consume=ack)
+                    for row_id, body in rows:
+                        sys.stdout.write(body.decode() + "\n")
+                        last = row_id
                     sys.stdout.flush()
-                    if ack and rows:
-                        await session.execute(
-                            delete(LocalQueueMessage).where(
-                                LocalQueueMessage.id.in_([r.id for r in rows])
-                            )
-                        )
                 if not follow and not rows:
                     return
                 if not rows:

@@ -2,12 +2,11 @@
 
 PostgreSQL aborts one of two transactions that wait on each other (deadlock, SQLSTATE
 40P01) or that cannot be serialised (40001). Both are the database choosing a victim, not a
-fault of the request; the whole transaction can be run again as it was.
+fault of the request; the whole transaction can be run again as it was, after a
+`db.leases.backoff` (full jitter, so the two racers do not meet again in step).
 """
 
 from __future__ import annotations
-
-import random
 
 from sqlalchemy.exc import DBAPIError
 
@@ -22,9 +21,3 @@ def transient_kind(error: BaseException) -> str | None:
         return None
     sqlstate = getattr(error.orig, "sqlstate", None) or getattr(error.orig, "pgcode", None)
     return SQLSTATE_NAMES.get(sqlstate) if sqlstate in RETRYABLE_SQLSTATES else None
-
-
-def jittered_delay(attempt: int, base: float, cap: float) -> float:
-    """Exponential backoff with full jitter, in seconds (attempt 1 → up to `base`): racers
-    that collided once do not collide again in step."""
-    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))

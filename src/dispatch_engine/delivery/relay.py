@@ -4,7 +4,6 @@ the queue acknowledged, retries failures with backoff, and gives up as `failed`.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -13,14 +12,14 @@ from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
 import structlog
-from sqlalchemy import bindparam, case, delete, func, or_, select, update
+from sqlalchemy import DOUBLE_PRECISION, bindparam, case, cast, extract, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.context import AppContext
-from dispatch_engine.db.bulk import asyncpg_connection, dialect_of, member_of
+from dispatch_engine.db import leases
+from dispatch_engine.db.bulk import dialect_of, member_of
 from dispatch_engine.db.engine import allow_idle_in_transaction
 from dispatch_engine.delivery.breaker import CircuitBreaker
-from dispatch_engine.delivery.claims import new_claim_token
 from dispatch_engine.models import Message, OutboxEntry, QueueIntegration
 from dispatch_engine.models.base import table_of
 from dispatch_engine.observability import metrics
@@ -44,20 +43,37 @@ class DueRow(NamedTuple):
     attempts: int
 
 
+# Due: not delivered, not given up, its next attempt reached (the pending index's order).
+OUTBOX = leases.LeasedTable.of(
+    table_of(OutboxEntry),
+    due=lambda now: (
+        OutboxEntry.delivered_at.is_(None),
+        OutboxEntry.failed_at.is_(None),
+        OutboxEntry.next_attempt_at <= now,
+    ),
+    order=(OutboxEntry.next_attempt_at, OutboxEntry.id),
+)
+_outbox = OUTBOX.table
+_DUE_COLUMNS = (
+    _outbox.c.id,
+    _outbox.c.message_id,
+    _outbox.c.account_id,
+    _outbox.c.invite_id,
+    _outbox.c.body,
+    _outbox.c.ready_at,
+    _outbox.c.attempts,
+)
 # PostgreSQL reads due rows straight through asyncpg: a round's 500 rows skip SQLAlchemy's
-# per-row result processing, a fifth of the relay's own CPU per message.
-_DUE_ROWS_SQL = """
-SELECT id, message_id, account_id, invite_id, body,
-       EXTRACT(EPOCH FROM ready_at)::float8, attempts
-FROM outbox
-WHERE delivered_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $1
-  AND (lease_until IS NULL OR lease_until < $1)
-ORDER BY next_attempt_at, id
-LIMIT $2
-FOR UPDATE SKIP LOCKED
-"""
-# Rows the queue acknowledged, under this transaction's locks (PostgreSQL's round).
-_DELETE_LOCKED_SQL = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
+# per-row result processing, a fifth of the relay's own CPU per message. `ready_at` comes
+# as epoch seconds.
+_PG_DUE_ROWS = leases.pg_due_statement(
+    OUTBOX,
+    [
+        *_DUE_COLUMNS[:5],
+        cast(extract("epoch", _outbox.c.ready_at), DOUBLE_PRECISION),
+        _outbox.c.attempts,
+    ],
+)
 
 
 @dataclass
@@ -83,11 +99,6 @@ def _queue_health_change(
     if refusal == integration.push_error:
         return None
     return integration, refusal
-
-
-def backoff(attempt: int, base: float, cap: float) -> timedelta:
-    """Exponential backoff with full jitter (attempt 1 → up to `base` seconds)."""
-    return timedelta(seconds=random.uniform(0, min(cap, base * 2 ** (attempt - 1))))
 
 
 class OutboxRelay:
@@ -203,14 +214,7 @@ class OutboxRelay:
         released = 0
         for token, ids in list(self.holding.items()):
             async with self.context.sessions() as session, session.begin():
-                await session.execute(
-                    update(OutboxEntry)
-                    .where(
-                        member_of(session, OutboxEntry.id, ids), OutboxEntry.claim_token == token
-                    )
-                    .values(claim_token=None, lease_until=None)
-                    .execution_options(synchronize_session=False)
-                )
+                await leases.release(session, OUTBOX, ids, token)
             released += len(ids)
             self.holding.pop(token, None)
         return released
@@ -287,49 +291,25 @@ class OutboxRelay:
     async def _due_rows(self, session: AsyncSession, now: datetime) -> list[DueRow]:
         """Due outbox rows in order (locked on PostgreSQL: the locks are the claim)."""
         if dialect_of(session) == "postgresql":
-            driver = await asyncpg_connection(session)
-            records = await driver.fetch(_DUE_ROWS_SQL, now, self.batch_size)
+            records = await leases.fetch_locked(
+                session, _PG_DUE_ROWS, now=now, limit=self.batch_size
+            )
             return [DueRow(*record) for record in records]
-        outbox = table_of(OutboxEntry)
-        query = (
-            select(
-                outbox.c.id,
-                outbox.c.message_id,
-                outbox.c.account_id,
-                outbox.c.invite_id,
-                outbox.c.body,
-                outbox.c.ready_at,
-                outbox.c.attempts,
-            )
-            .where(
-                outbox.c.delivered_at.is_(None),
-                outbox.c.failed_at.is_(None),
-                outbox.c.next_attempt_at <= now,
-                or_(outbox.c.lease_until.is_(None), outbox.c.lease_until < now),
-            )
-            .order_by(outbox.c.next_attempt_at, outbox.c.id)
-            .limit(self.batch_size)
+        rows = await leases.lock_due(
+            session, OUTBOX, now=now, limit=self.batch_size, columns=_DUE_COLUMNS
         )
-        rows = (await session.execute(query)).all()
         return [
-            DueRow(row_id, message_id, account, invite, body, ready.timestamp(), attempts)
-            for row_id, message_id, account, invite, body, ready, attempts in rows
+            DueRow(
+                r.id,
+                r.message_id,
+                r.account_id,
+                r.invite_id,
+                r.body,
+                r.ready_at.timestamp(),
+                r.attempts,
+            )
+            for r in rows
         ]
-
-    async def _delete_delivered(
-        self, session: AsyncSession, token: str | None, ids: list[int]
-    ) -> None:
-        """A PostgreSQL round holds the rows' locks, so their ids are enough; a leased round
-        (SQLite) deletes only rows its claim token still holds."""
-        if token is None and dialect_of(session) == "postgresql":
-            driver = await asyncpg_connection(session)  # the rows are locked by this round
-            await driver.execute(_DELETE_LOCKED_SQL, ids)
-            return
-        table = table_of(OutboxEntry)
-        done = delete(table).where(member_of(session, table.c.id, ids))
-        if token is not None:
-            done = done.where(table.c.claim_token == token)
-        await session.execute(done)
 
     async def _integrations(
         self, session: AsyncSession, rows: list[DueRow]
@@ -348,16 +328,11 @@ class OutboxRelay:
         self, session: AsyncSession, now: datetime
     ) -> tuple[str, list[DueRow], dict[str, QueueIntegration]]:
         """The lease path (SQLite): claim token + lease, committed before the push."""
-        token = new_claim_token()
         rows = await self._due_rows(session, now)
         if not rows:
-            return token, [], {}
-        await session.execute(
-            update(OutboxEntry)
-            .where(member_of(session, OutboxEntry.id, [r.id for r in rows]))
-            .values(claim_token=token, lease_until=now + self.lease)
-            .execution_options(synchronize_session=False)
-        )
+            return leases.new_token(), [], {}
+        ids = [r.id for r in rows]
+        token = await leases.lease_locked(session, OUTBOX, ids, now=now, lease=self.lease)
         return token, rows, await self._integrations(session, rows)
 
     async def _push(
@@ -423,7 +398,7 @@ class OutboxRelay:
                 {
                     "b_id": row.id,
                     "attempts": attempts,
-                    "next_attempt_at": now + backoff(attempts, self.base, self.cap),
+                    "next_attempt_at": now + leases.backoff(attempts, self.base, self.cap),
                     "last_error": failure.error[:1000],
                     "failed_at": now if give_up else None,
                 }
@@ -433,14 +408,10 @@ class OutboxRelay:
                 result.failed += 1
             else:
                 result.retried += 1
-        table = table_of(OutboxEntry)
-        fence = table.c.id == bindparam("b_id")
-        if token is not None:
-            fence = fence & (table.c.claim_token == token)
         if delivered:
             # The queue holds them now: the rows go (a delete is a fraction of an update's
             # work in PostgreSQL, and no copy of the address stays behind in the outbox).
-            await self._delete_delivered(session, token, [r.id for r in delivered])
+            await leases.delete_owned(session, OUTBOX, token, [r.id for r in delivered])
             result.delivered = len(delivered)
             # A push that was late (`delayed`) is now done: the message reads `sent` again.
             # Only a message due before the `delayed` cutoff can have been marked (its sent_at
@@ -456,20 +427,7 @@ class OutboxRelay:
                     .values(state="sent", rule=None, reason=None)
                     .execution_options(synchronize_session=False)
                 )
-        if retry:
-            await session.execute(
-                update(table)
-                .where(fence)
-                .values(
-                    attempts=bindparam("attempts"),
-                    next_attempt_at=bindparam("next_attempt_at"),
-                    last_error=bindparam("last_error"),
-                    failed_at=bindparam("failed_at"),
-                    claim_token=None,
-                    lease_until=None,
-                ),
-                retry,
-            )
+        await leases.write_back(session, OUTBOX, token, retry)  # the claim ends with it
         if failed_messages:
             messages = table_of(Message)
             await session.execute(

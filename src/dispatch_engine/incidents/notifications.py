@@ -9,7 +9,6 @@ Slack-compatible (`text`) plus structured fields (`event`, `incident`, …).
 from __future__ import annotations
 
 import asyncio
-import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -17,11 +16,12 @@ from urllib.parse import urlsplit
 
 import structlog
 from pydantic import BaseModel, Field
-from sqlalchemy import bindparam, or_, select, update
+from sqlalchemy import Row, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.clients.guarded_http import GuardedHttpClient
 from dispatch_engine.context import AppContext
+from dispatch_engine.db import leases
 from dispatch_engine.errors import NotFound, ValidationFailed
 from dispatch_engine.models import Incident, IncidentNotification, NotificationWebhook, new_id
 from dispatch_engine.models.base import table_of
@@ -42,11 +42,23 @@ EVENTS: tuple[str, ...] = (
     "incident.clock_overdue",
 )
 MAX_ATTEMPTS = 5
+# Retries wait exactly 10 s, 20 s, 40 s, … (no jitter): one drain job sends them, so there
+# are no racers to spread, and the schedule is part of the tested behaviour.
 BACKOFF_BASE_SECONDS = 10.0
 BACKOFF_CAP_SECONDS = 600.0
 LEASE = timedelta(seconds=60)
 DRAIN_BATCH = 100
 CONCURRENCY = 8
+# Due: neither delivered nor given up, its next attempt reached.
+NOTIFICATIONS = leases.LeasedTable.of(
+    table_of(IncidentNotification),
+    due=lambda now: (
+        IncidentNotification.delivered_at.is_(None),
+        IncidentNotification.failed_at.is_(None),
+        IncidentNotification.next_attempt_at <= now,
+    ),
+    order=(IncidentNotification.next_attempt_at, IncidentNotification.id),
+)
 
 
 class WebhookIn(StrictModel):
@@ -191,38 +203,16 @@ class _Outcome:
     error: str | None = None
 
 
-def backoff(attempts: int) -> timedelta:
-    return timedelta(seconds=min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempts - 1)))
+# A claimed notification (the row's columns) and the webhook it goes to.
+_Claimed = tuple[Row[Any], NotificationWebhook]
 
 
-async def _claim(
-    session: AsyncSession, now: datetime, token: str
-) -> list[tuple[IncidentNotification, NotificationWebhook]]:
-    query = (
-        select(IncidentNotification)
-        .where(
-            IncidentNotification.delivered_at.is_(None),
-            IncidentNotification.failed_at.is_(None),
-            IncidentNotification.next_attempt_at <= now,
-            or_(
-                IncidentNotification.lease_until.is_(None),
-                IncidentNotification.lease_until < now,
-            ),
-        )
-        .order_by(IncidentNotification.next_attempt_at, IncidentNotification.id)
-        .limit(DRAIN_BATCH)
+async def _claim(session: AsyncSession, now: datetime) -> tuple[str, list[_Claimed]]:
+    token, rows = await leases.claim(
+        session, NOTIFICATIONS, now=now, limit=DRAIN_BATCH, lease=LEASE
     )
-    if session.get_bind().dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    rows = list((await session.execute(query)).scalars())
     if not rows:
-        return []
-    await session.execute(
-        update(IncidentNotification)
-        .where(IncidentNotification.id.in_([r.id for r in rows]))
-        .values(claim_token=token, lease_until=now + LEASE)
-        .execution_options(synchronize_session=False)
-    )
+        return token, []
     hooks = {
         w.id: w
         for w in (
@@ -233,13 +223,13 @@ async def _claim(
             )
         ).scalars()
     }
-    return [(r, hooks[r.webhook_id]) for r in rows if r.webhook_id in hooks]
+    return token, [(r, hooks[r.webhook_id]) for r in rows if r.webhook_id in hooks]
 
 
 async def _post(
     http: GuardedHttpClient,
     cipher: FieldCipher,
-    row: IncidentNotification,
+    row: Row[Any],
     hook: NotificationWebhook,
 ) -> _Outcome:
     try:
@@ -261,10 +251,9 @@ async def _post(
 async def drain(context: AppContext, http: GuardedHttpClient) -> DrainResult:
     """Send one batch of due notifications; returns what happened to them."""
     now = context.clock.now()
-    token = secrets.token_hex(16)
     async with context.sessions() as session:
         async with session.begin():
-            claimed = await _claim(session, now, token)
+            token, claimed = await _claim(session, now)
         if not claimed:
             return DrainResult()
         gate = asyncio.Semaphore(CONCURRENCY)
@@ -291,7 +280,7 @@ async def drain(context: AppContext, http: GuardedHttpClient) -> DrainResult:
 async def _write_back(
     session: AsyncSession,
     token: str,
-    claimed: list[tuple[IncidentNotification, NotificationWebhook]],
+    claimed: list[_Claimed],
     outcomes: list[_Outcome],
     now: datetime,
 ) -> DrainResult:
@@ -322,22 +311,10 @@ async def _write_back(
                 error=outcome.error,
             )
         else:
-            values["next_attempt_at"] = now + backoff(attempts)
+            values["next_attempt_at"] = now + leases.backoff(
+                attempts, BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS, jitter=False
+            )
             result.retried += 1
         rows.append(values)
-    table = table_of(IncidentNotification)
-    await session.execute(
-        update(table)
-        .where((table.c.id == bindparam("b_id")) & (table.c.claim_token == token))
-        .values(
-            attempts=bindparam("attempts"),
-            delivered_at=bindparam("delivered_at"),
-            failed_at=bindparam("failed_at"),
-            next_attempt_at=bindparam("next_attempt_at"),
-            last_error=bindparam("last_error"),
-            claim_token=None,
-            lease_until=None,
-        ),
-        rows,
-    )
+    await leases.write_back(session, NOTIFICATIONS, token, rows)
     return result

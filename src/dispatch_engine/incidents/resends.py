@@ -15,11 +15,12 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.db.bulk import insert_rows
+from dispatch_engine.db.leases import lease_free, lease_held
 from dispatch_engine.errors import DomainError, FieldError, ValidationFailed
 from dispatch_engine.incidents.impacted import (
     WITHDRAWN_REASON,
@@ -310,8 +311,7 @@ async def _facts(session: AsyncSession, incident_id: str, ids: list[str], now: d
                     OutboxEntry.message_id.in_(ids),
                     OutboxEntry.delivered_at.is_(None),
                     OutboxEntry.failed_at.is_(None),
-                    OutboxEntry.lease_until.is_not(None),
-                    OutboxEntry.lease_until >= now,
+                    lease_held(OutboxEntry.lease_until, now),
                 )
             )
         ).scalars()
@@ -393,7 +393,7 @@ async def _withdraw(session: AsyncSession, message: Message, now: datetime) -> b
             OutboxEntry.message_id == message.id,
             OutboxEntry.delivered_at.is_(None),
             OutboxEntry.failed_at.is_(None),
-            or_(OutboxEntry.lease_until.is_(None), OutboxEntry.lease_until < now),
+            lease_free(OutboxEntry.lease_until, now),
         )
         .values(failed_at=now, last_error="withdrawn: superseded by an incident resend")
         .execution_options(synchronize_session=False)

@@ -28,8 +28,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.context import AppContext
 from dispatch_engine.db.bulk import existing_values, insert_rows, member_of
+from dispatch_engine.db.leases import backoff
 from dispatch_engine.db.statistics import GrowthAnalyzer
-from dispatch_engine.db.transient import jittered_delay, transient_kind
+from dispatch_engine.db.transient import transient_kind
 from dispatch_engine.delivery.facts import fatigue_of
 from dispatch_engine.ingest import batches
 from dispatch_engine.ingest.carry_forward import (
@@ -287,7 +288,8 @@ async def store_chunk(
             kind = transient_kind(error) or ""
             if not kind or attempt == CHUNK_RETRIES:
                 raise
-            await asyncio.sleep(jittered_delay(attempt, RETRY_BASE_SECONDS, RETRY_CAP_SECONDS))
+            delay = backoff(attempt, RETRY_BASE_SECONDS, RETRY_CAP_SECONDS)
+            await asyncio.sleep(delay.total_seconds())
         metrics.TRANSACTION_RETRIES.labels("ingest_chunk", kind).inc()
         log.info("ingest_chunk_retry", batch=batch_id, attempt=attempt, kind=kind)
     raise AssertionError("unreachable")

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field
-from sqlalchemy import bindparam, delete, select, update
 
 from dispatch_engine.api.deps import ConfigActor, SessionDep
-from dispatch_engine.db.bulk import member_of
-from dispatch_engine.models import LocalQueueMessage
-from dispatch_engine.models.base import table_of
+from dispatch_engine.queues import local
 from dispatch_engine.schemas.common import StrictModel
 from dispatch_engine.services.integrations import require_local_queue
 
@@ -55,42 +51,19 @@ async def receive(
     now = actor.now()
     async with session.begin():
         await require_local_queue(session, account_id)
-        query = (
-            select(LocalQueueMessage)
-            .where(LocalQueueMessage.account_id == account_id, LocalQueueMessage.visible_at <= now)
-            .order_by(LocalQueueMessage.visible_at, LocalQueueMessage.id)
-            .limit(max)
+        received = await local.receive(
+            session, account_id, now=now, limit=max, visibility=timedelta(seconds=visibility)
         )
-        if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        rows = list((await session.execute(query)).scalars())
-        visible_at = now + timedelta(seconds=visibility)
-        out = [
+        return [
             QueuedMessage(
-                receipt=secrets.token_urlsafe(24),
-                message_id=row.message_id,
-                receive_count=row.receive_count + 1,
-                enqueued_at=row.enqueued_at,
-                body=orjson.loads(row.body),
+                receipt=item.receipt,
+                message_id=item.message_id,
+                receive_count=item.receive_count,
+                enqueued_at=item.enqueued_at,
+                body=orjson.loads(item.body),
             )
-            for row in rows
+            for item in received
         ]
-        if out:
-            table = table_of(LocalQueueMessage)
-            await session.execute(
-                update(table)
-                .where(table.c.id == bindparam("b_id"))
-                .values(
-                    receipt=bindparam("receipt"),
-                    visible_at=visible_at,
-                    receive_count=bindparam("count"),
-                ),
-                [
-                    {"b_id": row.id, "receipt": item.receipt, "count": item.receive_count}
-                    for row, item in zip(rows, out, strict=True)
-                ],
-            )
-        return out
 
 
 @router.post("/ack", response_model=AckResult)
@@ -100,21 +73,5 @@ async def ack(
     """Delete handled messages. A receipt from an earlier receive no longer works."""
     async with session.begin():
         await require_local_queue(session, account_id)
-        found = set(
-            (
-                await session.execute(
-                    select(LocalQueueMessage.receipt).where(
-                        LocalQueueMessage.account_id == account_id,
-                        member_of(session, LocalQueueMessage.receipt, body.receipts),
-                    )
-                )
-            ).scalars()
-        )
-        if found:
-            await session.execute(
-                delete(LocalQueueMessage).where(
-                    LocalQueueMessage.account_id == account_id,
-                    member_of(session, LocalQueueMessage.receipt, found),
-                )
-            )
+        found = await local.ack(session, account_id, body.receipts)
     return AckResult(acked=len(found), unknown=[r for r in body.receipts if r not in found])
