@@ -12,7 +12,12 @@ from sqlalchemy import Insert, Table, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-__all__ = ["advisory_xact_locks", "insert_ignoring_conflicts", "is_single_writer"]
+__all__ = [
+    "advisory_xact_locks",
+    "has_row_locks",
+    "insert_ignoring_conflicts",
+    "is_single_writer",
+]
 
 
 def _is_postgresql(session: AsyncSession) -> bool:
@@ -23,6 +28,12 @@ def is_single_writer(engine: AsyncEngine) -> bool:
     """SQLite: one write transaction at a time (BEGIN IMMEDIATE) and no row locks, so work
     runs one round at a time and a row lock can never stand for a claim."""
     return engine.dialect.name == "sqlite"
+
+
+def has_row_locks(session: AsyncSession) -> bool:
+    """PostgreSQL: `FOR UPDATE SKIP LOCKED` locks rows, so a transaction's locks can be the
+    claim itself (the fast paths) and raw asyncpg statements may be used."""
+    return _is_postgresql(session)
 
 
 def insert_ignoring_conflicts(session: AsyncSession, table: Table) -> Insert:

@@ -16,7 +16,7 @@ from sqlalchemy import Select, and_, or_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.db import leases
-from dispatch_engine.db.bulk import dialect_of
+from dispatch_engine.db.dialect import has_row_locks
 from dispatch_engine.delivery.lookups import DUE_ORDER, MESSAGE_FACT_COLUMNS, fact_columns
 from dispatch_engine.models import Message
 from dispatch_engine.models.base import table_of
@@ -41,7 +41,7 @@ def _due_candidates(
     session: AsyncSession, now: datetime, limit: int, columns: Sequence[Any] = (Message.id,)
 ) -> Select[Any]:
     """Due, unleased messages: sandbox first, then in due order (locked on PostgreSQL)."""
-    skip_locked = dialect_of(session) == "postgresql"
+    skip_locked = has_row_locks(session)
     return leases.due_query(
         MESSAGES, now=now, limit=limit, columns=columns, skip_locked=skip_locked
     )

@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.context import AppContext
 from dispatch_engine.db import leases
-from dispatch_engine.db.bulk import dialect_of, member_of
+from dispatch_engine.db.bulk import member_of
+from dispatch_engine.db.dialect import has_row_locks, is_single_writer
 from dispatch_engine.db.engine import allow_idle_in_transaction
 from dispatch_engine.delivery.breaker import CircuitBreaker
 from dispatch_engine.models import Message, OutboxEntry, QueueIntegration
@@ -114,7 +115,7 @@ class OutboxRelay:
         # `delayed` is marked by any worker's clock: a minute's margin for clocks that differ.
         self.maybe_delayed_after = timedelta(seconds=settings.delayed_after_seconds - 60)
         self.holding: dict[str, list[int]] = {}  # claim token → outbox ids in flight
-        sqlite = context.engine.dialect.name == "sqlite"
+        sqlite = is_single_writer(context.engine)
         self.parallel = 1 if sqlite else settings.relay_parallel
         self.locks_are_claims = not sqlite  # SQLite's one write lock can't be held over a push
         self.breaker = CircuitBreaker(
@@ -290,7 +291,7 @@ class OutboxRelay:
 
     async def _due_rows(self, session: AsyncSession, now: datetime) -> list[DueRow]:
         """Due outbox rows in order (locked on PostgreSQL: the locks are the claim)."""
-        if dialect_of(session) == "postgresql":
+        if has_row_locks(session):
             records = await leases.fetch_locked(
                 session, _PG_DUE_ROWS, now=now, limit=self.batch_size
             )
