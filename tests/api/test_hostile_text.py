@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.test_contacts import assert_problem, make_dispatch
+from dispatch_engine.api.routes import contacts
+from tests.api.test_contacts import assert_problem, make_dispatch, post_csv
 from tests.conftest import report_incident, setup_account
 
 ACME = "/v1/accounts/acme"
@@ -253,7 +254,91 @@ async def test_valid_non_ascii_text_and_escaped_surrogate_pairs_are_accepted(
     assert response.status_code == 200, response.text
 
 
+# --- contact files: a row with hostile text is rejected as a row ---------------------------
+
+
+async def test_a_csv_row_with_a_nul_is_rejected_as_a_row(
+    client: httpx.AsyncClient, admin: dict[str, str], acme: dict[str, Any]
+) -> None:
+    csv = (
+        "email,external_id,first_name\n"
+        "ann@example.com,c-1,Ann\n"
+        "bob@example.com,c-\x002,Bob\n"
+        "cy@example.com,c-3,C\x00y\n"
+        "di@example.com,c-4,Di\n"
+    )
+    response = await post_csv(client, admin, acme["dispatch"]["id"], csv)
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["counts"] == {"rows": 4, "accepted": 2, "rejected": 2, "duplicates": 0}
+    assert [(r["row"], r["field"]) for r in body["rejected_rows"]] == [
+        (3, "external_id"),
+        (4, "first_name"),
+    ]
+    assert "NUL" in body["rejected_rows"][0]["reason"]
+
+
+@pytest.mark.parametrize(
+    ("contact", "field"),
+    [
+        ({"email": "bob@example.com", "external_id": MARK}, "external_id"),
+        ({"email": "bob@example.com", "attributes": {"first_name": MARK}}, "first_name"),
+        ({"email": "bob@example.com", "attributes": {MARK: "x"}}, "attributes"),
+        ({"email": "bob@example.com", MARK: "x"}, "attributes"),
+    ],
+)
+async def test_a_json_contact_with_a_nul_is_rejected_as_a_row(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    acme: dict[str, Any],
+    contact: dict[str, Any],
+    field: str,
+) -> None:
+    document = {"contacts": [{"email": "ann@example.com", "external_id": "c-1"}, contact]}
+    response = await client.post(
+        f"{ACME}/dispatches/{acme['dispatch']['id']}/contacts",
+        headers={**admin, "Content-Type": "application/json"},
+        content=hostile_json(document, "nul"),
+    )
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["counts"] == {"rows": 2, "accepted": 1, "rejected": 1, "duplicates": 0}
+    assert [(r["row"], r["field"]) for r in body["rejected_rows"]] == [(2, field)]
+
+
+@pytest.mark.parametrize("kind", ["lone_surrogate", "invalid_utf8"])
+async def test_json_contacts_that_are_not_unicode_are_422_and_store_nothing(
+    client: httpx.AsyncClient, admin: dict[str, str], acme: dict[str, Any], kind: str
+) -> None:
+    document = {"contacts": [{"email": "ann@example.com", "external_id": MARK}]}
+    dispatch_id = acme["dispatch"]["id"]
+    response = await client.post(
+        f"{ACME}/dispatches/{dispatch_id}/contacts",
+        headers={**admin, "Content-Type": "application/json"},
+        content=hostile_json(document, kind),
+    )
+    body = assert_problem(response, 422, "contact-file-unreadable")
+    assert body["field"] == "body"
+    assert body["counts"]["accepted"] == 0
+
+
 # --- body size limits ---------------------------------------------------------------------
+
+
+async def test_a_json_contact_body_over_the_limit_is_413(
+    client: httpx.AsyncClient,
+    admin: dict[str, str],
+    acme: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(contacts, "MAX_JSON_BYTES", 1000)
+    document = {"contacts": [{"email": f"p{i}@example.com"} for i in range(100)]}
+    response = await client.post(
+        f"{ACME}/dispatches/{acme['dispatch']['id']}/contacts", headers=admin, json=document
+    )
+    body = assert_problem(response, 413, "payload-too-large")
+    assert body["field"] == "body"
+    assert "1000 bytes" in body["detail"]
 
 
 async def test_any_other_json_body_over_the_limit_is_413_before_it_is_read(

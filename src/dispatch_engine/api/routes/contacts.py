@@ -14,7 +14,14 @@ from sqlalchemy import select
 
 from dispatch_engine.api.deps import ConfigActor, ReadActor, SessionDep
 from dispatch_engine.context import AppContext
-from dispatch_engine.errors import Conflict, DomainError, FieldError, NotFound, ValidationFailed
+from dispatch_engine.errors import (
+    Conflict,
+    DomainError,
+    FieldError,
+    NotFound,
+    PayloadTooLarge,
+    ValidationFailed,
+)
 from dispatch_engine.ingest import idempotency
 from dispatch_engine.ingest.csv_stream import CsvFormatError, iter_csv_rows
 from dispatch_engine.ingest.service import IngestTarget, ingest_stream
@@ -65,19 +72,23 @@ async def _target(context: AppContext, account_id: str, dispatch_id: str) -> Ing
     return IngestTarget(dispatch, policy, lineup, context.clock.now())
 
 
-async def _json_rows(body: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+async def _read_json(body: AsyncIterator[bytes]) -> bytes:
+    """The whole JSON document (it is parsed in one piece); a larger one than MAX_JSON_BYTES
+    is a 413 before any batch is created."""
     data = bytearray()
     async for chunk in body:
         data.extend(chunk)
         if len(data) > MAX_JSON_BYTES:
-            raise ValidationFailed(
-                "body",
-                f"JSON bodies are limited to {MAX_JSON_BYTES} bytes; send large files as text/csv",
-            )
+            raise PayloadTooLarge(MAX_JSON_BYTES, "send large files as text/csv")
+    return bytes(data)
+
+
+async def _json_rows(data: bytes) -> AsyncIterator[tuple[int, dict[str, Any]]]:
     try:
-        document = orjson.loads(bytes(data))
+        document = orjson.loads(data)
     except orjson.JSONDecodeError:
-        raise ValidationFailed("body", "not valid JSON") from None
+        # orjson also refuses invalid UTF-8 and lone surrogates: no row can be named then
+        raise ValidationFailed("body", "not valid JSON (or not valid UTF-8)") from None
     contacts = document.get("contacts") if isinstance(document, dict) else None
     if not isinstance(contacts, list):
         raise ValidationFailed("contacts", "must be a list of contact objects")
@@ -200,6 +211,7 @@ async def _ingest(
     instance: str,
 ) -> JSONResponse:
     context = actor.context
+    document = await _read_json(aiter(body)) if media == "application/json" else b""
     batch_id = new_id("bat")
     async with context.sessions() as session, session.begin():
         session.add(
@@ -220,7 +232,7 @@ async def _ingest(
             account_id=account_id,
             after={"dispatch": dispatch_id, "content_type": media},
         )
-    rows = iter_csv_rows(aiter(body)) if media == "text/csv" else _json_rows(aiter(body))
+    rows = iter_csv_rows(aiter(body)) if media == "text/csv" else _json_rows(document)
     outcome, error = "completed", None  # error: what the batch keeps
     field, reason = "body", ""  # what the 422 names
     try:
