@@ -26,6 +26,7 @@ from dispatch_engine.ingest import idempotency
 from dispatch_engine.ingest.csv_stream import CsvFormatError, iter_csv_rows
 from dispatch_engine.ingest.service import IngestTarget, ingest_stream
 from dispatch_engine.models import ContactBatch, Policy, RejectedRow, new_id
+from dispatch_engine.schemas.common import MAX_INT32
 from dispatch_engine.services.dispatches import get_dispatch
 from dispatch_engine.services.policies import live_lineup
 
@@ -285,7 +286,9 @@ async def get_batch(
     batch_id: str,
     actor: ReadActor,
     session: SessionDep,
-    rejected_after: int = Query(default=0, ge=0, description="Row number to continue after"),
+    rejected_after: int = Query(
+        default=0, ge=0, le=MAX_INT32, description="Row number to continue after"
+    ),
     limit: int = Query(default=SAMPLE_REJECTIONS, ge=1, le=1000),
 ) -> BatchOut:
     """Status and counts of a contact file, with its rejected rows (paginated)."""
