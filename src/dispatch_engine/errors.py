@@ -52,6 +52,18 @@ class InvalidFields(DomainError):
         )
 
 
+class PayloadTooLarge(DomainError):
+    def __init__(self, limit: int, hint: str = "") -> None:
+        reason = f"request bodies are limited to {limit} bytes" + (f"; {hint}" if hint else "")
+        super().__init__(
+            detail=f"body: {reason}",
+            errors=[FieldError("body", reason)],
+            status=413,
+            slug="payload-too-large",
+            title="Payload too large",
+        )
+
+
 class NotFound(DomainError):
     def __init__(self, what: str) -> None:
         super().__init__(

@@ -323,3 +323,22 @@ def test_channels_must_be_known() -> None:
         parse({"email": GOOD_EMAIL}, channels=frozenset({"fax"}))
     with pytest.raises(ValueError, match="channels"):
         parse({"email": GOOD_EMAIL}, channels=frozenset())
+
+
+@pytest.mark.parametrize(
+    ("row", "field", "reason"),
+    [
+        ({"email": "a\x00@example.com"}, "email", "NUL"),
+        ({"email": GOOD_EMAIL, "External_ID": "c-\x001"}, "external_id", "NUL"),
+        ({"email": GOOD_EMAIL, "first_name": "An\ud800"}, "first_name", "lone surrogates"),
+        ({"email": GOOD_EMAIL, "attributes": {"plan": "\x00"}}, "plan", "NUL"),
+        ({"email": GOOD_EMAIL, "attributes": {"p\x00": "x"}}, "attributes", "NUL"),
+        ({"email": GOOD_EMAIL, "pl\udc00n": "x"}, "attributes", "lone surrogates"),
+    ],
+)
+def test_nul_or_lone_surrogate_anywhere_rejects_the_row(
+    row: Mapping[str, object], field: str, reason: str
+) -> None:
+    """Such text can be neither stored (PostgreSQL) nor encoded: the row, not the file."""
+    rejection = rejected(row)
+    assert (rejection.field, reason in rejection.reason) == (field, True), rejection

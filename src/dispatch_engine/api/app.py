@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response
+from fastapi.routing import APIRoute
 
 from dispatch_engine import __version__
 from dispatch_engine.api.content_type import JsonBodiesOnly
@@ -26,12 +27,30 @@ from dispatch_engine.api.routes import (
     policies,
     preview,
 )
+from dispatch_engine.api.text_guard import TextGuard
 from dispatch_engine.clock import Clock
 from dispatch_engine.context import AppContext, build_context
 from dispatch_engine.observability.logging import configure_logging, request_context
 from dispatch_engine.observability.metrics import metrics_payload
 from dispatch_engine.runtime import tune_gc
 from dispatch_engine.settings import Settings
+
+ROUTE_MODULES = (
+    health,
+    api_keys,
+    accounts,
+    policies,
+    preview,
+    dispatches,
+    contacts,
+    invites,
+    events,
+    local_queue,
+    admin_pauses,
+    audit,
+    incidents,
+    notification_webhooks,
+)
 
 
 def create_app(
@@ -73,6 +92,9 @@ def create_app(
     )
     app.state.context = ctx
     install_problem_handlers(app)
+    # Inside JsonBodiesOnly, so only JSON bodies get this far.
+    routes = [r for m in ROUTE_MODULES for r in m.router.routes if isinstance(r, APIRoute)]
+    app.add_middleware(TextGuard, routes=routes)
     app.add_middleware(JsonBodiesOnly)
     app.middleware("http")(request_context)
 
@@ -82,22 +104,7 @@ def create_app(
         payload, media_type = metrics_payload()
         return Response(payload, media_type=media_type)
 
-    for module in (
-        health,
-        api_keys,
-        accounts,
-        policies,
-        preview,
-        dispatches,
-        contacts,
-        invites,
-        events,
-        local_queue,
-        admin_pauses,
-        audit,
-        incidents,
-        notification_webhooks,
-    ):
+    for module in ROUTE_MODULES:
         app.include_router(module.router)
     return app
 

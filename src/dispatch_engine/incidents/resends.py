@@ -29,7 +29,6 @@ from dispatch_engine.incidents.impacted import (
     impacted_ids,
     is_impacted,
 )
-from dispatch_engine.incidents.schemas import UtcTime
 from dispatch_engine.models import (
     Account,
     IncidentApproval,
@@ -41,7 +40,7 @@ from dispatch_engine.models import (
     new_id,
 )
 from dispatch_engine.models.base import table_of
-from dispatch_engine.schemas.common import AccountId, StrictModel
+from dispatch_engine.schemas.common import AccountId, StrictModel, UtcTime
 from dispatch_engine.security.normalize import InvalidAddress, normalize_email
 
 THRESHOLD_KEY = "threshold"

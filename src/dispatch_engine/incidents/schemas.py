@@ -3,14 +3,14 @@ naive datetimes are refused (AwareDatetime)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from dispatch_engine.incidents.states import State
-from dispatch_engine.schemas.common import AccountId, StrictModel
+from dispatch_engine.schemas.common import AccountId, StrictModel, UtcTime
 
 Severity = Literal["P1", "P2", "P3", "P4"]
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
@@ -24,12 +24,6 @@ def _http_url(value: str) -> str:
     return value
 
 
-def _utc(value: datetime) -> datetime:
-    return value.astimezone(UTC)
-
-
-UtcTime = Annotated[AwareDatetime, AfterValidator(_utc)]
-"""RFC 3339 with an offset (naive times are refused), normalised to UTC."""
 Link = Annotated[str, Field(min_length=8, max_length=2048), AfterValidator(_http_url)]
 
 

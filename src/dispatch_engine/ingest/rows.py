@@ -20,6 +20,7 @@ from dispatch_engine.security.normalize import (
     normalize_phone,
     normalize_uuid_value,
 )
+from dispatch_engine.security.text import hostile_text_reason
 
 __all__ = [
     "CHANNELS",
@@ -107,6 +108,7 @@ def _parse(
     error = row.get(ROW_ERROR_KEY)
     if error is not None:
         raise _Reject("row", str(error))
+    _refuse_hostile_text(row)
     known, attributes = _split_columns(row)
 
     email: str | None = None
@@ -140,6 +142,22 @@ def _parse(
         attributes=attributes,
         uuid_value=uuid_value,
     )
+
+
+def _refuse_hostile_text(row: Mapping[str, object], nested: bool = False) -> None:
+    """A NUL (or, from JSON, a lone surrogate) anywhere in the row rejects the row: it could
+    not be stored, hashed or sent on. Named by its column, or `attributes` for a bad name."""
+    for raw_key, value in row.items():
+        reason = hostile_text_reason(raw_key)
+        if reason:
+            raise _Reject(_NESTED_ATTRIBUTES, f"a column name {reason}")
+        key, name = _column(raw_key)
+        if isinstance(value, str):
+            reason = hostile_text_reason(value)
+            if reason:
+                raise _Reject(name or key, reason)
+        elif not nested and key == _NESTED_ATTRIBUTES and isinstance(value, Mapping):
+            _refuse_hostile_text(value, nested=True)
 
 
 def _split_columns(row: Mapping[str, object]) -> tuple[dict[str, str], dict[str, str]]:

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from dispatch_engine.api.deps import OperatorActor, SessionDep
 from dispatch_engine.errors import ValidationFailed
 from dispatch_engine.models import AuditRecord
+from dispatch_engine.schemas.common import UtcTime
 
 router = APIRouter(prefix="/v1/admin/audit", tags=["admin"])
 
@@ -45,15 +46,12 @@ async def list_audit(
     target_id: str | None = None,
     key_id: str | None = None,
     incident: str | None = Query(default=None, description="Entries made under this incident"),
-    since: datetime | None = None,
-    until: datetime | None = None,
+    since: UtcTime | None = None,
+    until: UtcTime | None = None,
     limit: int = Query(default=100, ge=1, le=1000),
     cursor: str | None = Query(default=None, description="next_cursor of the previous page"),
 ) -> AuditPage:
     """Newest first."""
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and value.tzinfo is None:
-            raise ValidationFailed(name, "must carry a UTC offset (RFC 3339)")
     query = select(AuditRecord)
     if account:
         query = query.where(AuditRecord.account_id == account)

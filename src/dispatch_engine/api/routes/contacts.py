@@ -15,11 +15,19 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.api.deps import ConfigActor, ReadActor, SessionDep
 from dispatch_engine.context import AppContext
-from dispatch_engine.errors import Conflict, DomainError, FieldError, NotFound, ValidationFailed
+from dispatch_engine.errors import (
+    Conflict,
+    DomainError,
+    FieldError,
+    NotFound,
+    PayloadTooLarge,
+    ValidationFailed,
+)
 from dispatch_engine.ingest import batches, idempotency
 from dispatch_engine.ingest.csv_stream import CsvFormatError, iter_csv_rows
 from dispatch_engine.ingest.service import IngestTarget, ingest_stream
 from dispatch_engine.models import ContactBatch, IdempotencyKey, Policy, RejectedRow, new_id
+from dispatch_engine.schemas.common import MAX_INT32
 from dispatch_engine.services.dispatches import get_dispatch
 from dispatch_engine.services.policies import live_lineup
 
@@ -67,19 +75,23 @@ async def _target(context: AppContext, account_id: str, dispatch_id: str) -> Ing
     return IngestTarget(dispatch, policy, lineup, context.clock.now())
 
 
-async def _json_rows(body: AsyncIterator[bytes]) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+async def _read_json(body: AsyncIterator[bytes]) -> bytes:
+    """The whole JSON document (it is parsed in one piece); a larger one than MAX_JSON_BYTES
+    is a 413 before any batch is created."""
     data = bytearray()
     async for chunk in body:
         data.extend(chunk)
         if len(data) > MAX_JSON_BYTES:
-            raise ValidationFailed(
-                "body",
-                f"JSON bodies are limited to {MAX_JSON_BYTES} bytes; send large files as text/csv",
-            )
+            raise PayloadTooLarge(MAX_JSON_BYTES, "send large files as text/csv")
+    return bytes(data)
+
+
+async def _json_rows(data: bytes) -> AsyncIterator[tuple[int, dict[str, Any]]]:
     try:
-        document = orjson.loads(bytes(data))
+        document = orjson.loads(data)
     except orjson.JSONDecodeError:
-        raise ValidationFailed("body", "not valid JSON") from None
+        # orjson also refuses invalid UTF-8 and lone surrogates: no row can be named then
+        raise ValidationFailed("body", "not valid JSON (or not valid UTF-8)") from None
     contacts = document.get("contacts") if isinstance(document, dict) else None
     if not isinstance(contacts, list):
         raise ValidationFailed("contacts", "must be a list of contact objects")
@@ -171,6 +183,9 @@ async def post_contacts(
         )
     target = await _target(context, account_id, dispatch_id)
     body = idempotency.HashingStream(request.stream(), f"{dispatch_id}\x00{media}")
+    # A JSON document is parsed whole: read it first, so one over the limit is a 413
+    # before anything is written.
+    document = await _read_json(aiter(body)) if media == "application/json" else b""
     batch = batches.new_batch(
         context,
         new_id("bat"),
@@ -212,7 +227,15 @@ async def post_contacts(
     try:
         async with batches.heartbeat(context, batch.id):
             return await _ingest(
-                context, batch.id, media, target, body, stored_before, idempotency_key, request
+                context,
+                batch.id,
+                media,
+                target,
+                body,
+                document,
+                stored_before,
+                idempotency_key,
+                request,
             )
     except BaseException:
         await idempotency.abandon(context, account_id, idempotency_key, batch.id)
@@ -225,13 +248,14 @@ async def _ingest(
     media: str,
     target: IngestTarget,
     body: idempotency.HashingStream,
+    document: bytes,
     stored_before: int,
     idempotency_key: str | None,
     request: Request,
 ) -> JSONResponse:
     """Store the file's rows (after the first `stored_before`, which an interrupted request
     with the same key stored), end the batch, and answer with its counts."""
-    rows = iter_csv_rows(aiter(body)) if media == "text/csv" else _json_rows(aiter(body))
+    rows = iter_csv_rows(aiter(body)) if media == "text/csv" else _json_rows(document)
     if stored_before:
         rows = batches.skip_rows(rows, stored_before)
     outcome, error = "completed", None  # error: what the batch keeps
@@ -292,7 +316,9 @@ async def get_batch(
     batch_id: str,
     actor: ReadActor,
     session: SessionDep,
-    rejected_after: int = Query(default=0, ge=0, description="Row number to continue after"),
+    rejected_after: int = Query(
+        default=0, ge=0, le=MAX_INT32, description="Row number to continue after"
+    ),
     limit: int = Query(default=SAMPLE_REJECTIONS, ge=1, le=1000),
 ) -> BatchOut:
     """Status and counts of a contact file, with its rejected rows (paginated)."""

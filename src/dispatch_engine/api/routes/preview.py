@@ -6,11 +6,11 @@ from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from dispatch_engine.api.deps import ReadActor, SessionDep
 from dispatch_engine.errors import ValidationFailed
-from dispatch_engine.schemas.common import StrictModel
+from dispatch_engine.schemas.common import StrictModel, UtcTime
 from dispatch_engine.schemas.durations import format_duration, parse_duration
 from dispatch_engine.schemas.policies import BusinessRules, LineupMessageIn
 from dispatch_engine.services import policies as service
@@ -25,7 +25,7 @@ class ProposedPolicy(StrictModel):
 
 
 class PreviewIn(StrictModel):
-    posted_at: AwareDatetime = Field(description="When the contact file would be received.")
+    posted_at: UtcTime = Field(description="When the contact file would be received.")
     time_zone: str | None = Field(
         default=None,
         description="The contact's time zone (used when the policy evaluates windows in "
