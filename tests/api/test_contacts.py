@@ -12,7 +12,6 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import pytest
@@ -23,109 +22,24 @@ from dispatch_engine.context import AppContext
 from dispatch_engine.delivery.contacts import open_contact
 from dispatch_engine.models import Base, Invite, Message
 from dispatch_engine.security.crypto import DecryptionError
-from tests.conftest import T0, create_policy, setup_account, templates_for
+from tests.conftest import T0, setup_account
+from tests.helpers import (
+    ACME,
+    CSV,
+    assert_problem,
+    counts,
+    get_batch,
+    invites_by_external_id,
+    make_dispatch,
+    post_csv,
+    post_json,
+)
 
-ACME = "/v1/accounts/acme"
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{22,}$")
-CSV = {"Content-Type": "text/csv"}
 EMAIL_ONLY = [{"channel": "email", "delay": "PT0S"}, {"channel": "email", "delay": "P2D"}]
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def assert_problem(response: httpx.Response, status: int, slug: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json"), response.headers
-    body: dict[str, Any] = response.json()
-    assert body["type"].endswith(f":{slug}"), body
-    assert body["status"] == status
-    return body
-
-
-async def make_dispatch(
-    client: httpx.AsyncClient,
-    admin: dict[str, str],
-    account: str = "acme",
-    *,
-    name: str = "Default",
-    validity: str = "P14D",
-    questionnaire: str = "q-1",
-    **policy_body: Any,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A policy (create_policy defaults unless overridden) and an active dispatch on it;
-    `policy=` reuses an existing policy instead."""
-    policy = policy_body.pop("policy", None) or await create_policy(
-        client, admin, account, name=name, **policy_body
-    )
-    response = await client.post(
-        f"/v1/accounts/{account}/dispatches",
-        headers=admin,
-        json={
-            "questionnaire_id": questionnaire,
-            "policy_id": policy["id"],
-            "token_validity": validity,
-            "message_templates": templates_for(policy),
-        },
-    )
-    assert response.status_code == 201, response.text
-    dispatch: dict[str, Any] = response.json()
-    return policy, dispatch
-
-
-async def post_csv(
-    client: httpx.AsyncClient,
-    admin: dict[str, str],
-    dispatch_id: str,
-    body: str | bytes,
-    *,
-    account: str = "acme",
-    headers: dict[str, str] | None = None,
-) -> httpx.Response:
-    content = body.encode() if isinstance(body, str) else body
-    return await client.post(
-        f"/v1/accounts/{account}/dispatches/{dispatch_id}/contacts",
-        headers={**admin, **CSV, **(headers or {})},
-        content=content,
-    )
-
-
-async def post_json(
-    client: httpx.AsyncClient,
-    admin: dict[str, str],
-    dispatch_id: str,
-    contacts: list[Any],
-    *,
-    account: str = "acme",
-    headers: dict[str, str] | None = None,
-) -> httpx.Response:
-    return await client.post(
-        f"/v1/accounts/{account}/dispatches/{dispatch_id}/contacts",
-        headers={**admin, **(headers or {})},
-        json={"contacts": contacts},
-    )
-
-
-async def get_batch(
-    client: httpx.AsyncClient, admin: dict[str, str], batch_id: str, **params: Any
-) -> dict[str, Any]:
-    response = await client.get(f"{ACME}/batches/{batch_id}", headers=admin, params=params)
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def invites_by_external_id(
-    client: httpx.AsyncClient, admin: dict[str, str], external_id: str, dispatch_id: str
-) -> list[dict[str, Any]]:
-    response = await client.get(
-        f"{ACME}/invites",
-        headers=admin,
-        params={"external_id": external_id, "dispatch": dispatch_id},
-    )
-    assert response.status_code == 200, response.text
-    found: list[dict[str, Any]] = response.json()
-    return found
 
 
 async def invite_rows(context: AppContext, dispatch_id: str) -> list[Invite]:
@@ -147,16 +61,6 @@ def ts(value: str) -> datetime:
     parsed = datetime.fromisoformat(value)
     assert parsed.tzinfo is not None, value
     return parsed
-
-
-def counts(rows: int, accepted: int, rejected: int = 0, duplicates: int = 0) -> dict[str, int]:
-    return {"rows": rows, "accepted": accepted, "rejected": rejected, "duplicates": duplicates}
-
-
-@pytest.fixture
-async def acme(client: httpx.AsyncClient, admin: dict[str, str]) -> dict[str, str]:
-    await setup_account(client, admin)
-    return admin
 
 
 # --- uploads, counts and batches ------------------------------------------------------------

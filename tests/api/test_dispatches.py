@@ -15,47 +15,17 @@ from sqlalchemy import text
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
 from tests.conftest import create_policy, report_incident, setup_account, templates_for
-
-POLICIES = "/v1/accounts/acme/policies"
-DISPATCHES = "/v1/accounts/acme/dispatches"
-ANY = {"If-Match": "*"}
-
+from tests.helpers import (
+    ANY,
+    DISPATCHES,
+    POLICIES,
+    assert_problem,
+    audit_of,
+    create_dispatch,
+    dispatch_body,
+)
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def assert_problem(
-    response: httpx.Response, status: int, slug: str, field: str | None = None
-) -> dict[str, Any]:
-    """The response is an RFC 9457 problem of this status and type (naming `field`)."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["type"].endswith(f":{slug}"), body
-    assert body["status"] == status
-    if field is not None:
-        assert field in [e["field"] for e in body["errors"]], body
-    return body
-
-
-def dispatch_body(policy: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "questionnaire_id": "q-1",
-        "policy_id": policy["id"],
-        "token_validity": "P10D",
-        "message_templates": templates_for(policy),
-    }
-    body.update(overrides)
-    return body
-
-
-async def create_dispatch(
-    client: httpx.AsyncClient, admin: dict[str, str], policy: dict[str, Any], **overrides: Any
-) -> dict[str, Any]:
-    response = await client.post(DISPATCHES, headers=admin, json=dispatch_body(policy, **overrides))
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 async def read_dispatch(
@@ -82,23 +52,8 @@ async def add_message(
     return result
 
 
-async def audit_of(
-    client: httpx.AsyncClient, admin: dict[str, str], target_id: str
-) -> list[dict[str, Any]]:
-    response = await client.get("/v1/admin/audit", headers=admin, params={"target_id": target_id})
-    assert response.status_code == 200, response.text
-    items: list[dict[str, Any]] = response.json()["items"]
-    return items
-
-
 def state(dispatch: dict[str, Any]) -> tuple[str, str | None]:
     return dispatch["status"], dispatch["pause_reason"]
-
-
-@pytest.fixture
-async def acme(client: httpx.AsyncClient, admin: dict[str, str]) -> dict[str, str]:
-    await setup_account(client, admin)
-    return admin
 
 
 # --- create and read ---------------------------------------------------------------------------

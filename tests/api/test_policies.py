@@ -26,29 +26,13 @@ from tests.conftest import (
     make_settings,
     report_incident,
     setup_account,
-    templates_for,
 )
+from tests.helpers import ANY, POLICIES, assert_problem, audit_of, create_dispatch
 
-POLICIES = "/v1/accounts/acme/policies"
 PROBLEM = "urn:dispatch-engine:problem:"
-ANY = {"If-Match": "*"}
 
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def assert_problem(
-    response: httpx.Response, status: int, slug: str, field: str | None = None
-) -> dict[str, Any]:
-    """The response is an RFC 9457 problem of this status and type (naming `field`)."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["type"].endswith(f":{slug}"), body
-    assert body["status"] == status
-    if field is not None:
-        assert field in [e["field"] for e in body["errors"]], body
-    return body
 
 
 def match(policy: dict[str, Any], **extra: str) -> dict[str, str]:
@@ -60,15 +44,6 @@ async def fetch(client: httpx.AsyncClient, admin: dict[str, str], policy_id: str
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
-
-
-async def audit_of(
-    client: httpx.AsyncClient, admin: dict[str, str], target_id: str
-) -> list[dict[str, Any]]:
-    response = await client.get("/v1/admin/audit", headers=admin, params={"target_id": target_id})
-    assert response.status_code == 200, response.text
-    items: list[dict[str, Any]] = response.json()["items"]
-    return items
 
 
 async def patch(
@@ -85,32 +60,8 @@ async def insert(
     return await client.post(f"{POLICIES}/{policy_id}/lineup", headers=admin, json=body)
 
 
-async def new_dispatch(
-    client: httpx.AsyncClient, admin: dict[str, str], policy: dict[str, Any]
-) -> dict[str, Any]:
-    response = await client.post(
-        "/v1/accounts/acme/dispatches",
-        headers=admin,
-        json={
-            "questionnaire_id": "q-1",
-            "policy_id": policy["id"],
-            "token_validity": "P40D",
-            "message_templates": templates_for(policy),
-        },
-    )
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
 def shape(policy: dict[str, Any]) -> list[tuple[int, str, str]]:
     return [(m["position"], m["channel"], m["delay"]) for m in policy["lineup"]]
-
-
-@pytest.fixture
-async def acme(client: httpx.AsyncClient, admin: dict[str, str]) -> dict[str, str]:
-    await setup_account(client, admin)
-    return admin
 
 
 # --- create, list, read, rename, delete ------------------------------------------------------
@@ -230,9 +181,9 @@ async def test_delete_is_soft_and_pauses_the_policy_dispatches(
 ) -> None:
     policy = await create_policy(client, acme)
     keep = await create_policy(client, acme, name="Keep")
-    first = await new_dispatch(client, acme, policy)
-    second = await new_dispatch(client, acme, policy)
-    untouched = await new_dispatch(client, acme, keep)
+    first = await create_dispatch(client, acme, policy, token_validity="P40D")
+    second = await create_dispatch(client, acme, policy, token_validity="P40D")
+    untouched = await create_dispatch(client, acme, keep, token_validity="P40D")
 
     response = await client.delete(f"{POLICIES}/{policy['id']}", headers={**acme, **ANY})
     assert response.status_code == 200, response.text
@@ -1079,8 +1030,8 @@ async def test_copy_to_sandbox_replaces_the_lineup_and_pauses_sandbox_dispatches
         client, acme, name="Second", lineup=[{"channel": "sms", "delay": "P1D"}]
     )
     sandbox = (await client.post(f"{POLICIES}/{first['id']}/copy-to-sandbox", headers=acme)).json()
-    dispatch = await new_dispatch(client, acme, sandbox)
-    real = await new_dispatch(client, acme, first)
+    dispatch = await create_dispatch(client, acme, sandbox, token_validity="P40D")
+    real = await create_dispatch(client, acme, first, token_validity="P40D")
 
     response = await client.post(f"{POLICIES}/{second['id']}/copy-to-sandbox", headers=acme)
     assert response.status_code == 200, response.text

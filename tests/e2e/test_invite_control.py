@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,13 +23,20 @@ from dispatch_engine.context import AppContext
 from dispatch_engine.delivery.contacts import open_contact
 from dispatch_engine.models import Base, Invite, OutboxEntry, Unsubscribe
 from dispatch_engine.scheduler.worker import Worker
-from tests.conftest import bearer, new_key, report_incident, setup_account, templates_for
+from tests.conftest import report_incident
+from tests.helpers import (
+    ANN,
+    BOB,
+    FRIDAY_10,
+    MONDAY_10,
+    Api,
+    contact,
+    is_problem,
+    recipients,
+    tick,
+)
 
-MONDAY_10 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
-FRIDAY_10 = datetime(2026, 3, 6, 10, 0, tzinfo=UTC)
 SATURDAY_10 = datetime(2026, 3, 7, 10, 0, tzinfo=UTC)
-ANN = {"email": "ann@example.com", "mobile": "+33612345678"}
-BOB = {"email": "bob@example.com", "mobile": "+14155552671"}
 CAT = {"email": "cat@example.com", "mobile": "+447911123456"}
 DAN = {"email": "dan@example.com", "mobile": "+16502530000"}
 EMAIL = {"channel": "email", "delay": "PT0S"}
@@ -65,193 +71,8 @@ def z(year: int, month: int, day: int, hour: int, minute: int = 0) -> datetime:
 # --- fixtures and helpers -----------------------------------------------------------------
 
 
-class Api:
-    """Thin helpers over the HTTP API for one account."""
-
-    def __init__(
-        self, client: httpx.AsyncClient, headers: dict[str, str], account: str = "acme"
-    ) -> None:
-        self.client = client
-        self.headers = headers
-        self.account = account
-        self.base = f"/v1/accounts/{account}"
-
-    async def policy(
-        self, name: str, lineup: list[dict[str, str]] | None = None, **body: Any
-    ) -> dict[str, Any]:
-        payload: dict[str, Any] = {"name": name, "lineup": lineup or [EMAIL], **body}
-        response = await self.client.post(
-            f"{self.base}/policies", headers=self.headers, json=payload
-        )
-        assert response.status_code == 201, response.text
-        result: dict[str, Any] = response.json()
-        return result
-
-    async def etag(self, policy_id: str) -> str:
-        response = await self.client.get(f"{self.base}/policies/{policy_id}", headers=self.headers)
-        assert response.status_code == 200, response.text
-        return response.headers["ETag"]
-
-    async def patch_policy(self, policy_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = await self.client.patch(
-            f"{self.base}/policies/{policy_id}",
-            headers={**self.headers, "If-Match": await self.etag(policy_id)},
-            json=body,
-        )
-        assert response.status_code == 200, response.text
-        result: dict[str, Any] = response.json()
-        return result
-
-    async def patch_step(
-        self, policy_id: str, step_id: str, body: dict[str, Any]
-    ) -> dict[str, Any]:
-        response = await self.client.patch(
-            f"{self.base}/policies/{policy_id}/lineup/{step_id}",
-            headers={**self.headers, "If-Match": await self.etag(policy_id)},
-            json=body,
-        )
-        assert response.status_code == 200, response.text
-        result: dict[str, Any] = response.json()
-        return result
-
-    async def dispatch(
-        self, policy: dict[str, Any], questionnaire: str = "q1", validity: str = "P7D"
-    ) -> dict[str, Any]:
-        response = await self.client.post(
-            f"{self.base}/dispatches",
-            headers=self.headers,
-            json={
-                "questionnaire_id": questionnaire,
-                "policy_id": policy["id"],
-                "token_validity": validity,
-                "message_templates": templates_for(policy),
-            },
-        )
-        assert response.status_code == 201, response.text
-        result: dict[str, Any] = response.json()
-        return result
-
-    async def post(
-        self, dispatch: dict[str, Any], *contacts: dict[str, Any], **headers: str
-    ) -> None:
-        response = await self.client.post(
-            f"{self.base}/dispatches/{dispatch['id']}/contacts",
-            headers={**self.headers, **headers},
-            json={"contacts": list(contacts)},
-        )
-        assert response.status_code == 202, response.text
-        assert response.json()["counts"]["accepted"] == len(contacts), response.text
-
-    async def invite(self, dispatch: dict[str, Any], external_id: str) -> dict[str, Any]:
-        response = await self.client.get(
-            f"{self.base}/invites",
-            headers=self.headers,
-            params={"external_id": external_id, "dispatch": dispatch["id"]},
-        )
-        assert response.status_code == 200, response.text
-        found = response.json()
-        assert len(found) == 1, found
-        result: dict[str, Any] = found[0]
-        return result
-
-    async def event(
-        self, body: dict[str, Any], headers: dict[str, str] | None = None
-    ) -> httpx.Response:
-        return await self.client.post(
-            f"{self.base}/events", headers=headers or self.headers, json=body
-        )
-
-    async def stats(self, dispatch: dict[str, Any]) -> dict[str, Any]:
-        response = await self.client.get(
-            f"{self.base}/dispatches/{dispatch['id']}/stats", headers=self.headers
-        )
-        assert response.status_code == 200, response.text
-        result: dict[str, Any] = response.json()
-        return result
-
-    async def control(self, path: str, headers: dict[str, str] | None = None) -> None:
-        """POST …/pause or …/resume of a dispatch or policy."""
-        response = await self.client.post(f"{self.base}/{path}", headers=headers or self.headers)
-        assert response.status_code == 200, response.text
-
-    async def pull(self) -> list[dict[str, Any]]:
-        """Receive and ack everything visible on the local queue; returns the bodies."""
-        response = await self.client.get(
-            f"{self.base}/queue/messages",
-            headers=self.headers,
-            params={"max": 1000, "visibility": 30},
-        )
-        assert response.status_code == 200, response.text
-        messages = response.json()
-        if messages:
-            ack = await self.client.post(
-                f"{self.base}/queue/ack",
-                headers=self.headers,
-                json={"receipts": [m["receipt"] for m in messages]},
-            )
-            assert ack.json()["acked"] == len(messages), ack.text
-        return [m["body"] for m in messages]
-
-    async def preview(self, policy_id: str, body: dict[str, Any]) -> httpx.Response:
-        return await self.client.post(
-            f"{self.base}/policies/{policy_id}/preview", headers=self.headers, json=body
-        )
-
-
-@pytest.fixture
-async def api(client: httpx.AsyncClient, admin: dict[str, str], clock: FrozenClock) -> Api:
-    clock.set(MONDAY_10)
-    await setup_account(client, admin)
-    return Api(client, admin)
-
-
-@pytest.fixture
-async def globex(client: httpx.AsyncClient, admin: dict[str, str], api: Api) -> Api:
-    """A second account, to show what stays within one account."""
-    await setup_account(client, admin, "globex")
-    return Api(client, admin, "globex")
-
-
-@pytest.fixture
-async def operator(context: AppContext) -> dict[str, str]:
-    return bearer(await new_key(context, "operator"))
-
-
-@pytest.fixture
-async def backend(context: AppContext) -> dict[str, str]:
-    return bearer(await new_key(context, "backend", "acme"))
-
-
-@pytest.fixture
-async def worker(context: AppContext) -> AsyncIterator[Worker]:
-    runner = Worker(context)
-    yield runner
-    await runner.shutdown(0)
-
-
-async def tick(worker: Worker) -> None:
-    await worker.deliver()
-    await worker.relay_outbox()
-
-
-def contact(person: dict[str, Any], external_id: str, **extra: Any) -> dict[str, Any]:
-    return {**person, "external_id": external_id, **extra}
-
-
-def recipients(bodies: list[dict[str, Any]]) -> list[str]:
-    return sorted(b["recipient"].get("email") or b["recipient"]["mobile"] for b in bodies)
-
-
 def outcomes(invite: dict[str, Any]) -> list[tuple[str, str | None]]:
     return [(m["state"], m["reason"]) for m in invite["messages"]]
-
-
-def is_problem(response: httpx.Response, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    return body
 
 
 async def outbox_rows(context: AppContext, *invite_ids: str) -> int:

@@ -13,7 +13,6 @@ import socket
 import threading
 import time
 from collections.abc import (
-    AsyncIterator,
     Awaitable,
     Callable,
     Iterator,
@@ -24,7 +23,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import jsonschema
 import pytest
 import uvicorn
@@ -49,13 +47,18 @@ from dispatch_engine.queues.base import OutgoingMessage, SendFailure
 from dispatch_engine.scheduler.worker import Worker
 from dispatch_engine.schemas.queue_message import SCHEMA_NAME, load_json_schema
 from dispatch_engine.security.normalize import normalize_email
-from tests.conftest import setup_account, templates_for
+from tests.conftest import templates_for
+from tests.helpers import (
+    ANN,
+    BOB,
+    FRIDAY_10,
+    MONDAY_10,
+    Api,
+    contact,
+    recipients,
+    tick,
+)
 
-MONDAY_10 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
-FRIDAY_10 = datetime(2026, 3, 6, 10, 0, tzinfo=UTC)
-ANN = {"email": "ann@example.com", "mobile": "+33612345678"}
-BOB = {"email": "bob@example.com", "mobile": "+14155552671"}
-ONE_EMAIL = [{"channel": "email", "delay": "PT0S"}]
 OFFICE_UTC = {
     "time_zone": "UTC",
     "days": {d: [{"start": "09:00", "end": "17:00"}] for d in ("mon", "tue", "wed", "thu", "fri")},
@@ -64,145 +67,6 @@ NO_RULE_1 = {"pending_token": {"enabled": False}}
 
 
 # --- fixtures and helpers -----------------------------------------------------------------
-
-
-@pytest.fixture
-async def acme(
-    client: httpx.AsyncClient, admin: dict[str, str], clock: FrozenClock
-) -> dict[str, str]:
-    clock.set(MONDAY_10)
-    await setup_account(client, admin)
-    return admin
-
-
-@pytest.fixture
-async def workers(context: AppContext) -> AsyncIterator[Callable[[], Worker]]:
-    """Build workers on demand (after a test has tuned the settings); all are shut down."""
-    built: list[Worker] = []
-
-    def make() -> Worker:
-        runner = Worker(context)
-        built.append(runner)
-        return runner
-
-    yield make
-    for runner in built:
-        await runner.shutdown(0)
-
-
-@pytest.fixture
-def worker(workers: Callable[[], Worker]) -> Worker:
-    return workers()
-
-
-async def tick(worker: Worker) -> None:
-    await worker.deliver()
-    await worker.relay_outbox()
-
-
-class Api:
-    """Thin helpers over the HTTP API for account `acme`."""
-
-    def __init__(self, client: httpx.AsyncClient, headers: dict[str, str]) -> None:
-        self.client = client
-        self.headers = headers
-        self.base = "/v1/accounts/acme"
-
-    async def policy(
-        self, name: str, lineup: list[dict[str, str]] | None = None, **body: Any
-    ) -> dict[str, Any]:
-        payload: dict[str, Any] = {"name": name, "lineup": lineup or ONE_EMAIL, **body}
-        response = await self.client.post(
-            f"{self.base}/policies", headers=self.headers, json=payload
-        )
-        assert response.status_code == 201, response.text
-        result: dict[str, Any] = response.json()
-        return result
-
-    async def get_policy(self, policy_id: str) -> tuple[dict[str, Any], str]:
-        response = await self.client.get(f"{self.base}/policies/{policy_id}", headers=self.headers)
-        assert response.status_code == 200, response.text
-        return response.json(), response.headers["ETag"]
-
-    async def sandbox(self) -> dict[str, Any]:
-        response = await self.client.get(f"{self.base}/policies", headers=self.headers)
-        assert response.status_code == 200, response.text
-        first: dict[str, Any] = response.json()[0]
-        assert first["sandbox"] is True
-        return first
-
-    async def dispatch(
-        self, policy: dict[str, Any], questionnaire: str = "q1", validity: str = "P7D"
-    ) -> dict[str, Any]:
-        response = await self.client.post(
-            f"{self.base}/dispatches",
-            headers=self.headers,
-            json={
-                "questionnaire_id": questionnaire,
-                "policy_id": policy["id"],
-                "token_validity": validity,
-                "message_templates": templates_for(policy),
-            },
-        )
-        assert response.status_code == 201, response.text
-        result: dict[str, Any] = response.json()
-        return result
-
-    async def post(self, dispatch: dict[str, Any], *contacts: dict[str, Any]) -> None:
-        response = await self.client.post(
-            f"{self.base}/dispatches/{dispatch['id']}/contacts",
-            headers=self.headers,
-            json={"contacts": list(contacts)},
-        )
-        assert response.status_code == 202, response.text
-        counts = response.json()["counts"]
-        assert counts["accepted"] == len(contacts), counts
-
-    async def invite(self, dispatch: dict[str, Any], external_id: str) -> dict[str, Any]:
-        response = await self.client.get(
-            f"{self.base}/invites",
-            headers=self.headers,
-            params={"external_id": external_id, "dispatch": dispatch["id"]},
-        )
-        assert response.status_code == 200, response.text
-        found = response.json()
-        assert len(found) == 1, found
-        result: dict[str, Any] = found[0]
-        return result
-
-    async def receive(self, max_messages: int = 100, visibility: int = 30) -> list[dict[str, Any]]:
-        response = await self.client.get(
-            f"{self.base}/queue/messages",
-            headers=self.headers,
-            params={"max": max_messages, "visibility": visibility},
-        )
-        assert response.status_code == 200, response.text
-        result: list[dict[str, Any]] = response.json()
-        return result
-
-    async def ack(self, receipts: list[str]) -> dict[str, Any]:
-        response = await self.client.post(
-            f"{self.base}/queue/ack", headers=self.headers, json={"receipts": receipts}
-        )
-        assert response.status_code == 200, response.text
-        result: dict[str, Any] = response.json()
-        return result
-
-    async def pull(self) -> list[dict[str, Any]]:
-        """Receive and ack everything visible; returns the message bodies."""
-        messages = await self.receive()
-        if messages:
-            assert (await self.ack([m["receipt"] for m in messages]))["acked"] == len(messages)
-        return [m["body"] for m in messages]
-
-
-@pytest.fixture
-def api(client: httpx.AsyncClient, acme: dict[str, str]) -> Api:
-    return Api(client, acme)
-
-
-def contact(person: dict[str, str], external_id: str, **extra: Any) -> dict[str, Any]:
-    return {**person, "external_id": external_id, **extra}
 
 
 def first(invite: dict[str, Any]) -> dict[str, Any]:
@@ -216,10 +80,6 @@ async def outbox_count(context: AppContext, invite_id: str | None = None) -> int
         query = query.where(OutboxEntry.invite_id == invite_id)
     async with context.sessions() as session:
         return int((await session.execute(query)).scalar_one())
-
-
-def recipients(bodies: list[dict[str, Any]]) -> list[str]:
-    return sorted(b["recipient"].get("email") or b["recipient"]["mobile"] for b in bodies)
 
 
 # --- R-Q-1: the queue message -------------------------------------------------------------
