@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from sqlalchemy import func, select
 
 from dispatch_engine.api.app import create_app
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext, build_context
+from dispatch_engine.models import Base, Invite
 from dispatch_engine.scheduler.worker import Worker
 from tests.conftest import bearer, create_policy, make_settings, new_key, templates_for
 
@@ -192,6 +194,24 @@ async def audit_of(
     assert response.status_code == 200, response.text
     items: list[dict[str, Any]] = response.json()["items"]
     return items
+
+
+# --- the store, where the API does not show it ------------------------------------------------
+
+
+async def invite_rows(context: AppContext, dispatch_id: str) -> list[Invite]:
+    async with context.sessions() as session:
+        rows = await session.execute(
+            select(Invite).where(Invite.dispatch_id == dispatch_id).order_by(Invite.row_number)
+        )
+        return list(rows.scalars())
+
+
+async def count_rows(context: AppContext, model: type[Base], dispatch_id: str) -> int:
+    async with context.sessions() as session:
+        column = model.__table__.c.dispatch_id  # type: ignore[attr-defined]
+        query = select(func.count()).select_from(model).where(column == dispatch_id)
+        return int((await session.execute(query)).scalar_one())
 
 
 # --- one account through the API -----------------------------------------------------------
