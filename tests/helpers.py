@@ -69,6 +69,40 @@ def assert_problem(
 # --- policies, dispatches, contacts, audit ---------------------------------------------------
 
 
+def match(policy: dict[str, Any], **extra: str) -> dict[str, str]:
+    """If-Match on the policy's version (and any extra headers)."""
+    return {"If-Match": f'"{policy["version"]}"', **extra}
+
+
+async def fetch(client: httpx.AsyncClient, admin: dict[str, str], policy_id: str) -> dict[str, Any]:
+    """The policy as read now."""
+    response = await client.get(f"{POLICIES}/{policy_id}", headers=admin)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def patch(
+    client: httpx.AsyncClient, admin: dict[str, str], policy: dict[str, Any], body: Any
+) -> httpx.Response:
+    """PATCH the policy at the version it was read at."""
+    return await client.patch(
+        f"{POLICIES}/{policy['id']}", headers={**admin, **match(policy)}, json=body
+    )
+
+
+async def insert(
+    client: httpx.AsyncClient, admin: dict[str, str], policy_id: str, **body: Any
+) -> httpx.Response:
+    """Insert a message into the policy's lineup."""
+    return await client.post(f"{POLICIES}/{policy_id}/lineup", headers=admin, json=body)
+
+
+def shape(policy: dict[str, Any]) -> list[tuple[int, str, str]]:
+    """The lineup as (position, channel, delay)."""
+    return [(m["position"], m["channel"], m["delay"]) for m in policy["lineup"]]
+
+
 def dispatch_body(policy: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     """A dispatch on the policy with a template for each message (questionnaire `q-1`,
     tokens valid ten days), fields overridden by name."""

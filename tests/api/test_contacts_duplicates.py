@@ -1,4 +1,4 @@
-"""Duplicates by external id in contact uploads (R-INV-1): one invite per external id
+"""Duplicates by external id in contact uploads: one invite per external id
 and dispatch, across files; another dispatch makes another invite.
 """
 

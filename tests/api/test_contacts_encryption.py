@@ -1,4 +1,4 @@
-"""Contact details at rest (R-INV-5): addresses and attributes are stored encrypted and
+"""Contact details at rest: addresses and attributes are stored encrypted and
 no table keeps them in clear.
 """
 
