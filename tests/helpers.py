@@ -25,7 +25,7 @@ from sqlalchemy import func, select
 from dispatch_engine.api.app import create_app
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext, build_context
-from dispatch_engine.models import Base, Invite
+from dispatch_engine.models import Base, Invite, OutboxEntry
 from dispatch_engine.scheduler.worker import Worker
 from tests.conftest import bearer, create_policy, make_settings, new_key, templates_for
 
@@ -40,6 +40,18 @@ FRIDAY_10 = datetime(2026, 3, 6, 10, 0, tzinfo=UTC)
 ANN = {"email": "ann@example.com", "mobile": "+33612345678"}
 BOB = {"email": "bob@example.com", "mobile": "+14155552671"}
 ONE_EMAIL = [{"channel": "email", "delay": "PT0S"}]
+WEEKDAYS = ("mon", "tue", "wed", "thu", "fri")
+ALL_DAYS = (*WEEKDAYS, "sat", "sun")
+
+
+def hours(
+    start: str, end: str, zone: str = "UTC", days: tuple[str, ...] = WEEKDAYS
+) -> dict[str, Any]:
+    """Business rules open from `start` to `end` on these days, in this time zone."""
+    return {"time_zone": zone, "days": {d: [{"start": start, "end": end}] for d in days}}
+
+
+OFFICE_UTC = hours("09:00", "17:00")
 NO_FATIGUE = {"pending_token": {"enabled": False}, "max_invites": {"enabled": False}}
 
 
@@ -248,6 +260,15 @@ async def count_rows(context: AppContext, model: type[Base], dispatch_id: str) -
         return int((await session.execute(query)).scalar_one())
 
 
+async def outbox_rows(context: AppContext, *invite_ids: str) -> int:
+    """Rows in the outbox (of these invites, or all)."""
+    query = select(func.count()).select_from(OutboxEntry)
+    if invite_ids:
+        query = query.where(OutboxEntry.invite_id.in_(invite_ids))
+    async with context.sessions() as session:
+        return int((await session.execute(query)).scalar_one())
+
+
 # --- one account through the API -----------------------------------------------------------
 
 
@@ -423,6 +444,12 @@ async def first_message(api: Api, external_id: str) -> tuple[str, str | None]:
 
 def contact(person: dict[str, Any], external_id: str, **extra: Any) -> dict[str, Any]:
     return {**person, "external_id": external_id, **extra}
+
+
+def first(invite: dict[str, Any]) -> dict[str, Any]:
+    """The invite's first message."""
+    message: dict[str, Any] = invite["messages"][0]
+    return message
 
 
 def recipients(bodies: list[dict[str, Any]]) -> list[str]:
