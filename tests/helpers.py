@@ -1,6 +1,7 @@
 """What more than one test module uses, other than fixtures: the HTTP API as a client sees
 it (`Api`, and plain functions for the policy, dispatch and contact calls), the check of
-an RFC 9457 problem, and one step of the worker.
+an RFC 9457 problem, one round of the worker, the store lookups for what the API does not
+show, and the people, times, business hours and key rings the tests share.
 
 Where things go: fixtures in conftest.py (tests/conftest.py for the app, the database and
 the worker; tests/api/conftest.py and tests/e2e/conftest.py for their folders), next to
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from dispatch_engine.api.app import create_app
 from dispatch_engine.clock import FrozenClock
@@ -28,6 +30,8 @@ from dispatch_engine.context import AppContext, build_context
 from dispatch_engine.models import Base, Invite, OutboxEntry
 from dispatch_engine.scheduler.worker import Worker
 from tests.conftest import bearer, create_policy, make_settings, new_key, templates_for
+
+# --- paths, people, times, business hours ---------------------------------------------------
 
 ACME = "/v1/accounts/acme"
 POLICIES = f"{ACME}/policies"
@@ -37,9 +41,25 @@ CSV = {"Content-Type": "text/csv"}
 
 MONDAY_10 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 FRIDAY_10 = datetime(2026, 3, 6, 10, 0, tzinfo=UTC)
+SATURDAY_10 = datetime(2026, 3, 7, 10, 0, tzinfo=UTC)
 ANN = {"email": "ann@example.com", "mobile": "+33612345678"}
 BOB = {"email": "bob@example.com", "mobile": "+14155552671"}
-ONE_EMAIL = [{"channel": "email", "delay": "PT0S"}]
+CAT = {"email": "cat@example.com", "mobile": "+447911123456"}
+DAN = {"email": "dan@example.com", "mobile": "+16502530000"}
+EMAIL = {"channel": "email", "delay": "PT0S"}
+ONE_EMAIL = [EMAIL]
+
+
+def utc(text_value: str) -> datetime:
+    """An ISO 8601 time with an offset, in UTC."""
+    return datetime.fromisoformat(text_value).astimezone(UTC)
+
+
+def z(year: int, month: int, day: int, hour: int, minute: int = 0) -> datetime:
+    """A UTC time."""
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
+
+
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri")
 ALL_DAYS = (*WEEKDAYS, "sat", "sun")
 
@@ -269,6 +289,27 @@ async def outbox_rows(context: AppContext, *invite_ids: str) -> int:
         return int((await session.execute(query)).scalar_one())
 
 
+def _as_text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+async def raw_scan(context: AppContext) -> str:
+    """Every value of every row of every table, as text (`SELECT *`, no ORM)."""
+    chunks: list[str] = []
+    async with context.engine.connect() as connection:
+        for table in Base.metadata.sorted_tables:
+            rows = await connection.execute(text(f'SELECT * FROM "{table.name}"'))
+            for row in rows.all():
+                chunks.extend(_as_text(value) for value in row)
+    return "\n".join(chunks)
+
+
 # --- one account through the API -----------------------------------------------------------
 
 
@@ -450,6 +491,11 @@ def first(invite: dict[str, Any]) -> dict[str, Any]:
     """The invite's first message."""
     message: dict[str, Any] = invite["messages"][0]
     return message
+
+
+def outcomes(invite: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """(state, reason) of each of the invite's messages."""
+    return [(m["state"], m["reason"]) for m in invite["messages"]]
 
 
 def recipients(bodies: list[dict[str, Any]]) -> list[str]:
