@@ -10,18 +10,14 @@ pauses, responses) are written straight into the store.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import socket
 import threading
-import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-import uvicorn
 from prometheus_client import REGISTRY
 
 from dispatch_engine.clock import FrozenClock
@@ -39,14 +35,9 @@ from tests.helpers import (
     recipients,
     tick,
 )
+from tests.net import AsgiApp, Receive, Scope, Send, read_body, respond, serve, wait_for_disconnect
 
 # --- R-POL-5: DND on a real loopback webhook ----------------------------------------------
-
-
-Scope = MutableMapping[str, Any]
-AsgiMessage = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[AsgiMessage]]
-Send = Callable[[AsgiMessage], Awaitable[None]]
 
 
 @dataclass
@@ -63,21 +54,11 @@ class DndServer:
             return [body for p, body in self.bodies if p == path]
 
 
-def _dnd_app(server: DndServer) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    async def respond(send: Send, status: int, body: bytes) -> None:
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
+def _dnd_app(server: DndServer) -> AsgiApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         try:
             parsed = json.loads(raw)
         except ValueError:
@@ -95,12 +76,7 @@ def _dnd_app(server: DndServer) -> Callable[[Scope, Receive, Send], Awaitable[No
             elif path == "/garbage":
                 await respond(send, 200, b"\x00\xff not json at all")
             elif path == "/slow":
-                try:
-                    async with asyncio.timeout(3):
-                        while (await receive())["type"] != "http.disconnect":
-                            pass
-                except TimeoutError:
-                    pass
+                await wait_for_disconnect(receive, 3)
                 await respond(send, 200, b'{"dnd": false}')
             else:
                 await respond(send, 404, b"{}")
@@ -112,32 +88,10 @@ def _dnd_app(server: DndServer) -> Callable[[Scope, Receive, Send], Awaitable[No
 
 @pytest.fixture(scope="module")
 def dnd_server() -> Iterator[DndServer]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    server = DndServer(port=sock.getsockname()[1])
-    config = uvicorn.Config(
-        _dnd_app(server),
-        http="h11",
-        loop="asyncio",
-        lifespan="off",
-        log_level="critical",
-        access_log=False,
-        timeout_graceful_shutdown=1,
-    )
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 5
-    while not uv.started:
-        assert time.monotonic() < deadline, "DND test server did not start"
-        time.sleep(0.01)
-    try:
+    server = DndServer(port=0)  # the port is known once it serves
+    with serve(_dnd_app(server)) as port:
+        server.port = port
         yield server
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=5)
-        sock.close()
 
 
 @pytest.fixture
