@@ -12,10 +12,11 @@ else two test modules share, here; what one module alone uses stays in that modu
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -260,6 +261,31 @@ async def audit_of(
     assert response.status_code == 200, response.text
     items: list[dict[str, Any]] = response.json()["items"]
     return items
+
+
+async def concurrently(
+    context: AppContext, *requests: Awaitable[httpx.Response]
+) -> list[httpx.Response]:
+    """Run requests so that each has read what it needs before any of them commits.
+
+    SQLite serialises writers (BEGIN IMMEDIATE), so plain concurrency is enough there. On
+    PostgreSQL the audit table is held locked until every request is waiting on a lock,
+    which happens only after each has read and tried to write.
+    """
+    if context.engine.dialect.name != "postgresql":
+        return list(await asyncio.gather(*requests))
+    async with context.engine.connect() as watcher, context.engine.begin() as locker:
+        await locker.execute(text("LOCK TABLE audit_log IN EXCLUSIVE MODE"))
+        tasks = [asyncio.ensure_future(r) for r in requests]
+        for _ in range(500):
+            waiting = (
+                await watcher.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+            ).scalar_one()
+            await watcher.commit()
+            if waiting >= len(tasks) or any(t.done() for t in tasks):
+                break
+            await asyncio.sleep(0.01)
+    return list(await asyncio.gather(*tasks))
 
 
 # --- the store, where the API does not show it ------------------------------------------------

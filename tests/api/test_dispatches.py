@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
@@ -21,6 +18,7 @@ from tests.helpers import (
     POLICIES,
     assert_problem,
     audit_of,
+    concurrently,
     create_dispatch,
     dispatch_body,
 )
@@ -510,30 +508,6 @@ async def test_patch_dispatch_honours_if_match_and_is_audited(
         assert (response.json()["version"], response.headers["ETag"]) == (2, '"2"'), unchanged
 
 
-async def _concurrently(
-    context: AppContext, *requests: Awaitable[httpx.Response]
-) -> list[httpx.Response]:
-    """Run requests so that each has read what it needs before any of them commits.
-
-    SQLite serialises writers (BEGIN IMMEDIATE), so plain concurrency is enough there. On
-    PostgreSQL the audit table is held locked until every request is waiting on a lock.
-    """
-    if context.engine.dialect.name != "postgresql":
-        return list(await asyncio.gather(*requests))
-    async with context.engine.connect() as watcher, context.engine.begin() as locker:
-        await locker.execute(text("LOCK TABLE audit_log IN EXCLUSIVE MODE"))
-        tasks = [asyncio.ensure_future(r) for r in requests]
-        for _ in range(500):
-            waiting = (
-                await watcher.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
-            ).scalar_one()
-            await watcher.commit()
-            if waiting >= len(tasks) or any(t.done() for t in tasks):
-                break
-            await asyncio.sleep(0.01)
-    return list(await asyncio.gather(*tasks))
-
-
 async def test_dispatch_created_while_a_message_is_added_is_not_left_active_without_template(
     client: httpx.AsyncClient,
     acme: dict[str, str],
@@ -541,7 +515,7 @@ async def test_dispatch_created_while_a_message_is_added_is_not_left_active_with
     request: pytest.FixtureRequest,
 ) -> None:
     policy = await create_policy(client, acme)
-    created, inserted = await _concurrently(
+    created, inserted = await concurrently(
         context,
         client.post(DISPATCHES, headers=acme, json=dispatch_body(policy)),
         client.post(

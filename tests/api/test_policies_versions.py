@@ -5,19 +5,26 @@ refused edits changing nothing, every edit audited with before and after.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
 from tests.conftest import create_policy
-from tests.helpers import ANY, POLICIES, assert_problem, audit_of, fetch, insert, match, patch
+from tests.helpers import (
+    ANY,
+    POLICIES,
+    assert_problem,
+    audit_of,
+    concurrently,
+    fetch,
+    insert,
+    match,
+    patch,
+)
 
 # --- ETag / If-Match ---------------------------------------------------------------------------
 
@@ -101,31 +108,6 @@ async def test_edits_with_if_match_star_are_accepted(
         assert response.headers["ETag"] == f'"{expected}"'
 
 
-async def _concurrently(
-    context: AppContext, *requests: Awaitable[httpx.Response]
-) -> list[httpx.Response]:
-    """Run requests so that each has read the policy before any of them commits.
-
-    SQLite serialises writers (BEGIN IMMEDIATE), so plain concurrency is enough there. On
-    PostgreSQL the audit table is held locked until every request is waiting on a lock,
-    which happens only after each has read the policy and tried to write.
-    """
-    if context.engine.dialect.name != "postgresql":
-        return list(await asyncio.gather(*requests))
-    async with context.engine.connect() as watcher, context.engine.begin() as locker:
-        await locker.execute(text("LOCK TABLE audit_log IN EXCLUSIVE MODE"))
-        tasks = [asyncio.ensure_future(r) for r in requests]
-        for _ in range(500):
-            waiting = (
-                await watcher.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
-            ).scalar_one()
-            await watcher.commit()
-            if waiting >= len(tasks) or any(t.done() for t in tasks):
-                break
-            await asyncio.sleep(0.01)
-    return list(await asyncio.gather(*tasks))
-
-
 async def test_concurrent_edits_with_the_same_etag_let_only_one_through(
     client: httpx.AsyncClient,
     acme: dict[str, str],
@@ -134,7 +116,7 @@ async def test_concurrent_edits_with_the_same_etag_let_only_one_through(
 ) -> None:
     policy = await create_policy(client, acme)
     url = f"{POLICIES}/{policy['id']}"
-    responses = await _concurrently(
+    responses = await concurrently(
         context,
         client.patch(url, headers={**acme, **match(policy)}, json={"name": "From A"}),
         client.patch(url, headers={**acme, **match(policy)}, json={"name": "From B"}),
@@ -152,7 +134,7 @@ async def test_concurrent_inserts_keep_positions_1_to_n(
     request: pytest.FixtureRequest,
 ) -> None:
     policy = await create_policy(client, acme)
-    responses = await _concurrently(
+    responses = await concurrently(
         context,
         insert(client, acme, policy["id"], channel="sms", delay="PT2H"),
         insert(client, acme, policy["id"], channel="email", delay="PT3H"),
