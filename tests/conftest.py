@@ -11,7 +11,7 @@ import base64
 import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext, build_context
 from dispatch_engine.db.migrate import upgrade
 from dispatch_engine.models import Base
+from dispatch_engine.scheduler.worker import Worker
 from dispatch_engine.services.api_keys import create_api_key
 from dispatch_engine.settings import Settings
 
@@ -156,6 +157,27 @@ async def client(context: AppContext) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
         yield http
+
+
+@pytest.fixture
+async def workers(context: AppContext) -> AsyncIterator[Callable[[], Worker]]:
+    """Build workers on demand (after a test has tuned the settings); all are shut down."""
+    built: list[Worker] = []
+
+    def make() -> Worker:
+        runner = Worker(context)
+        built.append(runner)
+        return runner
+
+    yield make
+    for runner in built:
+        await runner.shutdown(0)
+
+
+@pytest.fixture
+def worker(workers: Callable[[], Worker]) -> Worker:
+    """A worker on the test's context (its jobs are called by the test, no scheduler)."""
+    return workers()
 
 
 async def new_key(context: AppContext, role: str, account: str | None = None) -> str:

@@ -6,24 +6,18 @@ computes, and the delivery pipeline still honours what was recorded under `k1`."
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import select, text
 from typer.testing import CliRunner, Result
 
 from dispatch_engine.__main__ import app
-from dispatch_engine.api.app import create_app
 from dispatch_engine.clock import FrozenClock
-from dispatch_engine.context import AppContext, build_context
+from dispatch_engine.context import AppContext
 from dispatch_engine.delivery.lookups import load_unsubscribes
 from dispatch_engine.incidents.communications import open_recipient
 from dispatch_engine.models import (
@@ -43,26 +37,24 @@ from dispatch_engine.security.sealing import open_contact
 from dispatch_engine.services.key_rotation import ENCRYPTED_COLUMNS
 from tests.conftest import (
     T0,
-    bearer,
     create_policy,
     empty_database,
-    make_settings,
-    new_key,
     setup_account,
-    templates_for,
 )
-
-
-def ring(purpose: str, *key_ids: str) -> str:
-    """A key ring of fixed test keys, first id current."""
-    return ",".join(
-        f"{key_id}:{base64.b64encode(hashlib.sha256(f'{purpose}/{key_id}'.encode()).digest()).decode()}"
-        for key_id in key_ids
-    )
-
-
-ENC_K1, ENC_K2_K1, ENC_K2 = ring("enc", "k1"), ring("enc", "k2", "k1"), ring("enc", "k2")
-MAC_K1, MAC_K2_K1 = ring("mac", "k1"), ring("mac", "k2", "k1")
+from tests.helpers import (
+    ENC_K1,
+    ENC_K2,
+    ENC_K2_K1,
+    MAC_K1,
+    MAC_K2_K1,
+    NO_FATIGUE,
+    ONE_EMAIL,
+    Api,
+    api_of,
+    context_for,
+    first_message,
+    tick,
+)
 
 AWS_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 SQS_URL = "https://sqs.eu-west-1.amazonaws.com/123456789012/invitations"
@@ -76,8 +68,6 @@ HAL = {"email": "hal@example.com"}
 DAN = {"email": "dan@example.com", "mobile": "+16502530000", "Customer_ID": " ABC-42 "}
 EVE = {"email": "eve@example.com"}
 EMAIL_THEN_SMS = [{"channel": "email", "delay": "PT0S"}, {"channel": "sms", "delay": "P1D"}]
-EMAIL = [{"channel": "email", "delay": "PT0S"}]
-NO_FATIGUE = {"pending_token": {"enabled": False}, "max_invites": {"enabled": False}}
 # The fatigue UUID a fresh ingest derives for each seeded (live) person.
 UUID_VALUES = {
     "ann-1": "ann@example.com",
@@ -85,67 +75,6 @@ UUID_VALUES = {
     "dan-1": "abc-42",
     "hal-1": "hal@example.com",
 }
-
-
-def context_for(url: str, data_dir: Path, enc: str, mac: str, clock: FrozenClock) -> AppContext:
-    settings = make_settings(url, data_dir, encryption_keys=enc, hmac_keys=mac)
-    return build_context(settings, clock)
-
-
-class Api:
-    def __init__(self, http: httpx.AsyncClient, headers: dict[str, str]) -> None:
-        self.http = http
-        self.headers = headers
-
-    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = await self.http.request(method, path, headers=self.headers, **kwargs)
-        assert response.status_code < 300, response.text
-        return response.json()
-
-    async def dispatch(self, policy: dict[str, Any], questionnaire: str) -> str:
-        created = await self.call(
-            "POST",
-            "/v1/accounts/acme/dispatches",
-            json={
-                "questionnaire_id": questionnaire,
-                "policy_id": policy["id"],
-                "token_validity": "P30D",
-                "message_templates": templates_for(policy),
-            },
-        )
-        return str(created["id"])
-
-    async def post(self, dispatch_id: str, *contacts: dict[str, Any]) -> None:
-        result = await self.call(
-            "POST",
-            f"/v1/accounts/acme/dispatches/{dispatch_id}/contacts",
-            json={"contacts": list(contacts)},
-        )
-        assert result["counts"]["accepted"] == len(contacts), result
-
-    async def invite(self, external_id: str) -> dict[str, Any]:
-        found = await self.call(
-            "GET", "/v1/accounts/acme/invites", params={"external_id": external_id}
-        )
-        assert len(found) == 1, found
-        result: dict[str, Any] = found[0]
-        return result
-
-    async def first_message(self, external_id: str) -> tuple[str, str | None]:
-        message = (await self.invite(external_id))["messages"][0]
-        return message["state"], message["reason"]
-
-
-@asynccontextmanager
-async def api_of(context: AppContext) -> AsyncIterator[Api]:
-    transport = httpx.ASGITransport(app=create_app(context.settings, context=context))
-    async with httpx.AsyncClient(transport=transport, base_url="http://t") as http:
-        yield Api(http, bearer(await new_key(context, "admin")))
-
-
-async def tick(worker: Worker) -> None:
-    await worker.deliver()
-    await worker.relay_outbox()
 
 
 # --- phases ---------------------------------------------------------------------------------
@@ -159,8 +88,8 @@ async def seed(url: str, data_dir: Path) -> dict[str, Any]:
     try:
         await empty_database(context)
         async with api_of(context) as api:
-            await setup_account(api.http, api.headers, "acme")
-            await setup_account(api.http, api.headers, "globex", queue=False)
+            await setup_account(api.client, api.headers, "acme")
+            await setup_account(api.client, api.headers, "globex", queue=False)
             await api.call(
                 "PUT",
                 "/v1/accounts/globex/queue-integration",
@@ -188,16 +117,16 @@ async def seed(url: str, data_dir: Path) -> dict[str, Any]:
                     "what": "Told",
                 },
             )
-            main = await create_policy(api.http, api.headers, lineup=EMAIL_THEN_SMS)
+            main = await create_policy(api.client, api.headers, lineup=EMAIL_THEN_SMS)
             by_id = await create_policy(
-                api.http,
+                api.client,
                 api.headers,
                 name="ById",
                 lineup=EMAIL_THEN_SMS,
                 fatigue={"uuid_field": "Customer_ID"},
             )
-            d1 = await api.dispatch(main, "q1")
-            d4 = await api.dispatch(by_id, "q4")
+            d1 = await api.dispatch(main, "q1", "P30D")
+            d4 = await api.dispatch(by_id, "q4", "P30D")
             await api.post(
                 d1,
                 {**ANN, "external_id": "ann-1"},
@@ -211,11 +140,11 @@ async def seed(url: str, data_dir: Path) -> dict[str, Any]:
                 await tick(worker)  # first emails out: ledger rows, pending-token locks
                 # A new UUID field later: the rotation must still find what was hashed.
                 etag = (
-                    await api.http.get(
+                    await api.client.get(
                         f"/v1/accounts/acme/policies/{by_id['id']}", headers=api.headers
                     )
                 ).headers["ETag"]
-                response = await api.http.patch(
+                response = await api.client.patch(
                     f"/v1/accounts/acme/policies/{by_id['id']}",
                     headers={**api.headers, "If-Match": etag},
                     json={"fatigue": {"uuid_field": "email"}},
@@ -224,16 +153,16 @@ async def seed(url: str, data_dir: Path) -> dict[str, Any]:
                 for body in (
                     {"type": "unsubscribe", "channel": "email", "address": "Ann@Example.com"},
                     {"type": "unsubscribe", "channel": "email", "address": "fay@example.com"},
-                    {"type": "response", "token": (await api.invite("eve-1"))["token"]},
+                    {"type": "response", "token": (await api.invite(None, "eve-1"))["token"]},
                 ):
                     await api.call("POST", "/v1/accounts/acme/events", json=body)
                 await tick(worker)
                 await worker.maintain()  # Eve answered: her contact data is erased
             finally:
                 await worker.shutdown(0)
-            assert (await api.invite("eve-1"))["contact_erased"] is True
+            assert (await api.invite(None, "eve-1"))["contact_erased"] is True
             for external_id in UUID_VALUES:
-                assert await api.first_message(external_id) == ("sent", None)
+                assert await first_message(api, external_id) == ("sent", None)
         return await plaintexts(context)
     finally:
         await context.aclose()
@@ -326,17 +255,17 @@ async def check_rotated(url: str, data_dir: Path, originals: dict[str, Any]) -> 
 async def rule2_and_open_policies(api: Api) -> tuple[dict[str, Any], dict[str, Any]]:
     """A policy allowing one invite per person in 30 days, and one with no fatigue at all."""
     rule2 = await create_policy(
-        api.http,
+        api.client,
         api.headers,
         name="Rule2",
-        lineup=EMAIL,
+        lineup=ONE_EMAIL,
         fatigue={
             "pending_token": {"enabled": False},
             "max_invites": {"enabled": True, "count": 1, "days": 30, "scope": "all"},
         },
     )
     open_policy = await create_policy(
-        api.http, api.headers, name="Open", lineup=EMAIL, fatigue=NO_FATIGUE
+        api.client, api.headers, name="Open", lineup=ONE_EMAIL, fatigue=NO_FATIGUE
     )
     return rule2, open_policy
 
@@ -351,13 +280,13 @@ async def deliver_after_rotation(url: str, data_dir: Path, originals: dict[str, 
         async with api_of(context) as api:
             policies = {p["name"]: p for p in await api.call("GET", "/v1/accounts/acme/policies")}
             rule2, open_policy = await rule2_and_open_policies(api)
-            again = await api.dispatch(policies["Default"], "q1-again")
+            again = await api.dispatch(policies["Default"], "q1-again", "P30D")
             await api.post(again, {**BOB, "external_id": "bob-2"})
-            counted = await api.dispatch(rule2, "q2")
+            counted = await api.dispatch(rule2, "q2", "P30D")
             await api.post(
                 counted, {**HAL, "external_id": "hal-2"}, {**CAT, "external_id": "cat-1"}
             )
-            unblocked = await api.dispatch(open_policy, "q3")
+            unblocked = await api.dispatch(open_policy, "q3", "P30D")
             await api.post(
                 unblocked, {**ANN, "external_id": "ann-2"}, {**GUS, "external_id": "gus-1"}
             )
@@ -366,11 +295,11 @@ async def deliver_after_rotation(url: str, data_dir: Path, originals: dict[str, 
                 await tick(worker)
             finally:
                 await worker.shutdown(0)
-            assert await api.first_message("bob-2") == ("suppressed", "fatigue_pending_token")
-            assert await api.first_message("hal-2") == ("suppressed", "fatigue_max_invites")
-            assert await api.first_message("ann-2") == ("suppressed", "unsubscribed")
-            assert await api.first_message("cat-1") == ("sent", None)
-            assert await api.first_message("gus-1") == ("sent", None)
+            assert await first_message(api, "bob-2") == ("suppressed", "fatigue_pending_token")
+            assert await first_message(api, "hal-2") == ("suppressed", "fatigue_max_invites")
+            assert await first_message(api, "ann-2") == ("suppressed", "unsubscribed")
+            assert await first_message(api, "cat-1") == ("sent", None)
+            assert await first_message(api, "gus-1") == ("sent", None)
     finally:
         await context.aclose()
 
@@ -461,10 +390,10 @@ async def ingest_under_new_hmac_key(url: str, data_dir: Path) -> None:
     try:
         async with api_of(context) as api:
             rule2, open_policy = await rule2_and_open_policies(api)
-            counted = await api.dispatch(rule2, "q2")
+            counted = await api.dispatch(rule2, "q2", "P30D")
             # Eve: her only invite was erased, so only her k1 ledger row knows she was sent.
             await api.post(counted, {**EVE, "external_id": "eve-2"})
-            unblocked = await api.dispatch(open_policy, "q3")
+            unblocked = await api.dispatch(open_policy, "q3", "P30D")
             await api.post(
                 unblocked,
                 {"email": "fay@example.com", "external_id": "fay-1"},  # unsubscribed, never invited
@@ -475,9 +404,9 @@ async def ingest_under_new_hmac_key(url: str, data_dir: Path) -> None:
                 await tick(worker)
             finally:
                 await worker.shutdown(0)
-            assert await api.first_message("eve-2") == ("suppressed", "fatigue_max_invites")
-            assert await api.first_message("fay-1") == ("suppressed", "unsubscribed")
-            assert await api.first_message("gus-1") == ("sent", None)
+            assert await first_message(api, "eve-2") == ("suppressed", "fatigue_max_invites")
+            assert await first_message(api, "fay-1") == ("suppressed", "unsubscribed")
+            assert await first_message(api, "gus-1") == ("sent", None)
     finally:
         await context.aclose()
 

@@ -30,15 +30,16 @@ from dispatch_engine.security.sealing import seal_contact
 from dispatch_engine.services.events import address_hashes, block_hashes
 from dispatch_engine.services.key_rotation import rotate_keys
 from tests.conftest import create_policy, empty_database, setup_account
-from tests.test_key_rotation import (
-    EMAIL,
+from tests.helpers import (
     ENC_K1,
     ENC_K2_K1,
     MAC_K1,
     MAC_K2_K1,
     NO_FATIGUE,
+    ONE_EMAIL,
     api_of,
     context_for,
+    first_message,
     tick,
 )
 
@@ -240,21 +241,21 @@ async def test_a_carried_unsubscribe_blocks_a_fresh_invite_of_someone_never_inge
 ) -> None:
     old, new = rings
     async with api_of(old) as api:
-        await setup_account(api.http, api.headers, "acme")
+        await setup_account(api.client, api.headers, "acme")
         await api.call(
             "POST",
             "/v1/accounts/acme/events",
             json={"type": "unsubscribe", "channel": "email", "address": "fay@example.com"},
         )
     async with api_of(new) as api:
-        policy = await create_policy(api.http, api.headers, lineup=EMAIL, fatigue=NO_FATIGUE)
-        dispatch = await api.dispatch(policy, "q1")
+        policy = await create_policy(api.client, api.headers, lineup=ONE_EMAIL, fatigue=NO_FATIGUE)
+        dispatch = await api.dispatch(policy, "q1", "P30D")
         worker = Worker(new)
         try:
             # Ingest carries the k1 unsubscribe to k2 in the chunk's own transaction.
             await api.post(dispatch, {"email": "fay@example.com", "external_id": "fay-1"})
             await tick(worker)
-            assert await api.first_message("fay-1") == ("suppressed", "unsubscribed")
+            assert await first_message(api, "fay-1") == ("suppressed", "unsubscribed")
             async with new.sessions() as session, session.begin():
                 again = await carry_forward_unsubscribes(session, new.hasher, ["fay@example.com"])
             assert again == 0  # already carried

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -11,7 +10,6 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from dispatch_engine.api.app import create_app
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
 from dispatch_engine.models import Account, ApiKey, AuditRecord, Policy, QueueIntegration
@@ -323,15 +321,6 @@ async def test_audit_filter_and_limit_validation(
         response = await client.get("/v1/admin/audit", headers=admin, params=params)
         assert response.status_code == 422, params
         assert response.json()["field"] == field
-
-
-@pytest.fixture
-async def lenient_client(context: AppContext) -> AsyncIterator[httpx.AsyncClient]:
-    """A client that sees the 500 a real server would send instead of the raised error."""
-    app = create_app(context.settings, context=context)
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
-        yield http
 
 
 async def test_audit_cursor_without_offset_is_422(

@@ -3,59 +3,27 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
 from tests.conftest import create_policy, report_incident, setup_account, templates_for
-
-POLICIES = "/v1/accounts/acme/policies"
-DISPATCHES = "/v1/accounts/acme/dispatches"
-ANY = {"If-Match": "*"}
-
+from tests.helpers import (
+    ANY,
+    DISPATCHES,
+    POLICIES,
+    assert_problem,
+    audit_of,
+    concurrently,
+    create_dispatch,
+    dispatch_body,
+)
 
 # --- helpers -----------------------------------------------------------------------------
-
-
-def assert_problem(
-    response: httpx.Response, status: int, slug: str, field: str | None = None
-) -> dict[str, Any]:
-    """The response is an RFC 9457 problem of this status and type (naming `field`)."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["type"].endswith(f":{slug}"), body
-    assert body["status"] == status
-    if field is not None:
-        assert field in [e["field"] for e in body["errors"]], body
-    return body
-
-
-def dispatch_body(policy: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "questionnaire_id": "q-1",
-        "policy_id": policy["id"],
-        "token_validity": "P10D",
-        "message_templates": templates_for(policy),
-    }
-    body.update(overrides)
-    return body
-
-
-async def create_dispatch(
-    client: httpx.AsyncClient, admin: dict[str, str], policy: dict[str, Any], **overrides: Any
-) -> dict[str, Any]:
-    response = await client.post(DISPATCHES, headers=admin, json=dispatch_body(policy, **overrides))
-    assert response.status_code == 201, response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 async def read_dispatch(
@@ -82,23 +50,8 @@ async def add_message(
     return result
 
 
-async def audit_of(
-    client: httpx.AsyncClient, admin: dict[str, str], target_id: str
-) -> list[dict[str, Any]]:
-    response = await client.get("/v1/admin/audit", headers=admin, params={"target_id": target_id})
-    assert response.status_code == 200, response.text
-    items: list[dict[str, Any]] = response.json()["items"]
-    return items
-
-
 def state(dispatch: dict[str, Any]) -> tuple[str, str | None]:
     return dispatch["status"], dispatch["pause_reason"]
-
-
-@pytest.fixture
-async def acme(client: httpx.AsyncClient, admin: dict[str, str]) -> dict[str, str]:
-    await setup_account(client, admin)
-    return admin
 
 
 # --- create and read ---------------------------------------------------------------------------
@@ -555,30 +508,6 @@ async def test_patch_dispatch_honours_if_match_and_is_audited(
         assert (response.json()["version"], response.headers["ETag"]) == (2, '"2"'), unchanged
 
 
-async def _concurrently(
-    context: AppContext, *requests: Awaitable[httpx.Response]
-) -> list[httpx.Response]:
-    """Run requests so that each has read what it needs before any of them commits.
-
-    SQLite serialises writers (BEGIN IMMEDIATE), so plain concurrency is enough there. On
-    PostgreSQL the audit table is held locked until every request is waiting on a lock.
-    """
-    if context.engine.dialect.name != "postgresql":
-        return list(await asyncio.gather(*requests))
-    async with context.engine.connect() as watcher, context.engine.begin() as locker:
-        await locker.execute(text("LOCK TABLE audit_log IN EXCLUSIVE MODE"))
-        tasks = [asyncio.ensure_future(r) for r in requests]
-        for _ in range(500):
-            waiting = (
-                await watcher.execute(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
-            ).scalar_one()
-            await watcher.commit()
-            if waiting >= len(tasks) or any(t.done() for t in tasks):
-                break
-            await asyncio.sleep(0.01)
-    return list(await asyncio.gather(*tasks))
-
-
 async def test_dispatch_created_while_a_message_is_added_is_not_left_active_without_template(
     client: httpx.AsyncClient,
     acme: dict[str, str],
@@ -586,7 +515,7 @@ async def test_dispatch_created_while_a_message_is_added_is_not_left_active_with
     request: pytest.FixtureRequest,
 ) -> None:
     policy = await create_policy(client, acme)
-    created, inserted = await _concurrently(
+    created, inserted = await concurrently(
         context,
         client.post(DISPATCHES, headers=acme, json=dispatch_body(policy)),
         client.post(

@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from dispatch_engine.api.routes import contacts
-from tests.api.test_contacts import assert_problem, make_dispatch, post_csv
 from tests.conftest import report_incident, setup_account
+from tests.helpers import assert_problem, make_dispatch, post_csv
 
 ACME = "/v1/accounts/acme"
 MARK = "@@HOSTILE@@"

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.test_contacts import assert_problem, make_dispatch, post_csv
 from tests.conftest import report_incident, setup_account
+from tests.helpers import assert_problem, make_dispatch, post_csv
 
 ACME = "/v1/accounts/acme"
 EDGES_OF_TIME = ["0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00", "9999-12-31T23:59:59Z"]

@@ -15,14 +15,13 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import func, select
 
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
 from dispatch_engine.models import ContactBatch, Invite
 from dispatch_engine.scheduler.worker import Worker
-from tests.api.test_contacts import (
+from tests.helpers import (
     ACME,
     CSV,
     assert_problem,
@@ -31,14 +30,6 @@ from tests.api.test_contacts import (
     make_dispatch,
     post_csv,
 )
-from tests.conftest import setup_account
-
-
-@pytest.fixture
-async def acme(client: httpx.AsyncClient, admin: dict[str, str]) -> dict[str, str]:
-    await setup_account(client, admin)
-    return admin
-
 
 FIRST = 2000  # the test settings' chunk: the stalled request has stored one chunk
 ROWS = 2500

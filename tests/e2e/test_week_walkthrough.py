@@ -6,50 +6,21 @@ an injected clock, so days pass in milliseconds.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
 import jsonschema
-import pytest
 
 from dispatch_engine.clock import FrozenClock
-from dispatch_engine.context import AppContext
 from dispatch_engine.scheduler.worker import Worker
 from dispatch_engine.schemas.queue_message import load_json_schema
 from tests.conftest import setup_account, templates_for
+from tests.helpers import Api, tick
 
 BERLIN_HOURS = {
     "time_zone": "Europe/Berlin",
     "days": {d: [{"start": "08:00", "end": "17:00"}] for d in ("mon", "tue", "wed", "thu", "fri")},
 }
-
-
-@pytest.fixture
-async def worker(context: AppContext) -> AsyncIterator[Worker]:
-    runner = Worker(context)
-    yield runner
-    await runner.shutdown(0)
-
-
-async def tick(worker: Worker) -> None:
-    await worker.deliver()
-    await worker.relay_outbox()
-
-
-async def pull(client: httpx.AsyncClient, headers: dict[str, str]) -> list[dict[str, Any]]:
-    response = await client.get("/v1/accounts/acme/queue/messages?max=100", headers=headers)
-    assert response.status_code == 200, response.text
-    messages = response.json()
-    if messages:
-        ack = await client.post(
-            "/v1/accounts/acme/queue/ack",
-            headers=headers,
-            json={"receipts": [m["receipt"] for m in messages]},
-        )
-        assert ack.json()["acked"] == len(messages)
-    return [m["body"] for m in messages]
 
 
 async def test_week_of_business_hours(
@@ -58,6 +29,7 @@ async def test_week_of_business_hours(
     # Friday 2026-03-06 16:30 Berlin (15:30 UTC).
     clock.set(datetime(2026, 3, 6, 15, 30, tzinfo=UTC))
     await setup_account(client, admin)
+    api = Api(client, admin)
     policy = (
         await client.post(
             "/v1/accounts/acme/policies",
@@ -101,7 +73,7 @@ async def test_week_of_business_hours(
     schema = load_json_schema()
     # Friday 16:30: message 1 goes out at once.
     await tick(worker)
-    first = await pull(client, admin)
+    first = await api.pull()
     assert sorted(m["recipient"]["email"] for m in first) == ["ann@example.com", "bob@example.com"]
     for message in first:
         jsonschema.validate(message, schema)
@@ -110,7 +82,7 @@ async def test_week_of_business_hours(
     # Message 2 is due Friday 18:30 Berlin: after closing, so it waits for Monday 08:00.
     clock.set(datetime(2026, 3, 6, 17, 30, tzinfo=UTC))
     await tick(worker)
-    assert await pull(client, admin) == []
+    assert await api.pull() == []
     invite = (await client.get("/v1/accounts/acme/invites?external_id=c-1", headers=admin)).json()[
         0
     ]
@@ -121,19 +93,19 @@ async def test_week_of_business_hours(
     # Monday 07:59 Berlin: still nothing; 08:00: message 2.
     clock.set(datetime(2026, 3, 9, 6, 59, tzinfo=UTC))
     await tick(worker)
-    assert await pull(client, admin) == []
+    assert await api.pull() == []
     clock.set(datetime(2026, 3, 9, 7, 0, tzinfo=UTC))
     await tick(worker)
-    second_batch = await pull(client, admin)
+    second_batch = await api.pull()
     assert [m["lineup_position"] for m in second_batch] == [2, 2]
     assert all(m["scheduled_at"] == "2026-03-06T17:30:00Z" for m in second_batch)
     # Message 3 (SMS) one day after message 2: Tuesday 08:00.
     clock.set(datetime(2026, 3, 10, 6, 59, tzinfo=UTC))
     await tick(worker)
-    assert await pull(client, admin) == []
+    assert await api.pull() == []
     clock.set(datetime(2026, 3, 10, 7, 0, tzinfo=UTC))
     await tick(worker)
-    third = await pull(client, admin)
+    third = await api.pull()
     assert sorted(m["recipient"]["mobile"] for m in third) == ["+14155552671", "+33612345678"]
     assert {m["channel"] for m in third} == {"sms"}
     invite = (await client.get("/v1/accounts/acme/invites?external_id=c-1", headers=admin)).json()[
@@ -145,4 +117,4 @@ async def test_week_of_business_hours(
     for day in range(7):
         clock.advance(timedelta(days=1))
         await tick(worker)
-        assert await pull(client, admin) == []
+        assert await api.pull() == []

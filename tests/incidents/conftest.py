@@ -14,8 +14,7 @@ from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
 from dispatch_engine.scheduler.worker import Worker
 from tests.conftest import bearer, create_policy, new_key, setup_account, templates_for
-
-ONE_EMAIL = [{"channel": "email", "delay": "PT0S"}]
+from tests.helpers import ONE_EMAIL, Api, tick
 
 
 def closed_port() -> int:
@@ -37,11 +36,6 @@ async def worker(context: AppContext) -> AsyncIterator[Worker]:
     runner = Worker(context)
     yield runner
     await runner.shutdown(0)
-
-
-async def tick(worker: Worker) -> None:
-    await worker.deliver()
-    await worker.relay_outbox()
 
 
 class Desk:
@@ -110,19 +104,7 @@ class Desk:
         return messages[0]
 
     async def pull(self, account: str = "acme") -> list[dict[str, Any]]:
-        response = await self.client.get(
-            f"/v1/accounts/{account}/queue/messages", headers=self.admin, params={"max": 100}
-        )
-        assert response.status_code == 200, response.text
-        messages = response.json()
-        if messages:
-            ack = await self.client.post(
-                f"/v1/accounts/{account}/queue/ack",
-                headers=self.admin,
-                json={"receipts": [m["receipt"] for m in messages]},
-            )
-            assert ack.status_code == 200, ack.text
-        return [m["body"] for m in messages]
+        return await Api(self.client, self.admin, account).pull()
 
     async def incident(self, **fields: Any) -> dict[str, Any]:
         body = {"title": "Queue outage", "service": "Invitation relay", **fields}

@@ -15,7 +15,8 @@ from dispatch_engine.clock import FrozenClock
 from dispatch_engine.incidents import impacted
 from dispatch_engine.scheduler.worker import Worker
 from tests.conftest import T0
-from tests.incidents.conftest import Desk, failed_sendings, tick
+from tests.helpers import tick
+from tests.incidents.conftest import Desk, failed_sendings
 
 MIN = timedelta(minutes=1)
 

@@ -4,17 +4,14 @@ worker's SSRF-guarded client: configuration, every event kind, filtering, retrie
 from __future__ import annotations
 
 import json
-import socket
 import threading
-import time
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
 import pytest
 import structlog
-import uvicorn
 from prometheus_client import REGISTRY
 from sqlalchemy import select
 
@@ -23,10 +20,8 @@ from dispatch_engine.context import AppContext
 from dispatch_engine.models import IncidentNotification
 from dispatch_engine.scheduler.worker import Worker
 from tests.incidents.conftest import Desk
+from tests.net import AsgiApp, Receive, Scope, Send, read_body, serve
 
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 MIN = timedelta(minutes=1)
 
 
@@ -45,16 +40,11 @@ class Inbox:
             return [body for p, body in self.received if p == path]
 
 
-def _app(inbox: Inbox) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+def _app(inbox: Inbox) -> AsgiApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        raw = b""
-        while True:
-            message = await receive()
-            raw += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        raw = await read_body(receive)
         path = scope["path"]
         count = inbox.add(path, json.loads(raw))
         status = 200
@@ -70,26 +60,8 @@ def _app(inbox: Inbox) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
 def hooks() -> Iterator[tuple[str, Inbox]]:
     """A loopback server (uvicorn in a thread); yields its base URL and what it received."""
     inbox = Inbox()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        _app(inbox), http="h11", loop="asyncio", lifespan="off", log_level="critical"
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 5
-    while not server.started:
-        assert time.monotonic() < deadline, "test server did not start"
-        time.sleep(0.01)
-    try:
+    with serve(_app(inbox)) as port:
         yield f"http://127.0.0.1:{port}", inbox
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-        sock.close()
 
 
 @pytest.fixture

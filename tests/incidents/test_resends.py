@@ -15,7 +15,8 @@ from dispatch_engine.context import AppContext
 from dispatch_engine.models import AuditRecord, IncidentResend, Message
 from dispatch_engine.scheduler.worker import Worker
 from tests.conftest import T0
-from tests.incidents.conftest import Desk, failed_sendings, tick
+from tests.helpers import tick
+from tests.incidents.conftest import Desk, failed_sendings
 
 MIN = timedelta(minutes=1)
 

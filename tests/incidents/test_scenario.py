@@ -19,7 +19,8 @@ from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
 from dispatch_engine.models import AuditRecord, IncidentClockAlert, Message
 from dispatch_engine.scheduler.worker import Worker
-from tests.incidents.conftest import Desk, failed_sendings, tick
+from tests.helpers import tick
+from tests.incidents.conftest import Desk, failed_sendings
 
 
 def at(hour: int, minute: int, second: int = 0) -> datetime:

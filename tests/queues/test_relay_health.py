@@ -11,12 +11,10 @@ moto's SQS server, a closed loopback port, and the Service Bus adapter at the SD
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import httpx
-import pytest
 from azure.servicebus._pyamqp.error import AuthenticationException, ErrorCondition
 from prometheus_client import REGISTRY
 from sqlalchemy import select
@@ -42,13 +40,6 @@ def as_shown(clock: FrozenClock) -> str:
 
 def refusing() -> float | None:
     return REGISTRY.get_sample_value("dispatch_queue_integrations_refusing")
-
-
-@pytest.fixture
-async def worker(context: AppContext) -> AsyncIterator[Worker]:
-    runner = Worker(context)
-    yield runner
-    await runner.shutdown(0)
 
 
 async def dispatch_for(client: httpx.AsyncClient, admin: dict[str, str], account: str) -> str:

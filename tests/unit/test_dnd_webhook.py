@@ -6,27 +6,31 @@ import asyncio
 import json
 import logging
 import random
-import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import structlog
-import uvicorn
 
 from dispatch_engine.clients.dnd_webhook import DndAnswer, DndClient, DndQuery, DndStatus
 from dispatch_engine.clients.guarded_http import GuardedHttpClient, GuardedResponse
 from dispatch_engine.security.ssrf import UrlPolicy
+from tests.net import (
+    LOOPBACK,
+    AsgiApp,
+    Receive,
+    Scope,
+    Send,
+    free_socket,
+    read_body,
+    respond,
+    serve,
+    wait_for_disconnect,
+)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-LOOPBACK = "127.0.0.1"
 LOOPBACK_POLICY = UrlPolicy(allow_http=True, allowlist=("127.0.0.1/32",))
 GARBAGE = bytes(range(256)) * 4
 LIMIT = 16 * 1024
@@ -36,7 +40,7 @@ QUERY = DndQuery(channel="email", address=SECRET_EMAIL, account="acme", policy="
 SMS_QUERY = DndQuery(channel="sms", address=SECRET_MOBILE, account="acme", policy="pol-1")
 
 
-# --- loopback server (same approach as test_guarded_http) ---------------------------------
+# --- loopback server (tests/net.py serves it) ----------------------------------------------
 
 
 @dataclass
@@ -70,36 +74,14 @@ class ServerState:
             self.max_in_flight = 0
 
 
-def make_app(state: ServerState) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    async def respond(
-        send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        base = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send(
-            {"type": "http.response.start", "status": status, "headers": base + (headers or [])}
-        )
-        await send({"type": "http.response.body", "body": body})
-
+def make_app(state: ServerState) -> AsgiApp:
     async def reply(send: Send, document: object, status: int = 200) -> None:
         await respond(send, status, json.dumps(document).encode())
-
-    async def wait_for_disconnect(receive: Receive, limit: float) -> None:
-        try:
-            async with asyncio.timeout(limit):
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-        except TimeoutError:
-            pass
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         path = scope["path"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         count = state.record(Recorded(path, headers, body))
@@ -165,40 +147,11 @@ class RunningServer:
         return f"http://{LOOPBACK}:{self.port}{path}"
 
 
-def _free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((LOOPBACK, 0))
-    return sock
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[RunningServer]:
     state = ServerState()
-    sock = _free_socket()
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        make_app(state),
-        http="h11",
-        loop="asyncio",
-        lifespan="off",
-        log_level="critical",
-        access_log=False,
-        timeout_graceful_shutdown=1,
-    )
-    uv = uvicorn.Server(config)
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 5
-    while not uv.started:
-        assert time.monotonic() < deadline, "test server did not start"
-        time.sleep(0.01)
-    try:
+    with serve(make_app(state)) as port:
         yield RunningServer(port, state)
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=5)
-        sock.close()
 
 
 @pytest.fixture(autouse=True)
@@ -321,7 +274,7 @@ async def test_too_many_requests_is_retried(
 
 
 async def test_connection_refused_is_retried_and_unavailable(sleep: SleepRecorder) -> None:
-    sock = _free_socket()
+    sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()  # nothing listens on this port now
     async with make_http() as guarded:

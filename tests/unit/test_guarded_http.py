@@ -12,14 +12,13 @@ import ssl
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -37,13 +36,19 @@ from dispatch_engine.clients.guarded_http import (
     _PinnedResolver,
 )
 from dispatch_engine.security.ssrf import UrlPolicy
+from tests.net import (
+    LOOPBACK,
+    AsgiApp,
+    Receive,
+    Scope,
+    Send,
+    free_socket,
+    read_body,
+    respond,
+    serve,
+    wait_for_disconnect,
+)
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-LOOPBACK = "127.0.0.1"
 LOOPBACK_POLICY = UrlPolicy(allow_http=True, allowlist=("127.0.0.1/32",))
 GARBAGE = bytes(range(256)) * 4
 BIG = 1024 * 1024
@@ -80,33 +85,11 @@ class ServerState:
             self.max_in_flight = 0
 
 
-def make_app(state: ServerState) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
-    async def respond(
-        send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
-    ) -> None:
-        base = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send(
-            {"type": "http.response.start", "status": status, "headers": base + (headers or [])}
-        )
-        await send({"type": "http.response.body", "body": body})
-
-    async def wait_for_disconnect(receive: Receive, limit: float) -> None:
-        try:
-            async with asyncio.timeout(limit):
-                while (await receive())["type"] != "http.disconnect":
-                    pass
-        except TimeoutError:
-            pass
-
+def make_app(state: ServerState) -> AsgiApp:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         path = scope["path"]
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         state.record(Recorded(path, scope["query_string"].decode(), headers, body))
@@ -177,42 +160,11 @@ class RunningServer:
         return f"{scheme}://{host}:{self.port}{path}"
 
 
-def _free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((LOOPBACK, 0))
-    return sock
-
-
 def _run_server(
     state: ServerState, certfile: Path | None = None, keyfile: Path | None = None
 ) -> Iterator[RunningServer]:
-    sock = _free_socket()
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        make_app(state),
-        http="h11",
-        loop="asyncio",
-        lifespan="off",
-        log_level="critical",
-        access_log=False,
-        timeout_graceful_shutdown=1,
-        ssl_certfile=str(certfile) if certfile else None,
-        ssl_keyfile=str(keyfile) if keyfile else None,
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 5
-    while not server.started:
-        assert time.monotonic() < deadline, "test server did not start"
-        time.sleep(0.01)
-    try:
+    with serve(make_app(state), certfile, keyfile) as port:
         yield RunningServer(port, state)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=5)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -635,7 +587,7 @@ async def test_errors_and_tracebacks_carry_origin_only(
 
     listener = await asyncio.start_server(garbage, LOOPBACK, 0)
     garbage_port = listener.sockets[0].getsockname()[1]
-    closed = _free_socket()
+    closed = free_socket()
     refused_port = closed.getsockname()[1]
     closed.close()
     secret = "/hook/SECRET-PATH?token=SECRET-QUERY"
@@ -739,7 +691,7 @@ async def test_non_http_garbage_is_unavailable() -> None:
 
 
 async def test_connection_refused_is_unavailable() -> None:
-    sock = _free_socket()
+    sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()  # nothing listens on this port now
     async with make_client() as guarded:
