@@ -23,7 +23,8 @@ from sqlalchemy import func, select
 from dispatch_engine.clock import SystemClock
 from dispatch_engine.context import AppContext
 from dispatch_engine.models import ContactBatch, Invite
-from tests.conftest import create_policy, setup_account, templates_for
+from tests.conftest import setup_account
+from tests.helpers import make_dispatch
 from tests.procs import free_port, start_api
 
 ROWS = 3000
@@ -68,18 +69,10 @@ async def test_a_retry_after_the_api_was_killed_mid_file_finishes_the_upload(
 ) -> None:
     context.clock = SystemClock()  # the API processes run on real time
     await setup_account(client, admin)
-    policy = await create_policy(client, admin, fatigue={"pending_token": {"enabled": False}})
-    created = await client.post(
-        "/v1/accounts/acme/dispatches",
-        headers=admin,
-        json={
-            "questionnaire_id": "q-kill",
-            "policy_id": policy["id"],
-            "token_validity": "P14D",
-            "message_templates": templates_for(policy),
-        },
+    _, dispatch = await make_dispatch(
+        client, admin, questionnaire="q-kill", fatigue={"pending_token": {"enabled": False}}
     )
-    dispatch_id = created.json()["id"]
+    dispatch_id = dispatch["id"]
     url = context.settings.effective_database_url
     settings = {"upload_batch_rows": str(CHUNK_ROWS), "upload_lease_seconds": str(LEASE)}
     lines = contact_file()

@@ -24,7 +24,6 @@ was opened, and the address rules do not change over time.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import socket
 import ssl
@@ -44,6 +43,7 @@ from dispatch_engine.security.ssrf import (
     UnsafeUrlError,
     UrlPolicy,
     parse_ip_literal,
+    resolve_results,
     resolve_safe,
     validate_url,
 )
@@ -149,22 +149,7 @@ class _PinnedResolver(AbstractResolver):
         addresses = self._pins.get(_pin_key(host))
         if not addresses:
             raise _UnvettedHostError("refusing to connect to a host that was not vetted")
-        results: list[ResolveResult] = []
-        for address in addresses:
-            version = ipaddress.ip_address(address).version
-            address_family = socket.AF_INET6 if version == 6 else socket.AF_INET
-            if family not in (socket.AF_UNSPEC, address_family):
-                continue
-            results.append(
-                ResolveResult(
-                    hostname=host,
-                    host=address,
-                    port=port,
-                    family=address_family,
-                    proto=0,
-                    flags=socket.AI_NUMERICHOST,
-                )
-            )
+        results = resolve_results(host, port, family, addresses)
         if not results:
             raise _UnvettedHostError("no vetted address of the requested address family")
         return results

@@ -18,7 +18,6 @@ resolved and every address vetted, so a DNS answer changed since then is caught)
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -29,6 +28,7 @@ from dispatch_engine.security.ssrf import (
     UnsafeUrlError,
     UrlPolicy,
     parse_ip_literal,
+    resolve_results,
     resolve_safe,
     validate_url,
 )
@@ -141,22 +141,7 @@ class VettingResolver(AbstractResolver):
             addresses = await resolve_safe(host, port, self._policy)
         except UnsafeUrlError as exc:
             raise ForbiddenAddressError(exc.reason) from None
-        results: list[ResolveResult] = []
-        for address in addresses:
-            version = ipaddress.ip_address(address).version
-            address_family = socket.AF_INET6 if version == 6 else socket.AF_INET
-            if family not in (socket.AF_UNSPEC, address_family):
-                continue
-            results.append(
-                ResolveResult(
-                    hostname=host,
-                    host=address,
-                    port=port,
-                    family=address_family,
-                    proto=0,
-                    flags=socket.AI_NUMERICHOST,
-                )
-            )
+        results = resolve_results(host, port, family, addresses)
         if not results:
             raise OSError("no vetted address of the requested address family")
         return results

@@ -16,12 +16,13 @@ import asyncio
 import ipaddress
 import re
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from urllib.parse import urlsplit
 
 import idna
+from aiohttp.abc import ResolveResult
 
 __all__ = [
     "GuardedHttpError",
@@ -425,3 +426,27 @@ async def resolve_safe(host: str, port: int, policy: UrlPolicy) -> list[str]:
     if not addresses:
         raise HostResolutionError("host name resolved to no addresses")
     return addresses
+
+
+def resolve_results(
+    host: str, port: int, family: int, addresses: Sequence[str]
+) -> list[ResolveResult]:
+    """aiohttp resolver answers for vetted `addresses` of the requested `family` (numeric,
+    so nothing is resolved again): how a pinned or checked resolver hands them over."""
+    results: list[ResolveResult] = []
+    for address in addresses:
+        version = ipaddress.ip_address(address).version
+        address_family = socket.AF_INET6 if version == 6 else socket.AF_INET
+        if family not in (socket.AF_UNSPEC, address_family):
+            continue
+        results.append(
+            ResolveResult(
+                hostname=host,
+                host=address,
+                port=port,
+                family=address_family,
+                proto=0,
+                flags=socket.AI_NUMERICHOST,
+            )
+        )
+    return results
