@@ -19,8 +19,8 @@ from pydantic import BaseModel
 from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dispatch_engine.incidents.cursor import decode_keys, encode_keys, parse_time
 from dispatch_engine.models import Account, Incident, IncidentResend, Message
+from dispatch_engine.schemas.cursor import decode_keys, encode_keys, parse_time
 
 IMPACTED_STATES = ("failed", "delayed")
 WITHDRAWN_RULE = "incident"

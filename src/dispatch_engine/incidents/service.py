@@ -16,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.errors import Conflict, NotFound, ValidationFailed
 from dispatch_engine.incidents import clocks, states
-from dispatch_engine.incidents.cursor import decode_cursor, encode_cursor
 from dispatch_engine.incidents.schemas import (
     ClockOut,
     IncidentCreate,
@@ -25,6 +24,7 @@ from dispatch_engine.incidents.schemas import (
     TransitionIn,
 )
 from dispatch_engine.models import Account, Incident, IncidentAccount, IncidentPostmortem, new_id
+from dispatch_engine.schemas.cursor import decode_cursor, encode_cursor
 
 LIST_FIELDS = ("evidence_links", "stakeholders", "customer_tickets")
 PLAIN_FIELDS = (

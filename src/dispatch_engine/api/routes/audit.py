@@ -7,12 +7,10 @@ from typing import Any
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
-from sqlalchemy import select
 
 from dispatch_engine.api.deps import OperatorActor, SessionDep
-from dispatch_engine.errors import ValidationFailed
-from dispatch_engine.models import AuditRecord
 from dispatch_engine.schemas.common import UtcTime
+from dispatch_engine.store.audit import AuditFilter, audit_page
 
 router = APIRouter(prefix="/v1/admin/audit", tags=["admin"])
 
@@ -52,43 +50,9 @@ async def list_audit(
     cursor: str | None = Query(default=None, description="next_cursor of the previous page"),
 ) -> AuditPage:
     """Newest first."""
-    query = select(AuditRecord)
-    if account:
-        query = query.where(AuditRecord.account_id == account)
-    if action:
-        query = query.where(
-            AuditRecord.action.startswith(action, autoescape=True)
-            if action.endswith(".")
-            else AuditRecord.action == action
-        )
-    if target_type:
-        query = query.where(AuditRecord.target_type == target_type)
-    if target_id:
-        query = query.where(AuditRecord.target_id == target_id)
-    if key_id:
-        query = query.where(AuditRecord.key_id == key_id)
-    if incident:
-        query = query.where(AuditRecord.incident == incident)
-    if since:
-        query = query.where(AuditRecord.at >= since)
-    if until:
-        query = query.where(AuditRecord.at < until)
-    if cursor:
-        at_text, _, last_id = cursor.partition("|")
-        try:
-            at = datetime.fromisoformat(at_text)
-        except ValueError:
-            raise ValidationFailed("cursor", "not a cursor from a previous page") from None
-        if at.tzinfo is None:
-            raise ValidationFailed("cursor", "not a cursor from a previous page")
-        query = query.where(
-            (AuditRecord.at < at) | ((AuditRecord.at == at) & (AuditRecord.id < last_id))
-        )
-    query = query.order_by(AuditRecord.at.desc(), AuditRecord.id.desc()).limit(limit + 1)
+    where = AuditFilter(account, action, target_type, target_id, key_id, incident, since, until)
     async with session.begin():
-        rows = list((await session.execute(query)).scalars())
-    more = len(rows) > limit
-    rows = rows[:limit]
+        rows, next_cursor = await audit_page(session, where, limit=limit, cursor=cursor)
     items = [
         AuditOut(
             id=r.id,
@@ -105,5 +69,4 @@ async def list_audit(
         )
         for r in rows
     ]
-    next_cursor = f"{rows[-1].at.isoformat()}|{rows[-1].id}" if more and rows else None
     return AuditPage(items=items, next_cursor=next_cursor)

@@ -1,4 +1,5 @@
-"""Opaque keyset cursors: base64url of a small JSON list (a time and ids)."""
+"""The one cursor format of every paged list: base64url of a small JSON list (a time and
+ids), opaque to clients; a cursor that is not one answers 422 naming `cursor`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from datetime import datetime
 
 from dispatch_engine.errors import ValidationFailed
+from dispatch_engine.security.text import hostile_text_reason
 
 _BAD = "not a cursor from a previous page"
 
@@ -25,8 +27,8 @@ def decode_keys(cursor: str, count: int) -> list[str]:
         raise ValidationFailed("cursor", _BAD) from None
     if not isinstance(parts, list) or len(parts) != count:
         raise ValidationFailed("cursor", _BAD)
-    if not all(isinstance(p, str) for p in parts):
-        raise ValidationFailed("cursor", _BAD)
+    if not all(isinstance(p, str) and hostile_text_reason(p) is None for p in parts):
+        raise ValidationFailed("cursor", _BAD)  # a NUL inside would reach the database
     return parts
 
 
