@@ -421,7 +421,7 @@ def test_worker_is_given_more_time_than_its_grace() -> None:
 
 
 def test_api_termination_covers_prestop_and_drain() -> None:
-    # uvicorn drains up to 30 s after SIGTERM (timeout_graceful_shutdown in __main__.py).
+    # uvicorn drains up to 30 s after SIGTERM (timeout_graceful_shutdown in cli/main.py).
     assert _pod_spec(API)["terminationGracePeriodSeconds"] >= 30
 
 

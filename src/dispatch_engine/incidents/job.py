@@ -20,11 +20,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dispatch_engine.clients.guarded_http import GuardedHttpClient
 from dispatch_engine.context import AppContext
 from dispatch_engine.db.dialect import insert_ignoring_conflicts
-from dispatch_engine.incidents import metrics, notifications
+from dispatch_engine.incidents import notifications
 from dispatch_engine.incidents.clocks import CLOCK_NAMES
 from dispatch_engine.incidents.service import DUE_COLUMNS
 from dispatch_engine.models import Incident, IncidentClockAlert
 from dispatch_engine.models.base import table_of
+from dispatch_engine.observability import incident_metrics as metrics
 
 log = structlog.get_logger(__name__)
 INTERVAL_SECONDS = 15.0
