@@ -52,3 +52,12 @@ class DispatchOut(BaseModel):
     version: int
     created_at: datetime
     updated_at: datetime
+
+
+class DispatchStats(BaseModel):
+    dispatch: str
+    invites: dict[str, int] = Field(description="Invites by state, and `total`.")
+    messages: dict[str, int] = Field(description="Messages by state, and `total`.")
+    reasons: dict[str, dict[str, int]] = Field(
+        description="For messages not sent: state → reason → count."
+    )

@@ -185,3 +185,11 @@ class IntegrationOut(BaseModel):
         "a probe succeeds, or the integration is replaced."
     )
     push_error_at: datetime | None = Field(description="When that push was refused.")
+
+
+class VerifyResult(BaseModel):
+    ok: bool
+    kind: str
+    message_id: str = Field(description="The probe's message id (type `probe`; vendors ignore it).")
+    verified_at: datetime | None
+    error: str | None = Field(description="The provider's error, in plain words.")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from fastapi import APIRouter, Header, Response, status
-from pydantic import BaseModel, Field
 
 from dispatch_engine.api.deps import (
     CONFIG_ROLES,
@@ -17,7 +14,7 @@ from dispatch_engine.api.deps import (
 from dispatch_engine.models import new_id
 from dispatch_engine.queues.factory import build_sender
 from dispatch_engine.schemas.accounts import AccountCreate, AccountOut, AccountPatch
-from dispatch_engine.schemas.integrations import IntegrationIn, IntegrationOut
+from dispatch_engine.schemas.integrations import IntegrationIn, IntegrationOut, VerifyResult
 from dispatch_engine.schemas.queue_message import build_probe, encode_message
 from dispatch_engine.services import accounts as service
 from dispatch_engine.services import integrations
@@ -131,14 +128,6 @@ async def put_integration(
 async def get_integration(account_id: str, actor: ReadActor, session: SessionDep) -> IntegrationOut:
     async with session.begin():
         return integrations.integration_out(await integrations.get_integration(session, account_id))
-
-
-class VerifyResult(BaseModel):
-    ok: bool
-    kind: str
-    message_id: str = Field(description="The probe's message id (type `probe`; vendors ignore it).")
-    verified_at: datetime | None
-    error: str | None = Field(description="The provider's error, in plain words.")
 
 
 @router.post("/{account_id}/queue-integration/verify", response_model=VerifyResult)

@@ -4,55 +4,18 @@ DELETE; a dispatch's or policy's own pause/resume endpoints are the other way in
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
-
 from fastapi import APIRouter, Query, Response, status
-from pydantic import BaseModel, Field, model_validator
-from pydantic_core import PydanticCustomError
 from sqlalchemy import ColumnElement, select
 
 from dispatch_engine.api.deps import OperatorActor, SessionDep
 from dispatch_engine.errors import Conflict, NotFound
 from dispatch_engine.incidents.service import check_incident_reference
 from dispatch_engine.models import Dispatch, Message, OperatorPause, Policy, new_id
-from dispatch_engine.schemas.common import StrictModel
+from dispatch_engine.schemas.pauses import PauseIn, PauseOut, Scope
 from dispatch_engine.services import retiming
 from dispatch_engine.store.accounts import get_account
 
 router = APIRouter(prefix="/v1/admin/pauses", tags=["admin"])
-
-
-Scope = Literal["dispatch", "policy", "account", "channel"]
-
-
-class PauseIn(StrictModel):
-    scope: Scope
-    target: str = Field(
-        min_length=1, max_length=64, description="Dispatch, policy or account id; or email / sms"
-    )
-    incident: str | None = Field(default=None, max_length=64)
-    reason: str | None = Field(default=None, max_length=200)
-
-    @model_validator(mode="after")
-    def _channel(self) -> PauseIn:
-        if self.scope == "channel" and self.target not in ("email", "sms"):
-            raise PydanticCustomError(
-                "channel_target", "a channel pause targets 'email' or 'sms'", {"field": "target"}
-            )
-        return self
-
-
-class PauseOut(BaseModel):
-    id: str
-    scope: str
-    target: str
-    incident: str | None
-    reason: str | None
-    created_at: datetime
-    created_by: str | None
-    lifted_at: datetime | None
-    lifted_by: str | None
 
 
 def _out(pause: OperatorPause) -> PauseOut:

@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
-
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
 
 from dispatch_engine.api.deps import OperatorActor, SessionDep
+from dispatch_engine.schemas.audit import AuditOut, AuditPage
 from dispatch_engine.schemas.common import UtcTime
 from dispatch_engine.store.audit import AuditFilter, audit_page
 
 router = APIRouter(prefix="/v1/admin/audit", tags=["admin"])
-
-
-class AuditOut(BaseModel):
-    id: str
-    at: datetime
-    key_id: str | None
-    role: str | None
-    action: str
-    target_type: str
-    target_id: str
-    account: str | None
-    incident: str | None
-    before: dict[str, Any] | None
-    after: dict[str, Any] | None
-
-
-class AuditPage(BaseModel):
-    items: list[AuditOut]
-    next_cursor: str | None
 
 
 @router.get("", response_model=AuditPage)

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -28,31 +26,13 @@ from dispatch_engine.ingest.csv_stream import CsvFormatError, iter_csv_rows
 from dispatch_engine.ingest.service import IngestTarget, ingest_stream
 from dispatch_engine.models import ContactBatch, IdempotencyKey, Policy, RejectedRow, new_id
 from dispatch_engine.schemas.common import MAX_INT32
+from dispatch_engine.schemas.contacts import BatchOut, RejectedRowOut
 from dispatch_engine.services.dispatches import get_dispatch
 from dispatch_engine.services.policies import live_lineup
 
 router = APIRouter(prefix="/v1/accounts/{account_id}", tags=["contacts"])
 MAX_JSON_BYTES = 64 * 1024 * 1024
 SAMPLE_REJECTIONS = 100
-
-
-class RejectedRowOut(BaseModel):
-    row: int
-    field: str
-    reason: str
-
-
-class BatchOut(BaseModel):
-    batch: str
-    dispatch: str
-    status: str
-    counts: dict[str, int]
-    error: str | None
-    created_at: datetime
-    finished_at: datetime | None
-    resumed_from: str | None = None
-    rejected_rows: list[RejectedRowOut]
-    next_rejected_after: int | None = None
 
 
 async def _target(context: AppContext, account_id: str, dispatch_id: str) -> IngestTarget:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Body, Header, Response, status
-from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from dispatch_engine.api.deps import (
@@ -18,6 +17,7 @@ from dispatch_engine.schemas.dispatches import (
     DispatchCreate,
     DispatchOut,
     DispatchPatch,
+    DispatchStats,
     PauseRequest,
 )
 from dispatch_engine.services import dispatches as service
@@ -106,15 +106,6 @@ async def patch_dispatch(
         )
     response.headers["ETag"] = etag(out.version)
     return out
-
-
-class DispatchStats(BaseModel):
-    dispatch: str
-    invites: dict[str, int] = Field(description="Invites by state, and `total`.")
-    messages: dict[str, int] = Field(description="Messages by state, and `total`.")
-    reasons: dict[str, dict[str, int]] = Field(
-        description="For messages not sent: state → reason → count."
-    )
 
 
 @router.get("/{dispatch_id}/stats", response_model=DispatchStats)

@@ -3,54 +3,18 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel
 from sqlalchemy import select
 
 from dispatch_engine.api.deps import ReadActor, SessionDep
 from dispatch_engine.errors import NotFound, ValidationFailed
 from dispatch_engine.models import Invite, Message
+from dispatch_engine.schemas.invites import InviteOut, MessageOut
 from dispatch_engine.services.dispatches import get_dispatch
 from dispatch_engine.store.accounts import get_account
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/invites", tags=["invites"])
-
-
-class MessageOut(BaseModel):
-    id: str
-    lineup_message_id: str
-    position: int
-    channel: str
-    state: str
-    rule: str | None
-    reason: str | None
-    due_at: datetime
-    scheduled_for: datetime
-    sent_at: datetime | None
-    decided_at: datetime | None
-    attempts: int
-    resend_of: str | None
-
-
-class InviteOut(BaseModel):
-    id: str
-    account: str
-    dispatch: str
-    questionnaire: str
-    batch: str | None
-    external_id: str | None
-    token: str
-    sandbox: bool
-    state: str
-    end_reason: str | None
-    received_at: datetime
-    valid_until: datetime
-    first_sent_at: datetime | None
-    responded_at: datetime | None
-    contact_erased: bool
-    messages: list[MessageOut]
 
 
 def _invite_out(invite: Invite, messages: list[Message]) -> InviteOut:

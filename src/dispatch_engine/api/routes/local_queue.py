@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
 import orjson
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field
 
 from dispatch_engine.api.deps import ConfigActor, SessionDep
 from dispatch_engine.queues import local
-from dispatch_engine.schemas.common import StrictModel
+from dispatch_engine.schemas.local_queue import AckRequest, AckResult, QueuedMessage
 from dispatch_engine.services.integrations import require_local_queue
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/queue", tags=["local queue"])
-
-
-class QueuedMessage(BaseModel):
-    receipt: str = Field(description="Pass back to /queue/ack once the message is handled.")
-    message_id: str
-    receive_count: int
-    enqueued_at: datetime
-    body: dict[str, Any] = Field(description="The queue message (dispatch-engine.invitation/v1).")
-
-
-class AckRequest(StrictModel):
-    receipts: list[str] = Field(min_length=1, max_length=1000)
-
-
-class AckResult(BaseModel):
-    acked: int
-    unknown: list[str] = Field(description="Receipts that were unknown or had expired.")
 
 
 @router.get("/messages", response_model=list[QueuedMessage])

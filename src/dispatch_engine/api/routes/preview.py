@@ -2,63 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field
 
 from dispatch_engine.api.deps import ReadActor, SessionDep
 from dispatch_engine.errors import ValidationFailed
-from dispatch_engine.schemas.common import StrictModel, UtcTime
 from dispatch_engine.schemas.durations import format_duration, parse_duration
-from dispatch_engine.schemas.policies import BusinessRules, LineupMessageIn
+from dispatch_engine.schemas.policies import BusinessRules
+from dispatch_engine.schemas.preview import (
+    PreviewIn,
+    PreviewMessage,
+    PreviewOut,
+    PreviewWindow,
+)
 from dispatch_engine.services import policies as service
 from dispatch_engine.services.preview import preview_lineup
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/policies", tags=["policies"])
-
-
-class ProposedPolicy(StrictModel):
-    lineup: list[LineupMessageIn] = Field(min_length=1, max_length=100)
-    business_rules: BusinessRules = Field(default_factory=BusinessRules)
-
-
-class PreviewIn(StrictModel):
-    posted_at: UtcTime = Field(description="When the contact file would be received.")
-    time_zone: str | None = Field(
-        default=None,
-        description="The contact's time zone (used when the policy evaluates windows in "
-        "the contact's zone).",
-    )
-    policy: ProposedPolicy | None = Field(
-        default=None, description="Preview these settings instead of the saved ones."
-    )
-
-
-class PreviewWindow(BaseModel):
-    start: datetime
-    end: datetime
-    time_zone: str
-
-
-class PreviewMessage(BaseModel):
-    position: int
-    lineup_message_id: str | None
-    channel: str
-    delay: str
-    due_at: datetime = Field(description="When the message comes due by its delay.")
-    send_at: datetime = Field(description="When it would go out.")
-    deferred: bool
-    reason: str | None = Field(description="`deferred_business_hours` when the window moved it.")
-    window: PreviewWindow = Field(description="The business window it goes out in.")
-
-
-class PreviewOut(BaseModel):
-    policy: str
-    proposed: bool
-    posted_at: datetime
-    messages: list[PreviewMessage]
 
 
 def _valid_zone(name: str) -> bool:

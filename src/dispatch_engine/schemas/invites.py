@@ -1,0 +1,42 @@
+"""The invite lookup: an invite with its messages' states, times and reasons."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+
+class MessageOut(BaseModel):
+    id: str
+    lineup_message_id: str
+    position: int
+    channel: str
+    state: str
+    rule: str | None
+    reason: str | None
+    due_at: datetime
+    scheduled_for: datetime
+    sent_at: datetime | None
+    decided_at: datetime | None
+    attempts: int
+    resend_of: str | None
+
+
+class InviteOut(BaseModel):
+    id: str
+    account: str
+    dispatch: str
+    questionnaire: str
+    batch: str | None
+    external_id: str | None
+    token: str
+    sandbox: bool
+    state: str
+    end_reason: str | None
+    received_at: datetime
+    valid_until: datetime
+    first_sent_at: datetime | None
+    responded_at: datetime | None
+    contact_erased: bool
+    messages: list[MessageOut]
