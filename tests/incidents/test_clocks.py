@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from dispatch_engine.incidents import clocks, states
+from dispatch_engine.incidents import clocks
 from dispatch_engine.incidents.impacted import _csv_line, safe_cell
 from dispatch_engine.incidents.notices import render
+from dispatch_engine.rules import incident_states as states
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)

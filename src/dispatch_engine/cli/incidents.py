@@ -13,7 +13,7 @@ from typing import Annotated, Any, get_args
 
 import typer
 
-from dispatch_engine.incidents.states import State
+from dispatch_engine.rules.incident_states import State
 from dispatch_engine.settings import Settings
 
 

@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.errors import ValidationFailed
-from dispatch_engine.incidents.schemas import CommunicationIn, CommunicationOut
 from dispatch_engine.models import Account, IncidentCommunication, new_id
+from dispatch_engine.schemas.incidents import CommunicationIn, CommunicationOut
 from dispatch_engine.security.crypto import FieldCipher
 from dispatch_engine.security.hashing import KeyedHasher, keyed_hash
 from dispatch_engine.security.sealing import communication_recipient_aad

@@ -14,8 +14,8 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.errors import Conflict, ValidationFailed
-from dispatch_engine.incidents.schemas import FeedNotice, StatusUpdateIn, StatusUpdateOut
 from dispatch_engine.models import Account, Incident, IncidentStatusUpdate, new_id
+from dispatch_engine.schemas.incidents import FeedNotice, StatusUpdateIn, StatusUpdateOut
 
 RESOLVED_LIVES = timedelta(hours=1)
 TITLES = {

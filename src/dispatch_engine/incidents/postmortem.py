@@ -8,9 +8,9 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.errors import Conflict, NotFound, ValidationFailed
-from dispatch_engine.incidents.schemas import PostmortemIn, PostmortemOut
 from dispatch_engine.models import Account, Incident, IncidentPostmortem
 from dispatch_engine.schemas.durations import format_duration
+from dispatch_engine.schemas.incidents import PostmortemIn, PostmortemOut
 
 
 async def record_postmortem(

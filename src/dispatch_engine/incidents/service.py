@@ -15,16 +15,17 @@ from sqlalchemy import Select, delete, exists, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.errors import Conflict, NotFound, ValidationFailed
-from dispatch_engine.incidents import clocks, states
-from dispatch_engine.incidents.schemas import (
+from dispatch_engine.incidents import clocks
+from dispatch_engine.models import Account, Incident, IncidentAccount, IncidentPostmortem, new_id
+from dispatch_engine.rules import incident_states as states
+from dispatch_engine.schemas.cursor import decode_cursor, encode_cursor
+from dispatch_engine.schemas.incidents import (
     ClockOut,
     IncidentCreate,
     IncidentFields,
     IncidentOut,
     TransitionIn,
 )
-from dispatch_engine.models import Account, Incident, IncidentAccount, IncidentPostmortem, new_id
-from dispatch_engine.schemas.cursor import decode_cursor, encode_cursor
 
 LIST_FIELDS = ("evidence_links", "stakeholders", "customer_tickets")
 PLAIN_FIELDS = (

@@ -22,7 +22,9 @@ from dispatch_engine.incidents.impacted import (
     time_range,
 )
 from dispatch_engine.incidents.notifications import enqueue
-from dispatch_engine.incidents.schemas import (
+from dispatch_engine.models import Incident
+from dispatch_engine.rules.incident_states import State
+from dispatch_engine.schemas.incidents import (
     AcknowledgeIn,
     CommunicationIn,
     CommunicationOut,
@@ -38,8 +40,6 @@ from dispatch_engine.incidents.schemas import (
     StatusUpdateOut,
     TransitionIn,
 )
-from dispatch_engine.incidents.states import State
-from dispatch_engine.models import Incident
 from dispatch_engine.services.etags import check_if_match, etag
 
 router = APIRouter(tags=["incidents"])

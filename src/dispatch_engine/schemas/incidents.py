@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from dispatch_engine.incidents.states import State
+from dispatch_engine.rules.incident_states import State
 from dispatch_engine.schemas.common import AccountId, StrictModel, UtcTime
 
 Severity = Literal["P1", "P2", "P3", "P4"]
