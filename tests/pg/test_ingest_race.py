@@ -414,7 +414,7 @@ async def test_a_deadlock_between_two_chunks_is_retried_and_counted(
     invites before the other goes on wait on each other: PostgreSQL aborts one, which is
     run again (the client sees two 202s) and counted."""
     policy_id, dispatches = race_setup
-    monkeypatch.setattr(service, "_in_lock_order", lambda rows: rows)
+    monkeypatch.setattr(service, "_by_id", lambda rows: rows)
     original = service.insert_rows
     barrier = asyncio.Barrier(2)
     calls = [0]

@@ -146,7 +146,13 @@ def _parse(
 
 def _refuse_hostile_text(row: Mapping[str, object], nested: bool = False) -> None:
     """A NUL (or, from JSON, a lone surrogate) anywhere in the row rejects the row: it could
-    not be stored, hashed or sent on. Named by its column, or `attributes` for a bad name."""
+    not be stored, hashed or sent on. Named by its column, or `attributes` for a bad name.
+
+    One search over the row's names and values joined clears almost every row (a
+    per-field search cost a tenth of an upload's CPU); only a row that fails it, or has
+    nested attributes, is walked field by field to name the culprit."""
+    if not nested and _clean_flat_row(row):
+        return
     for raw_key, value in row.items():
         reason = hostile_text_reason(raw_key)
         if reason:
@@ -158,6 +164,16 @@ def _refuse_hostile_text(row: Mapping[str, object], nested: bool = False) -> Non
                 raise _Reject(name or key, reason)
         elif not nested and key == _NESTED_ATTRIBUTES and isinstance(value, Mapping):
             _refuse_hostile_text(value, nested=True)
+
+
+def _clean_flat_row(row: Mapping[str, object]) -> bool:
+    parts = list(row)
+    for value in row.values():
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, Mapping):
+            return False  # nested attributes: walked field by field
+    return hostile_text_reason("\n".join(parts)) is None
 
 
 def _split_columns(row: Mapping[str, object]) -> tuple[dict[str, str], dict[str, str]]:

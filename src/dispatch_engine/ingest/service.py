@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
+from operator import itemgetter
 from typing import Any
 
 import structlog
@@ -175,11 +176,16 @@ async def prepare_chunk(
     chunk: Sequence[tuple[int, dict[str, Any]]],
 ) -> PreparedChunk:
     """Parse, validate, hash and seal a chunk (CPU only; yields now and then so the chunk
-    being written meanwhile keeps its database round trips moving)."""
+    being written meanwhile keeps its database round trips moving).
+
+    Candidates stay in file order (the first row of a person or an external id wins), but
+    their ids ascend in lock order (`_ids_in_lock_order`), so inserting by id takes the
+    pending-token locks in one global order and keeps every id index append-only."""
     channels, uuid_field = target.channels, target.policy.uuid_field
     hasher, cipher = context.hasher, context.cipher
     invite_template, message_template = _shared_values(target, batch_id, context.clock.now())
     prepared = PreparedChunk(rows=len(chunk), rejections=[], candidates=[])
+    parsed: list[tuple[int, ContactIn, str]] = []
     for index, (number, row) in enumerate(chunk):
         if index % YIELD_EVERY_ROWS == YIELD_EVERY_ROWS - 1:
             await asyncio.sleep(0)
@@ -187,8 +193,12 @@ async def prepare_chunk(
         if isinstance(contact, Rejection):
             prepared.rejections.append(contact)
             continue
-        invite_id = new_id("inv")
-        uuid_hash = keyed_hash(hasher, contact.uuid_value)
+        parsed.append((number, contact, keyed_hash(hasher, contact.uuid_value)))
+    invite_ids, message_ids = _ids_in_lock_order(target, [h for _, _, h in parsed])
+    for index, (number, contact, uuid_hash) in enumerate(parsed):
+        if index % YIELD_EVERY_ROWS == YIELD_EVERY_ROWS - 1:
+            await asyncio.sleep(0)
+        invite_id = invite_ids[index]
         email, mobile = contact.email, contact.mobile
         invite = invite_template.copy()
         invite.update(
@@ -207,11 +217,31 @@ async def prepare_chunk(
         message = None
         if message_template is not None:
             message = message_template.copy()
-            message.update(id=new_id("m"), invite_id=invite_id)
+            message.update(id=message_ids[index], invite_id=invite_id)
         prepared.candidates.append(
             _Candidate(contact.external_id, uuid_hash, invite, message, contact)
         )
     return prepared
+
+
+def _ids_in_lock_order(target: IngestTarget, uuid_hashes: list[str]) -> tuple[list[str], list[str]]:
+    """Invite and message ids for rows in file order, ascending in the order of the rows'
+    pending-token lock keys (file order among rows of one key).
+
+    The unique lock index makes one file's insert wait for another's that holds the same
+    key; two files of the same people in other orders would wait on each other (deadlock).
+    Inserted by id, every chunk takes its keys in one global order: the second waits,
+    neither deadlocks. Ids are time-ordered, so the ids of a chunk sorted are still the
+    newest of their tables: the indexes on ids keep growing at their right edge."""
+    policy = target.policy
+    sandbox = bool(policy.is_sandbox)
+    keys = [fatigue_lock_key(policy.id, policy.fatigue_epoch, sandbox, h) for h in uuid_hashes]
+    rank = [0] * len(keys)
+    for position, index in enumerate(sorted(range(len(keys)), key=keys.__getitem__)):
+        rank[index] = position
+    invite_ids = sorted(new_id("inv") for _ in keys)
+    message_ids = sorted(new_id("m") for _ in keys)
+    return [invite_ids[r] for r in rank], [message_ids[r] for r in rank]
 
 
 def _address_hash(
@@ -274,7 +304,7 @@ async def store_chunk(
     Run again, whole, when a racing file took an external id or a fatigue lock first
     (the next attempt sees its rows), or when PostgreSQL aborted it to break a deadlock
     or a serialization conflict with another file (after a jittered pause). Locks are
-    taken in one global order (see `_in_lock_order`), so deadlocks are rare to begin with.
+    taken in one global order (see `_ids_in_lock_order`), so deadlocks are rare to begin with.
     """
     for attempt in range(1, CHUNK_RETRIES + 1):
         try:
@@ -295,13 +325,10 @@ async def store_chunk(
     raise AssertionError("unreachable")
 
 
-def _in_lock_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Invites holding a pending-token lock first, in lock-key order, then the others.
-
-    The unique lock index makes a transaction wait for another that inserted the same
-    key; two files with the same people in other orders would wait on each other
-    (deadlock). Inserting keys in one global order makes the second wait, not deadlock."""
-    return sorted(rows, key=lambda row: (row["fatigue_lock"] is None, row["fatigue_lock"] or ""))
+def _by_id(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows by id: for invites, their pending-token locks in one global order (see
+    `_ids_in_lock_order`); for every id index, appends at its right edge."""
+    return sorted(rows, key=itemgetter("id"))
 
 
 async def _store_chunk(
@@ -327,8 +354,8 @@ async def _store_chunk(
         invites.append(candidate.invite)
         if candidate.message is not None:
             messages.append(candidate.message)
-    await insert_rows(session, table_of(Invite), _in_lock_order(invites))
-    await insert_rows(session, table_of(Message), messages)
+    await insert_rows(session, table_of(Invite), _by_id(invites))
+    await insert_rows(session, table_of(Message), _by_id(messages))
     counts.accepted = len(invites)
     counts.rejected = len(counts.rejections)
     await _record_progress(session, batch_id, counts)
