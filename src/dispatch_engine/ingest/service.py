@@ -155,6 +155,7 @@ class _Candidate:
 
     external_id: str | None
     uuid_hash: str
+    lock_key: str  # the person's pending-token lock under this policy (rule 1)
     invite: dict[str, Any]
     message: dict[str, Any] | None
     contact: ContactIn  # normalised values, for carrying history across an HMAC rotation
@@ -194,7 +195,10 @@ async def prepare_chunk(
             prepared.rejections.append(contact)
             continue
         parsed.append((number, contact, keyed_hash(hasher, contact.uuid_value)))
-    invite_ids, message_ids = _ids_in_lock_order(target, [h for _, _, h in parsed])
+    policy = target.policy
+    sandbox = bool(policy.is_sandbox)
+    keys = [fatigue_lock_key(policy.id, policy.fatigue_epoch, sandbox, h) for _, _, h in parsed]
+    invite_ids, message_ids = _ids_in_lock_order(keys)
     for index, (number, contact, uuid_hash) in enumerate(parsed):
         if index % YIELD_EVERY_ROWS == YIELD_EVERY_ROWS - 1:
             await asyncio.sleep(0)
@@ -219,23 +223,20 @@ async def prepare_chunk(
             message = message_template.copy()
             message.update(id=message_ids[index], invite_id=invite_id)
         prepared.candidates.append(
-            _Candidate(contact.external_id, uuid_hash, invite, message, contact)
+            _Candidate(contact.external_id, uuid_hash, keys[index], invite, message, contact)
         )
     return prepared
 
 
-def _ids_in_lock_order(target: IngestTarget, uuid_hashes: list[str]) -> tuple[list[str], list[str]]:
+def _ids_in_lock_order(keys: list[str]) -> tuple[list[str], list[str]]:
     """Invite and message ids for rows in file order, ascending in the order of the rows'
-    pending-token lock keys (file order among rows of one key).
+    pending-token lock `keys` (file order among rows of one key).
 
     The unique lock index makes one file's insert wait for another's that holds the same
     key; two files of the same people in other orders would wait on each other (deadlock).
     Inserted by id, every chunk takes its keys in one global order: the second waits,
     neither deadlocks. Ids are time-ordered, so the ids of a chunk sorted are still the
     newest of their tables: the indexes on ids keep growing at their right edge."""
-    policy = target.policy
-    sandbox = bool(policy.is_sandbox)
-    keys = [fatigue_lock_key(policy.id, policy.fatigue_epoch, sandbox, h) for h in uuid_hashes]
     rank = [0] * len(keys)
     for position, index in enumerate(sorted(range(len(keys)), key=keys.__getitem__)):
         rank[index] = position
@@ -345,8 +346,8 @@ async def _store_chunk(
     rule1 = fatigue_of(policy).pending_token.enabled
     if len(context.hasher.key_ids) > 1:
         await _carry_forward(session, context.hasher, policy, kept, rule1=rule1)
-    uuid_hashes = [candidate.uuid_hash for candidate in kept]
-    locks = await _assign_locks(session, policy, dispatch, uuid_hashes, now) if rule1 else {}
+    lock_keys = [candidate.lock_key for candidate in kept]
+    locks = await _assign_locks(session, lock_keys, now) if rule1 else {}
     invites: list[dict[str, Any]] = []
     messages: list[dict[str, Any]] = []
     for index, candidate in enumerate(kept):
@@ -406,16 +407,9 @@ async def _drop_known_external_ids(
     return kept
 
 
-async def _assign_locks(
-    session: AsyncSession,
-    policy: Policy,
-    dispatch: Dispatch,
-    uuid_hashes: list[str],
-    now: datetime,
-) -> dict[int, str]:
-    """Row index → pending-token lock, for the first row of each person with no holder."""
-    sandbox = bool(policy.is_sandbox)
-    keys = [fatigue_lock_key(policy.id, policy.fatigue_epoch, sandbox, h) for h in uuid_hashes]
+async def _assign_locks(session: AsyncSession, keys: list[str], now: datetime) -> dict[int, str]:
+    """Row index → pending-token lock, for the first row of each person with no holder
+    (`keys`: the rows' lock keys, worked out with their ids in `prepare_chunk`)."""
     if not keys:
         return {}
     unique = set(keys)
