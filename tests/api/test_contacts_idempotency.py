@@ -143,7 +143,9 @@ async def test_replayed_failed_upload_is_still_a_problem(
 ) -> None:
     _, dispatch = await make_dispatch(client, acme)
     key = {"Idempotency-Key": "broken-file"}
-    csv = "email,email\nann@example.com,ann@example.com\n"
+    # Broken after its first row (a file refused from its header stores no answer: see
+    # test_contacts_columns.py)
+    csv = b"email\nann@example.com\nb\xffb@example.com\n"
     first = await post_csv(client, acme, dispatch["id"], csv, headers=key)
     body = assert_problem(first, 422, "contact-file-unreadable")
     replay = await post_csv(client, acme, dispatch["id"], csv, headers=key)

@@ -2,7 +2,9 @@
 
 Bad rows are rejected one by one with their spreadsheet row number and reason, and listed
 page by page; whole-request errors (content type, unknown dispatch, a broken or empty
-file, an empty lineup) are problems, and the rows before a broken line are kept.
+file, an empty lineup) are problems. A file refused as a whole from its start (empty, no
+header, a column given twice) stores nothing, not even a batch (issue 20); the rows before
+a broken line further on are kept.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from dispatch_engine.context import AppContext
-from dispatch_engine.models import Invite
+from dispatch_engine.models import ContactBatch, Invite
 from tests.conftest import setup_account
 from tests.helpers import (
     ACME,
@@ -203,24 +205,21 @@ async def test_unknown_dispatch_and_other_accounts_dispatch_are_404(
     assert_problem(response, 404, "not-found")
 
 
-async def test_duplicate_header_name_fails_the_file_and_the_batch(
+async def test_duplicate_header_name_refuses_the_file_before_its_batch(
     client: httpx.AsyncClient, acme: dict[str, str], context: AppContext
 ) -> None:
+    # Issue 20: a header refused is refused before anything is stored (it used to fail a
+    # batch created for it).
     _, dispatch = await make_dispatch(client, acme)
     csv = "email,external_id,Email\nann@example.com,c-1,ann@example.com\n"
     response = await post_csv(client, acme, dispatch["id"], csv)
-    body = assert_problem(response, 422, "contact-file-unreadable")
-    assert (body["status"], body["batch_status"]) == (422, "failed")
+    body = assert_problem(response, 422, "contact-file-refused")
     assert body["instance"] == f"{ACME}/dispatches/{dispatch['id']}/contacts"
     assert body["errors"] == [{"field": "body", "reason": body["reason"]}]
-    assert body["batch"]
+    assert body["reason"].startswith("row 1: header columns 1 ('email') and 3 ('Email')")
+    assert "batch" not in body
     assert "ann@example.com" not in response.text
-    batch = await get_batch(client, acme, body["batch"])
-    assert batch["status"] == "failed"
-    assert batch["error"] and "header" in batch["error"]
-    assert batch["error"].startswith("row 1")
-    assert batch["counts"] == counts(0, 0)
-    assert batch["finished_at"] is not None
+    assert await count_rows(context, ContactBatch, dispatch["id"]) == 0
     assert await count_rows(context, Invite, dispatch["id"]) == 0
 
 
@@ -271,33 +270,48 @@ async def test_upload_to_a_dispatch_with_an_empty_lineup_is_a_clear_answer(
     [("text/csv", b""), ("application/json", b""), ("text/csv", b"\r\n\r\n")],
 )
 async def test_empty_body_is_422(
-    client: httpx.AsyncClient, acme: dict[str, str], content_type: str, body: bytes
+    client: httpx.AsyncClient,
+    acme: dict[str, str],
+    context: AppContext,
+    content_type: str,
+    body: bytes,
 ) -> None:
+    # Issue 20: an empty file is said to be one, and stores nothing (it used to fail a batch
+    # "with the rows before it stored").
     _, dispatch = await make_dispatch(client, acme)
     response = await client.post(
         f"{ACME}/dispatches/{dispatch['id']}/contacts",
         headers={**acme, "Content-Type": content_type},
         content=body,
     )
-    problem = assert_problem(response, 422, "contact-file-unreadable")
-    batch = await get_batch(client, acme, problem["batch"])
-    assert batch["status"] == "failed"
-    assert batch["error"]
+    problem = assert_problem(response, 422, "contact-file-refused")
+    if content_type == "text/csv":
+        assert problem["reason"] == (
+            "the file is empty: expected a header row such as external_id,email,mobile,time_zone"
+        )
+        assert problem["expected_header"] == "external_id,email,mobile,time_zone"
+    else:
+        assert problem["reason"] == 'the body is empty: expected {"contacts": [...]}'
+    assert "rows before it" not in problem["detail"]
+    assert "batch" not in problem
+    assert await count_rows(context, ContactBatch, dispatch["id"]) == 0
 
 
 async def test_json_without_a_contacts_list_is_422(
-    client: httpx.AsyncClient, acme: dict[str, str]
+    client: httpx.AsyncClient, acme: dict[str, str], context: AppContext
 ) -> None:
     _, dispatch = await make_dispatch(client, acme)
     for document in ({"contacts": "ann@example.com"}, [{"email": "ann@example.com"}], {}):
         response = await client.post(
             f"{ACME}/dispatches/{dispatch['id']}/contacts", headers=acme, json=document
         )
-        problem = assert_problem(response, 422, "contact-file-unreadable")
+        # Issue 20: refused before its batch (it used to fail a batch created for it).
+        problem = assert_problem(response, 422, "contact-file-refused")
         assert "ann@example.com" not in response.text
-        assert problem["batch"]
+        assert "batch" not in problem
         assert (problem["field"], problem["errors"][0]["field"]) == ("contacts", "contacts")
         assert problem["reason"] == "must be a list of contact objects"
+    assert await count_rows(context, ContactBatch, dispatch["id"]) == 0
 
 
 async def test_header_only_file_is_an_empty_completed_batch(
@@ -310,15 +324,19 @@ async def test_header_only_file_is_an_empty_completed_batch(
     assert response.json()["counts"] == counts(0, 0)
 
 
-async def test_a_file_without_an_address_column_rejects_its_rows_not_the_file(
+async def test_a_file_without_an_address_column_is_refused_before_its_rows(
     client: httpx.AsyncClient, acme: dict[str, str], context: AppContext
 ) -> None:
+    # Issue 20 (docs/decisions.md): no row of such a file could be accepted, so the file is
+    # refused up front (it used to be read, every row rejected on its own). Rows that lack
+    # the address in a file that has the column are still rejected one by one.
     _, dispatch = await make_dispatch(client, acme)
     response = await post_csv(
-        client, acme, dispatch["id"], "first_name,city\nAnn,Paris\nBob,Rome\n"
+        client, acme, dispatch["id"], "external_id,city\nc-1,Paris\nc-2,Rome\n"
     )
-    assert response.status_code == 202, response.text  # R-INV-1: "without rejecting the file"
-    body = response.json()
-    assert body["counts"] == counts(2, 0, rejected=2)
-    assert [r["row"] for r in body["rejected_rows"]] == [2, 3]
+    problem = assert_problem(response, 422, "contact-file-refused")
+    assert "no column holds an address" in problem["reason"]
+    assert problem["columns"]["recognised"] == ["external_id"]
+    assert problem["columns"]["attributes"] == ["city"]
+    assert await count_rows(context, ContactBatch, dispatch["id"]) == 0
     assert await count_rows(context, Invite, dispatch["id"]) == 0

@@ -211,7 +211,9 @@ class TestHeader:
     def test_missing_header(self, data: bytes) -> None:
         rows, error = read_error(data)
         assert rows == []
-        assert error.reason == "the file has no header row"
+        assert error.reason == (
+            "the file is empty: expected a header row such as external_id,email,mobile,time_zone"
+        )
 
     def test_leading_blank_lines_count_as_rows(self) -> None:
         assert read(b"\n\nemail\na@example.com\n", 1) == [(4, {"email": "a@example.com"})]
@@ -219,8 +221,16 @@ class TestHeader:
     @pytest.mark.parametrize(
         ("data", "reason"),
         [
-            (b"email,email\n", "header column 2 repeats the name of an earlier column"),
-            (b"Email,EMAIL\n", "header column 2 repeats the name of an earlier column"),
+            (
+                b"email,email\n",
+                "header columns 1 ('email') and 2 ('email') are both the email column: "
+                "keep one of them",
+            ),
+            (
+                b"Email,EMAIL\n",
+                "header columns 1 ('Email') and 2 ('EMAIL') are both the email column: "
+                "keep one of them",
+            ),
             (b"email, plan ,plan\n", "header column 3 repeats the name of an earlier column"),
             (b"email,,plan\n", "header column 2 has no name"),
             (b"email,__error__\n", "header column 2 uses a reserved name"),

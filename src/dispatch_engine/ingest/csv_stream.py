@@ -28,17 +28,28 @@ import codecs
 import csv
 import re
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from dispatch_engine.ingest.columns import (
+    EXPECTED_HEADER,
+    KNOWN_COLUMNS,
+    canonical_column,
+    data_like,
+)
 
 __all__ = [
+    "EMPTY_FILE",
     "KNOWN_COLUMNS",
     "ROW_ERROR_KEY",
     "CsvFormatError",
+    "CsvHeader",
     "iter_csv_rows",
+    "open_csv_rows",
     "sniff_dialect_delimiter",
 ]
 
-#: Columns with a meaning to the engine; their header names are matched case-insensitively.
-KNOWN_COLUMNS: frozenset[str] = frozenset({"email", "mobile", "external_id", "time_zone"})
+#: The reason given for a file without a header row (nothing in it but blank rows).
+EMPTY_FILE = f"the file is empty: expected a header row such as {EXPECTED_HEADER}"
 
 #: Key added to a yielded row that cannot be used, with a reason, so only that row is rejected.
 ROW_ERROR_KEY = "__error__"
@@ -248,6 +259,16 @@ class _RecordSplitter:
 Row = tuple[int, dict[str, str]]
 
 
+@dataclass(frozen=True)
+class CsvHeader:
+    """A file's header row: its number, the names as written (trimmed) and the key each
+    gives its rows (the known column, through an alias or not; else the name itself)."""
+
+    row_number: int
+    names: tuple[str, ...]
+    keys: tuple[str, ...]
+
+
 class _RowBuilder:
     """Applies the header, the limits and the row numbering to parsed records."""
 
@@ -256,6 +277,7 @@ class _RowBuilder:
         self._max_columns = max_columns
         self._row_number = 0
         self._keys: list[str] | None = None
+        self.header: CsvHeader | None = None
 
     def add(self, cells: list[str], out: list[Row], *, unterminated: bool = False) -> None:
         self._row_number += 1
@@ -282,7 +304,7 @@ class _RowBuilder:
 
     def finish(self) -> None:
         if self._keys is None:
-            raise CsvFormatError("the file has no header row", max(self._row_number, 1))
+            raise CsvFormatError(EMPTY_FILE, max(self._row_number, 1))
 
     def _check_field_sizes(self, cells: list[str]) -> None:
         limit = self._max_field_bytes
@@ -298,25 +320,41 @@ class _RowBuilder:
         while names and not names[-1]:
             names.pop()  # trailing empty header cells come from stray delimiters
         row = self._row_number
+        for column, name in enumerate(names, start=1):
+            looks = data_like(name)
+            if looks:  # said without quoting the cell: it is a contact's data
+                raise CsvFormatError(
+                    f"the first row is not a header: its column {column} holds what looks like "
+                    f"{looks}; the file must start with a header row such as {EXPECTED_HEADER}",
+                    row,
+                )
         if len(names) > self._max_columns:
             raise CsvFormatError(
                 f"the header has {len(names)} columns, more than the limit of {self._max_columns}",
                 row,
             )
         keys: list[str] = []
-        seen: set[str] = set()
+        seen: dict[str, int] = {}
         for column, name in enumerate(names, start=1):
             if not name:
                 raise CsvFormatError(f"header column {column} has no name", row)
-            key = name.lower() if name.lower() in KNOWN_COLUMNS else name
+            key = canonical_column(name) or name
             if key == ROW_ERROR_KEY:
                 raise CsvFormatError(f"header column {column} uses a reserved name", row)
             if key in seen:
+                earlier = seen[key]
+                if key in KNOWN_COLUMNS:  # names of the vocabulary: safe to quote
+                    raise CsvFormatError(
+                        f"header columns {earlier} ('{names[earlier - 1]}') and {column} "
+                        f"('{name}') are both the {key} column: keep one of them",
+                        row,
+                    )
                 raise CsvFormatError(
                     f"header column {column} repeats the name of an earlier column", row
                 )
-            seen.add(key)
+            seen[key] = column
             keys.append(key)
+        self.header = CsvHeader(row, tuple(names), tuple(keys))
         return keys
 
 
@@ -330,6 +368,11 @@ class _CsvParser:
         self._splitter = _RecordSplitter(delimiter, max_record_chars)
         self._rows = _RowBuilder(max_field_bytes, max_columns)
         self._decoded_any = False
+
+    @property
+    def header(self) -> CsvHeader | None:
+        """The header row, once it has been read."""
+        return self._rows.header
 
     def feed(self, chunk: bytes, *, final: bool = False) -> tuple[list[Row], CsvFormatError | None]:
         """Rows completed by ``chunk``, then the error that stopped reading, if any.
@@ -382,17 +425,70 @@ async def iter_csv_rows(
 ) -> AsyncIterator[tuple[int, dict[str, str]]]:
     """Yield ``(row_number, row)`` for every non-blank data row of a streamed CSV file.
 
-    ``row`` maps the header names (stripped; the known columns lower-cased) to stripped
-    values; cells missing at the end of a row are ``""``. A row that cannot be used carries
-    :data:`ROW_ERROR_KEY` with a reason instead of failing the file. ``delimiter`` defaults to
-    :func:`sniff_dialect_delimiter` on the header line. Raises :class:`CsvFormatError` when
-    the file as a whole is unreadable, after yielding the rows before the problem.
+    ``row`` maps the header's keys (see :class:`CsvHeader`: the known columns by their own
+    name, aliases included; other names as written, trimmed) to stripped values; cells
+    missing at the end of a row are ``""``. A row that cannot be used carries
+    :data:`ROW_ERROR_KEY` with a reason instead of failing the file. ``delimiter`` defaults
+    to :func:`sniff_dialect_delimiter` on the header line. Raises :class:`CsvFormatError`
+    when the file as a whole is unreadable, after yielding the rows before the problem.
     """
+    _, rows = await open_csv_rows(
+        chunks, max_field_bytes=max_field_bytes, max_columns=max_columns, delimiter=delimiter
+    )
+    async for item in rows:
+        yield item
+
+
+async def open_csv_rows(
+    chunks: AsyncIterator[bytes],
+    *,
+    max_field_bytes: int = 65536,
+    max_columns: int = 200,
+    delimiter: str | None = None,
+) -> tuple[CsvHeader, AsyncIterator[Row]]:
+    """Read a streamed CSV file up to the end of its header row; the header, and the rows
+    (as :func:`iter_csv_rows` yields them, read on from where the header ended).
+
+    A file without a usable header raises :class:`CsvFormatError` here, before any row:
+    the caller can refuse it before storing anything. Problems after the header are raised
+    by the rows, after the rows before them."""
     if max_field_bytes < 1 or max_columns < 1:
         raise ValueError("max_field_bytes and max_columns must be positive")
     if delimiter is not None and (len(delimiter) != 1 or delimiter in '"\r\n'):
         raise ValueError("delimiter must be one character other than a quote or line break")
     parser = _CsvParser(max_field_bytes, max_columns, delimiter)
+    pending: list[Row] = []
+    error: CsvFormatError | None = None
+    ended = False
+    while parser.header is None and error is None:
+        try:
+            chunk = await anext(chunks)
+        except StopAsyncIteration:
+            rows, error = parser.feed(b"", final=True)
+            pending.extend(rows)
+            ended = True
+            break
+        rows, error = parser.feed(chunk)
+        pending.extend(rows)
+    if parser.header is None:
+        assert error is not None  # the final feed raises for a file without a header
+        raise error
+    return parser.header, _rows_after_header(parser, chunks, pending, error, ended)
+
+
+async def _rows_after_header(
+    parser: _CsvParser,
+    chunks: AsyncIterator[bytes],
+    pending: list[Row],
+    error: CsvFormatError | None,
+    ended: bool,
+) -> AsyncIterator[Row]:
+    for item in pending:
+        yield item
+    if error is not None:
+        raise error
+    if ended:
+        return
     async for chunk in chunks:
         rows, error = parser.feed(chunk)
         for item in rows:

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from dispatch_engine.ingest.csv_stream import KNOWN_COLUMNS, ROW_ERROR_KEY
+from dispatch_engine.ingest.columns import canonical_column, is_alias
+from dispatch_engine.ingest.csv_stream import ROW_ERROR_KEY
 from dispatch_engine.security.normalize import (
     InvalidAddress,
     normalize_email,
@@ -88,7 +89,9 @@ def parse_contact(
 
     A contact needs at least one address for the lineup's channels; an address that is
     present must be valid even if the other one would do. ``uuid_field`` is the policy's
-    fatigue UUID field: ``email``, ``mobile``, a known column or an attribute name.
+    fatigue UUID field: ``email``, ``mobile``, a known column or an attribute name. Keys
+    are matched as CSV headers are (``ingest/columns.py``): trimmed, case-insensitive,
+    aliases (``phone`` → ``mobile`` …) for the known columns.
     ``default_region`` lets mobile numbers without ``+`` be read as national numbers.
     """
     if not channels or not channels <= CHANNELS:
@@ -180,11 +183,13 @@ def _split_columns(row: Mapping[str, object]) -> tuple[dict[str, str], dict[str,
     """Separate the known columns from the attributes; empty values count as absent."""
     known: dict[str, str] = {}
     attributes: dict[str, str] = {}
+    given: dict[str, str] = {}  # known column → the key it was given under
     for raw_key, value in row.items():
         key, name = _column(raw_key)
         if name is not None:
-            if name in known:
-                raise _Reject(name, "the column is given more than once")
+            if name in given:
+                raise _Reject(name, _twice(given[name], key))
+            given[name] = key
             if value is None:
                 continue
             text = _scalar_text(value)
@@ -213,8 +218,14 @@ def _column(raw_key: str) -> tuple[str, str | None]:
     Every row of a file repeats the same keys, so this is worked out once per key.
     """
     key = raw_key.strip()
-    name = key.lower()
-    return key, (name if name in KNOWN_COLUMNS else None)
+    return key, canonical_column(key)
+
+
+def _twice(first: str, second: str) -> str:
+    """Both keys match the vocabulary of known columns, so they can be quoted."""
+    if first.lower() == second.lower():
+        return "the column is given more than once"
+    return f"the column is given more than once: as '{first}' and as '{second}'"
 
 
 def _add_attribute(attributes: dict[str, str], key: str, value: object) -> None:
@@ -296,18 +307,19 @@ def _uuid_value(
     mobile: str | None,
 ) -> str:
     """The normalised fatigue UUID; a missing one rejects the row under the field's name."""
-    kind = uuid_field.strip().lower()
+    kind = canonical_column(uuid_field)
     missing = _Reject(uuid_field, f"missing the UUID field '{uuid_field}'")
-    if kind == "email":
-        if email is None:
+    address = kind in ("email", "mobile")
+    # An attribute of exactly that name comes first, except for `email` and `mobile`
+    # themselves: an alias such as `phone` may name an attribute stored before aliases
+    # existed (key rotation looks those up), or one nested in a JSON contact's attributes.
+    raw = None if address and not is_alias(uuid_field) else attributes.get(uuid_field)
+    if raw is None and address:
+        value = email if kind == "email" else mobile
+        if value is None:
             raise missing
-        return email
-    if kind == "mobile":
-        if mobile is None:
-            raise missing
-        return mobile
-    raw = attributes.get(uuid_field)
-    if raw is None and kind in KNOWN_COLUMNS:
+        return value
+    if raw is None and kind is not None:
         raw = known.get(kind)
     if raw is None:
         raise missing

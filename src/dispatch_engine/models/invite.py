@@ -174,6 +174,8 @@ class ContactBatch(Base):
     lease_until: Mapped[datetime | None] = mapped_column(default=None)
     # The interrupted batch whose rows this one carried on from (same Idempotency-Key).
     resumed_from: Mapped[str | None] = mapped_column(String(32), default=None)
+    # What the file's columns were read as (schemas.contacts.ColumnsOut), shown with it.
+    column_report: Mapped[dict[str, Any] | None] = mapped_column(default=None)
 
 
 class RejectedRow(Base):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
@@ -19,14 +18,14 @@ from dispatch_engine.errors import (
     FieldError,
     NotFound,
     PayloadTooLarge,
-    ValidationFailed,
 )
 from dispatch_engine.ingest import batches, idempotency
-from dispatch_engine.ingest.csv_stream import CsvFormatError, iter_csv_rows
+from dispatch_engine.ingest.contact_file import ContactFile, open_csv, open_json
+from dispatch_engine.ingest.csv_stream import CsvFormatError
 from dispatch_engine.ingest.service import IngestTarget, ingest_stream
 from dispatch_engine.models import ContactBatch, IdempotencyKey, Policy, RejectedRow, new_id
 from dispatch_engine.schemas.common import MAX_INT32
-from dispatch_engine.schemas.contacts import BatchOut, RejectedRowOut
+from dispatch_engine.schemas.contacts import BatchOut, ColumnsOut, RejectedRowOut
 from dispatch_engine.services.dispatches import get_dispatch
 from dispatch_engine.services.policies import live_lineup
 
@@ -66,22 +65,6 @@ async def _read_json(body: AsyncIterator[bytes]) -> bytes:
     return bytes(data)
 
 
-async def _json_rows(data: bytes) -> AsyncIterator[tuple[int, dict[str, Any]]]:
-    try:
-        document = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        # orjson also refuses invalid UTF-8 and lone surrogates: no row can be named then
-        raise ValidationFailed("body", "not valid JSON (or not valid UTF-8)") from None
-    contacts = document.get("contacts") if isinstance(document, dict) else None
-    if not isinstance(contacts, list):
-        raise ValidationFailed("contacts", "must be a list of contact objects")
-    for index, contact in enumerate(contacts, start=1):
-        if not isinstance(contact, dict):
-            yield index, {"__error__": "each contact must be a JSON object"}
-        else:
-            yield index, contact
-
-
 def _counts(batch: ContactBatch) -> dict[str, int]:
     return {
         "rows": batch.rows_total,
@@ -111,6 +94,7 @@ async def _batch_out(
         dispatch=batch.dispatch_id,
         status=batch.status,
         counts=_counts(batch),
+        columns=ColumnsOut.model_validate(batch.column_report) if batch.column_report else None,
         error=batch.error,
         created_at=batch.created_at,
         finished_at=batch.finished_at,
@@ -145,11 +129,14 @@ async def post_contacts(
     idempotency_key: str | None = Header(default=None, max_length=200),
 ) -> JSONResponse:
     """Post contacts as `text/csv` (streamed; header row; columns email, mobile,
-    external_id, time_zone and free attributes) or JSON `{"contacts": [...]}`.
+    external_id, time_zone, their aliases, and free attributes) or JSON
+    `{"contacts": [...]}`; the answer's `columns` says how the columns were read.
 
     Rows are stored in chunks as they arrive (poll the batch meanwhile); bad rows are
-    rejected one by one with row number and reason. Replays with the same
-    `Idempotency-Key` return the first answer and create nothing.
+    rejected one by one with row number and reason. A file that cannot give any contact
+    (empty, no header row, no address column for the lineup, a column given twice) is
+    refused before anything is stored (422 `contact-file-refused`, no batch). Replays with
+    the same `Idempotency-Key` return the first answer and create nothing.
     """
     context = actor.context
     media = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
@@ -163,9 +150,14 @@ async def post_contacts(
         )
     target = await _target(context, account_id, dispatch_id)
     body = idempotency.HashingStream(request.stream(), f"{dispatch_id}\x00{media}")
+    chunks = aiter(body)
     # A JSON document is parsed whole: read it first, so one over the limit is a 413
-    # before anything is written.
-    document = await _read_json(aiter(body)) if media == "application/json" else b""
+    # before anything is written. A file refused as a whole is refused before its batch.
+    uuid_field = target.policy.uuid_field
+    if media == "application/json":
+        opened = open_json(await _read_json(chunks), target.channels, uuid_field)
+    else:
+        opened = await open_csv(chunks, target.channels, uuid_field)
     batch = batches.new_batch(
         context,
         new_id("bat"),
@@ -174,6 +166,7 @@ async def post_contacts(
         media=media,
         now=target.received_at,
     )
+    batch.column_report = opened.columns.model_dump(mode="json")
 
     def on_start(session: AsyncSession) -> None:
         actor.audit(
@@ -209,10 +202,9 @@ async def post_contacts(
             return await _ingest(
                 context,
                 batch.id,
-                media,
                 target,
                 body,
-                document,
+                opened,
                 stored_before,
                 idempotency_key,
                 request,
@@ -225,17 +217,16 @@ async def post_contacts(
 async def _ingest(
     context: AppContext,
     batch_id: str,
-    media: str,
     target: IngestTarget,
     body: idempotency.HashingStream,
-    document: bytes,
+    opened: ContactFile,
     stored_before: int,
     idempotency_key: str | None,
     request: Request,
 ) -> JSONResponse:
     """Store the file's rows (after the first `stored_before`, which an interrupted request
     with the same key stored), end the batch, and answer with its counts."""
-    rows = iter_csv_rows(aiter(body)) if media == "text/csv" else _json_rows(document)
+    rows = opened.rows
     if stored_before:
         rows = batches.skip_rows(rows, stored_before)
     outcome, error = "completed", None  # error: what the batch keeps
