@@ -2,6 +2,7 @@
 
 Set DISPATCH_TEST_REQUIRE_PG=1 (as .ci/run does) to fail instead of skipping when
 PostgreSQL is down. DISPATCH_TEST_PG_URL points at a server where databases may be created.
+The run says whether PostgreSQL was used, in its header and its summary.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -42,6 +44,36 @@ def _key_ring(seed: bytes) -> str:
 
 ENCRYPTION_KEYS = _key_ring(b"dispatch-engine test encryption key")
 HMAC_KEYS = _key_ring(b"dispatch-engine test hmac key")
+
+
+#: What the PostgreSQL tests found this run, for the summary line.
+_PG_RUN = {"used": False, "skipped": False}
+
+
+def _pg_where() -> str:
+    """host:port of the test server (never its user or password)."""
+    parsed = urlsplit(PG_URL)
+    return f"{parsed.hostname or 'localhost'}:{parsed.port or 5432}"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    where = _pg_where()
+    if _pg_reachable():
+        return f"PostgreSQL: reachable ({where}): PostgreSQL tests run there"
+    if REQUIRE_PG:
+        return f"PostgreSQL: NOT reachable ({where}) but required: PostgreSQL tests will fail"
+    return f"PostgreSQL: NOT reachable ({where}) - PostgreSQL tests skipped"
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    where = _pg_where()
+    if _PG_RUN["used"]:
+        line = f"PostgreSQL: used ({where})"
+    elif _PG_RUN["skipped"]:
+        line = f"PostgreSQL: NOT reachable ({where}) - PostgreSQL tests skipped"
+    else:
+        line = "PostgreSQL: not used (no selected test needed it)"
+    terminalreporter.write_sep("-", line)
 
 
 def _pg_reachable() -> bool:
@@ -89,8 +121,10 @@ def fresh_database_url(kind: str, tmp_dir: Path) -> tuple[str, str | None]:
     if not _pg_reachable():
         if REQUIRE_PG:
             pytest.fail(f"PostgreSQL is required but not reachable at {PG_URL}")
+        _PG_RUN["skipped"] = True
         pytest.skip("PostgreSQL not reachable")
     name, url = _create_pg_database()
+    _PG_RUN["used"] = True
     return url, name
 
 

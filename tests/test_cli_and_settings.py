@@ -216,6 +216,8 @@ def test_module_help() -> None:
 
 async def test_apikey_create_prints_only_the_key(tmp_path: Path) -> None:
     env = _env(tmp_path / "data")
+    # `apikey create` needs an existing store (issue 20; it used to create one itself).
+    assert _run(["migrate"], env, tmp_path).returncode == 0
     result = _run(["apikey", "create", "--role", "admin"], env, tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -261,6 +263,7 @@ async def test_apikey_create_prints_only_the_key(tmp_path: Path) -> None:
     ],
 )
 def test_apikey_create_refusals(tmp_path: Path, args: list[str]) -> None:
+    assert _run(["migrate"], _env(tmp_path / "data"), tmp_path).returncode == 0
     result = _run(args, _env(tmp_path / "data"), tmp_path)
     assert result.returncode != 0
     assert result.stdout == ""

@@ -85,6 +85,13 @@ def test_incidents_cli_on_a_fresh_store_and_with_bad_options(
     url = f"sqlite+aiosqlite:///{tmp_path / 'fresh.db'}"  # never migrated
     _use_store(monkeypatch, url, tmp_path)
     runner = CliRunner()
+    # Issue 20: a read-side command no longer creates a store that does not exist…
+    missing = runner.invoke(app, ["incidents", "list"])
+    assert (missing.exit_code, missing.stdout) == (1, ""), missing.output
+    assert f"no store at {tmp_path / 'fresh.db'}" in missing.stderr
+    assert not (tmp_path / "fresh.db").exists()
+    # …but brings an existing one (here empty) to the current schema.
+    (tmp_path / "fresh.db").touch()
     listed = runner.invoke(app, ["incidents", "list"])
     assert (listed.exit_code, listed.stdout) == (0, ""), listed.output  # empty, not a crash
     for args in (["list", "--state", "bogus"], ["impacted", "inc_x", "--channel", "fax"]):

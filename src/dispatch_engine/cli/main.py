@@ -11,6 +11,12 @@ import typer
 from rich.console import Console
 
 from dispatch_engine.cli.incidents import build_incidents_app
+from dispatch_engine.cli.store import (
+    describe_store,
+    require_free_port,
+    require_store,
+    say,
+)
 from dispatch_engine.settings import Settings
 
 app = typer.Typer(help="dispatch-engine: survey invitation dispatch.", no_args_is_help=True)
@@ -24,6 +30,7 @@ err = Console(stderr=True)
 
 
 def _settings() -> Settings:
+    """The settings, with the store they name said on stderr (every command calls this)."""
     try:
         settings = Settings()
     except Exception as exc:  # show the settings problem, not a traceback
@@ -32,21 +39,26 @@ def _settings() -> Settings:
     from dispatch_engine.observability.logging import configure_logging
 
     configure_logging(settings.log_level, settings.log_json)
+    say(f"store: {describe_store(settings.effective_database_url)}")
     return settings
 
 
-def _migrated_settings() -> Settings:
+def _existing_store_settings() -> Settings:
+    """For commands that use a store but do not create one: a missing SQLite file is an
+    error (it would be an empty store the server never sees); an existing one is brought
+    to the current schema."""
     settings = _settings()
+    require_store(settings)
     _migrate(settings)
     return settings
 
 
-app.add_typer(build_incidents_app(_migrated_settings), name="incidents")
+app.add_typer(build_incidents_app(_existing_store_settings), name="incidents")
 
 
 def _migrate(settings: Settings) -> None:
     """Bring the store to the current schema (a no-op when it is), quietly: commands that
-    read the store work on a fresh data dir instead of failing on missing tables."""
+    read an existing store work on one an older version made."""
     import logging
 
     logging.getLogger("alembic").setLevel(logging.WARNING)  # before it logs its imports
@@ -57,10 +69,10 @@ def _migrate(settings: Settings) -> None:
 
 @app.command()
 def migrate() -> None:
-    """Apply database migrations up to head."""
+    """Apply database migrations up to head (creates the SQLite store if it is missing)."""
     settings = _settings()
     _migrate(settings)
-    err.print("migrations at head")
+    say("migrations at head")
 
 
 @app.command()
@@ -68,17 +80,21 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Default: DISPATCH_HOST")] = None,
     port: Annotated[int | None, typer.Option(help="Default: DISPATCH_PORT")] = None,
 ) -> None:
-    """All in one process: migrations, the API and the worker (the embedded default)."""
+    """All in one process: migrations, the API and the worker (the embedded default);
+    creates the SQLite store if it is missing."""
     import uvicorn
 
     from dispatch_engine.api.app import create_app
 
     settings = _settings()
-    _migrate(settings)
     host = host or settings.host
     port = port or settings.port
-    err.print(f"dispatch-engine on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
-    err.print("first admin key: dispatch-engine apikey create --role admin")
+    require_free_port(host, port, "DISPATCH_PORT (or --port)")
+    _migrate(settings)
+    # Plain lines: a console would wrap them mid-URL.
+    say(f"dispatch-engine on http://{host}:{port}  (API docs: http://{host}:{port}/docs)")
+    create_key = "dispatch-engine apikey create --role admin"
+    say(f"first admin key: {_same_store_prefix(settings)}{create_key}")
     app = create_app(settings, with_worker=settings.run_scheduler)
     # log_config=None: uvicorn's records go through our handler, whose tracebacks carry no
     # values (uvicorn's own handler would print an error's full message).
@@ -96,11 +112,15 @@ def api(
     import uvicorn
 
     settings = _settings()
+    require_store(settings)
+    host = host or settings.host
+    port = port or settings.port
+    require_free_port(host, port, "DISPATCH_PORT (or --port)")
     uvicorn.run(
         "dispatch_engine.api.app:app_from_environment",
         factory=True,
-        host=host or settings.host,
-        port=port or settings.port,
+        host=host,
+        port=port,
         workers=workers,
         log_level="warning",
         log_config=None,  # as in `serve`: tracebacks through our handler, without values
@@ -121,6 +141,12 @@ def worker(
     from dispatch_engine.scheduler.worker import Worker
 
     settings = _settings()
+    require_store(settings)
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        require_free_port(settings.host, settings.metrics_port, "DISPATCH_METRICS_PORT")
+        start_http_server(settings.metrics_port, addr=settings.host)
 
     async def _run() -> None:
         context = build_context(settings)
@@ -129,10 +155,6 @@ def worker(
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        if settings.metrics_port:
-            from prometheus_client import start_http_server
-
-            start_http_server(settings.metrics_port, addr=settings.host)
         runner.start()
         err.print("dispatch-engine worker running (SIGTERM to stop)")
         await stop.wait()
@@ -155,7 +177,7 @@ def queue_tail(
     from dispatch_engine.queues.local import read_after
     from dispatch_engine.services.integrations import require_local_queue
 
-    settings = _migrated_settings()
+    settings = _existing_store_settings()
 
     async def _tail() -> None:
         context = build_context(settings)
@@ -191,14 +213,15 @@ def apikey_create(
     account: Annotated[str | None, typer.Option(help="Limit a backend key to one account")] = None,
     name: Annotated[str | None, typer.Option(help="A label for the key")] = None,
 ) -> None:
-    """Create a key and print it alone on stdout (KEY=$(dispatch-engine apikey create …))."""
+    """Create a key and print it alone on stdout (KEY=$(dispatch-engine apikey create …)).
+    The store must exist (`migrate` or `serve` creates it): a key in a store the server does
+    not use would be refused."""
     from dispatch_engine.context import build_context
     from dispatch_engine.errors import DomainError
     from dispatch_engine.services.api_keys import create_api_key, key_snapshot
     from dispatch_engine.store.audit import record_audit
 
-    settings = _settings()
-    _migrate(settings)
+    settings = _existing_store_settings()
 
     async def _create() -> str:
         context = build_context(settings)
@@ -250,6 +273,7 @@ def keys_reencrypt(
     from dispatch_engine.services.key_rotation import RotationReport, rotate_keys
 
     settings = _settings()
+    require_store(settings)
 
     async def _rotate() -> RotationReport:
         context = build_context(settings)
@@ -293,6 +317,13 @@ def keys_reencrypt(
         )
     if report.skipped:
         raise typer.Exit(1)
+
+
+def _same_store_prefix(settings: Settings) -> str:
+    """What to put before a command so that, run from any directory, it uses this store."""
+    if settings.database_url:
+        return "(with the same DISPATCH_DATABASE_URL) "  # not repeated: it may hold secrets
+    return f"DISPATCH_DATA_DIR={settings.data_dir.expanduser().resolve()} "
 
 
 def main() -> None:
