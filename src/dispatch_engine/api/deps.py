@@ -8,13 +8,12 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.context import AppContext
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import Forbidden, NotFound, Unauthenticated
-from dispatch_engine.models import ApiKey
 from dispatch_engine.security.api_keys import parse_key, secret_matches
+from dispatch_engine.store.api_keys import api_key_by_prefix
 from dispatch_engine.store.audit import record_audit
 
 
@@ -60,9 +59,7 @@ async def current_principal(
         raise Unauthenticated("the API key is malformed")
     prefix, secret = parsed
     async with context.sessions() as session:
-        key = (
-            await session.execute(select(ApiKey).where(ApiKey.prefix == prefix))
-        ).scalar_one_or_none()
+        key = await api_key_by_prefix(session, prefix)
     if key is None or key.revoked_at is not None or not secret_matches(secret, key.secret_hash):
         raise Unauthenticated("the API key is unknown or revoked")
     return Principal(key_id=key.id, role=key.role, account_id=key.account_id)

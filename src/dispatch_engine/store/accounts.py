@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.errors import NotFound
@@ -14,3 +15,15 @@ async def get_account(session: AsyncSession, account_id: str, *, lock: bool = Fa
     if account is None:
         raise NotFound(f"account '{account_id}'")
     return account
+
+
+async def find_account(session: AsyncSession, account_id: str) -> Account | None:
+    return await session.get(Account, account_id)
+
+
+async def accounts_by_id(session: AsyncSession, only: str | None = None) -> list[Account]:
+    """Every account (or only the one `only` names), by id."""
+    query = select(Account).order_by(Account.id)
+    if only is not None:
+        query = query.where(Account.id == only)
+    return list((await session.execute(query)).scalars())

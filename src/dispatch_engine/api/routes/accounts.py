@@ -19,6 +19,7 @@ from dispatch_engine.schemas.queue_message import build_probe, encode_message
 from dispatch_engine.services import accounts as service
 from dispatch_engine.services import integrations
 from dispatch_engine.services.etags import check_if_match, etag
+from dispatch_engine.store.accounts import accounts_by_id
 from dispatch_engine.store.accounts import get_account as load_account
 
 router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
@@ -51,7 +52,7 @@ async def list_accounts(actor: ReadActor, session: SessionDep) -> list[AccountOu
     """Accounts this key can see (a backend key limited to one account sees that one)."""
     only = actor.principal.account_id if actor.principal.role == "backend" else None
     async with session.begin():
-        return [service.account_out(a) for a in await service.list_accounts(session, only)]
+        return [service.account_out(a) for a in await accounts_by_id(session, only)]
 
 
 @router.get("/{account_id}", response_model=AccountOut)

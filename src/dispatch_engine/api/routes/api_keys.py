@@ -8,6 +8,7 @@ from dispatch_engine.api.deps import AdminActor, SessionDep
 from dispatch_engine.models import ApiKey
 from dispatch_engine.schemas.accounts import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
 from dispatch_engine.services import api_keys as service
+from dispatch_engine.store.api_keys import all_api_keys
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 
@@ -38,7 +39,7 @@ async def create_key(body: ApiKeyCreate, actor: AdminActor, session: SessionDep)
 @router.get("", response_model=list[ApiKeyOut])
 async def list_keys(actor: AdminActor, session: SessionDep) -> list[ApiKeyOut]:
     async with session.begin():
-        return [_out(key) for key in await service.list_api_keys(session)]
+        return [_out(key) for key in await all_api_keys(session)]
 
 
 @router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)

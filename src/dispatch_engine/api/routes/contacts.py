@@ -8,11 +8,10 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.api.deps import ConfigActor, ReadActor, SessionDep
 from dispatch_engine.context import AppContext
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import (
     Conflict,
     DomainError,
@@ -24,11 +23,12 @@ from dispatch_engine.errors import (
 from dispatch_engine.ingest import batches, idempotency
 from dispatch_engine.ingest.csv_stream import CsvFormatError, iter_csv_rows
 from dispatch_engine.ingest.service import IngestTarget, ingest_stream
-from dispatch_engine.models import ContactBatch, IdempotencyKey, Policy, RejectedRow, new_id
+from dispatch_engine.models import ContactBatch, IdempotencyKey, new_id
 from dispatch_engine.schemas.common import MAX_INT32
 from dispatch_engine.schemas.contacts import BatchOut, RejectedRowOut
 from dispatch_engine.services.dispatches import get_dispatch
-from dispatch_engine.services.policies import live_lineup
+from dispatch_engine.store.invites import find_batch, rejected_rows_after
+from dispatch_engine.store.policies import find_policy, live_lineup
 
 router = APIRouter(prefix="/v1/accounts/{account_id}", tags=["contacts"])
 MAX_JSON_BYTES = 64 * 1024 * 1024
@@ -38,7 +38,7 @@ SAMPLE_REJECTIONS = 100
 async def _target(context: AppContext, account_id: str, dispatch_id: str) -> IngestTarget:
     async with context.sessions() as session, session.begin():
         dispatch = await get_dispatch(session, account_id, dispatch_id)
-        policy = await session.get(Policy, dispatch.policy_id)
+        policy = await find_policy(session, dispatch.policy_id)
         if policy is None or policy.deleted_at is not None:
             raise Conflict(
                 "the dispatch's policy was deleted; move the dispatch to another policy first",
@@ -94,16 +94,7 @@ def _counts(batch: ContactBatch) -> dict[str, int]:
 async def _batch_out(
     session: SessionDep, batch: ContactBatch, after: int = 0, limit: int = SAMPLE_REJECTIONS
 ) -> BatchOut:
-    rows = list(
-        (
-            await session.execute(
-                select(RejectedRow)
-                .where(RejectedRow.batch_id == batch.id, RejectedRow.row_number > after)
-                .order_by(RejectedRow.row_number)
-                .limit(limit + 1)
-            )
-        ).scalars()
-    )
+    rows = await rejected_rows_after(session, batch.id, after, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return BatchOut(
@@ -252,7 +243,7 @@ async def _ingest(
         first = exc.errors[0] if exc.errors else None
         field, reason = (first.field or "body", first.reason) if first else ("body", exc.detail)
     async with context.sessions() as session, session.begin():
-        batch = await session.get(ContactBatch, batch_id, with_for_update=True)
+        batch = await find_batch(session, batch_id, lock=True)
         assert batch is not None
         if batch.status != "processing":
             raise batches.BatchTakenOver()
@@ -303,7 +294,7 @@ async def get_batch(
 ) -> BatchOut:
     """Status and counts of a contact file, with its rejected rows (paginated)."""
     async with session.begin():
-        batch = await session.get(ContactBatch, batch_id)
+        batch = await find_batch(session, batch_id)
         if batch is None or batch.account_id != account_id:
             raise NotFound(f"batch '{batch_id}'")
         return await _batch_out(session, batch, rejected_after, limit)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Body, Header, Response, status
-from sqlalchemy import func, select
 
 from dispatch_engine.api.deps import (
     ConfigActor,
@@ -12,7 +11,6 @@ from dispatch_engine.api.deps import (
     SessionDep,
 )
 from dispatch_engine.incidents.service import check_incident_reference
-from dispatch_engine.models import Invite, Message
 from dispatch_engine.schemas.dispatches import (
     DispatchCreate,
     DispatchOut,
@@ -22,8 +20,9 @@ from dispatch_engine.schemas.dispatches import (
 )
 from dispatch_engine.services import dispatches as service
 from dispatch_engine.services.etags import check_if_match, etag
-from dispatch_engine.services.policies import live_lineup
 from dispatch_engine.store.accounts import get_account
+from dispatch_engine.store.dispatches import invite_state_counts, message_outcome_counts
+from dispatch_engine.store.policies import live_lineup
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/dispatches", tags=["dispatches"])
 
@@ -115,20 +114,12 @@ async def dispatch_stats(
     """Counts by outcome, from indexed aggregates (index-only scans on PostgreSQL)."""
     async with session.begin():
         await service.get_dispatch(session, account_id, dispatch_id)
-        invite_rows = await session.execute(
-            select(Invite.state, func.count())
-            .where(Invite.dispatch_id == dispatch_id)
-            .group_by(Invite.state)
-        )
-        message_rows = await session.execute(
-            select(Message.state, Message.reason, func.count())
-            .where(Message.dispatch_id == dispatch_id)
-            .group_by(Message.state, Message.reason)
-        )
-    invites = {state: count for state, count in invite_rows.all()}
+        invite_rows = await invite_state_counts(session, dispatch_id)
+        message_rows = await message_outcome_counts(session, dispatch_id)
+    invites = {state: count for state, count in invite_rows}
     messages: dict[str, int] = {}
     reasons: dict[str, dict[str, int]] = {}
-    for state, reason, count in message_rows.all():
+    for state, reason, count in message_rows:
         messages[state] = messages.get(state, 0) + count
         if reason:
             reasons.setdefault(state, {})[reason] = count

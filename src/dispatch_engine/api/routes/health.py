@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from dispatch_engine.api.deps import ContextDep
 from dispatch_engine.db.migrate import current_revision, head_revision
+from dispatch_engine.store.health import ping_database
 
 router = APIRouter(tags=["service"])
 
@@ -23,8 +23,7 @@ async def readyz(context: ContextDep) -> JSONResponse:
     """Ready when the database answers and its schema is at the migrations' head."""
     checks: dict[str, str] = {}
     try:
-        async with context.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+        await ping_database(context.engine)
         checks["database"] = "ok"
         current = await current_revision(context.engine)
         head = head_revision(context.settings.effective_database_url)

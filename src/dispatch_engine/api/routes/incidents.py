@@ -10,9 +10,9 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.api.deps import Actor, ContextDep, OperatorActor, SessionDep
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.incidents import communications, notices, postmortem, resends, service
 from dispatch_engine.incidents.impacted import (
     ImpactedPage,

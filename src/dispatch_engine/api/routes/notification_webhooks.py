@@ -8,11 +8,10 @@ URL is itself the credential.
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
-from sqlalchemy import delete
 
 from dispatch_engine.api.deps import OperatorActor, SessionDep
 from dispatch_engine.incidents import notifications as service
-from dispatch_engine.models import IncidentNotification
+from dispatch_engine.store.notification_webhooks import drop_notifications_of_webhook
 
 router = APIRouter(prefix="/v1/admin/notification-webhooks", tags=["admin"])
 
@@ -54,9 +53,7 @@ async def delete_webhook(webhook_id: str, actor: OperatorActor, session: Session
     async with session.begin():
         webhook = await service.get_webhook(session, webhook_id)
         before = service.webhook_out(webhook).model_dump(mode="json")
-        await session.execute(
-            delete(IncidentNotification).where(IncidentNotification.webhook_id == webhook.id)
-        )
+        await drop_notifications_of_webhook(session, webhook.id)
         await session.delete(webhook)
         actor.audit(
             session,

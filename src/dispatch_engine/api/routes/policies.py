@@ -27,6 +27,7 @@ from dispatch_engine.schemas.policies import (
 from dispatch_engine.services import policies as service
 from dispatch_engine.services.etags import check_if_match, check_version, etag
 from dispatch_engine.store.accounts import get_account
+from dispatch_engine.store.policies import live_lineup, live_lineups, live_policies_of_account
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/policies", tags=["policies"])
 IfMatch = Header(default=None, description='The policy\'s current ETag, e.g. "3".')
@@ -35,7 +36,7 @@ IfMatch = Header(default=None, description='The policy\'s current ETag, e.g. "3"
 async def _out(
     session: SessionDep, policy: Policy, response: Response, paused: list[str] | None = None
 ) -> PolicyOut:
-    out = service.policy_out(policy, await service.live_lineup(session, policy.id), paused)
+    out = service.policy_out(policy, await live_lineup(session, policy.id), paused)
     response.headers["ETag"] = etag(policy.version)
     return out
 
@@ -43,7 +44,7 @@ async def _out(
 async def _audit(
     actor: Actor, session: SessionDep, action: str, policy: Policy, before: dict[str, object] | None
 ) -> None:
-    after = service.policy_snapshot(policy, await service.live_lineup(session, policy.id))
+    after = service.policy_snapshot(policy, await live_lineup(session, policy.id))
     actor.audit(
         session,
         action,
@@ -56,7 +57,7 @@ async def _audit(
 
 
 async def _snapshot(session: SessionDep, policy: Policy) -> dict[str, object]:
-    return service.policy_snapshot(policy, await service.live_lineup(session, policy.id))
+    return service.policy_snapshot(policy, await live_lineup(session, policy.id))
 
 
 @router.get("", response_model=list[PolicyOut], response_model_exclude_none=True)
@@ -64,8 +65,8 @@ async def list_policies(account_id: str, actor: ReadActor, session: SessionDep) 
     """Live policies; the sandbox policy comes first."""
     async with session.begin():
         await get_account(session, account_id)
-        policies = await service.list_policies(session, account_id)
-        lineups = await service.live_lineups(session, [p.id for p in policies])
+        policies = await live_policies_of_account(session, account_id)
+        lineups = await live_lineups(session, [p.id for p in policies])
         return [service.policy_out(p, lineups[p.id]) for p in policies]
 
 

@@ -18,6 +18,7 @@ from dispatch_engine.schemas.preview import (
 )
 from dispatch_engine.services import policies as service
 from dispatch_engine.services.preview import preview_lineup
+from dispatch_engine.store.policies import live_lineup
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/policies", tags=["policies"])
 
@@ -40,7 +41,7 @@ async def preview_policy(
         raise ValidationFailed("time_zone", "not an IANA time zone")
     async with session.begin():
         policy = await service.get_policy(session, account_id, policy_id)
-        saved = await service.live_lineup(session, policy.id)
+        saved = await live_lineup(session, policy.id)
     ids: list[str | None]
     steps: list[tuple[str, int]]
     if body.policy is not None:
