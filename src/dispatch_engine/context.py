@@ -7,10 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-
 from dispatch_engine.clock import Clock, SystemClock
 from dispatch_engine.db.engine import SessionLimits, build_engine, session_factory
+from dispatch_engine.db.session import AsyncEngine, AsyncSession, async_sessionmaker
 from dispatch_engine.db.stuck_sessions import APPLICATION_PREFIX
 from dispatch_engine.security.crypto import FieldCipher, generate_key, parse_key_ring
 from dispatch_engine.security.hashing import KeyedHasher
