@@ -44,6 +44,7 @@ def build_context(settings: Settings, clock: Clock | None = None) -> AppContext:
             statement_seconds=settings.db_statement_timeout_seconds,
             application_name=f"{APPLICATION_PREFIX} {settings.worker_id}",
         ),
+        pgbouncer=settings.db_pgbouncer,
     )
     return AppContext(
         settings=settings,
