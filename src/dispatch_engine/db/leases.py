@@ -2,7 +2,7 @@
 
 Four tables are worked this way, each described once by its owner as a `LeasedTable`:
 messages (`store/messages.py`), the outbox (`store/outbox.py`), incident notifications
-(`incidents/notifications.py`) and the local queue (`store/local_queue.py`, whose lease is
+(`store/notifications.py`) and the local queue (`store/local_queue.py`, whose lease is
 its visibility timeout and whose tokens are per-message receipts).
 
 A row is taken in one of two ways:

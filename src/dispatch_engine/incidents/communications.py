@@ -18,7 +18,8 @@ from dispatch_engine.schemas.incidents import CommunicationIn, CommunicationOut
 from dispatch_engine.security.crypto import FieldCipher
 from dispatch_engine.security.hashing import KeyedHasher, keyed_hash
 from dispatch_engine.security.sealing import communication_recipient_aad
-from dispatch_engine.store.incidents import communications_of, find_account
+from dispatch_engine.store.accounts import find_account
+from dispatch_engine.store.incidents import communications_of
 
 
 def seal_recipient(cipher: FieldCipher, communication_id: str, recipient: str) -> str:

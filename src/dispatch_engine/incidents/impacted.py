@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from dispatch_engine.db.session import AsyncSession, async_sessionmaker
 from dispatch_engine.models import Incident, Message
 from dispatch_engine.schemas.cursor import decode_keys, encode_keys, parse_time
-from dispatch_engine.store.incidents import account_names
+from dispatch_engine.store.accounts import account_names
 from dispatch_engine.store.resends import (
     IMPACTED_STATES,
     WITHDRAWN_REASON,

@@ -14,7 +14,7 @@ from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import Conflict, ValidationFailed
 from dispatch_engine.models import Incident, IncidentStatusUpdate, new_id
 from dispatch_engine.schemas.incidents import FeedNotice, StatusUpdateIn, StatusUpdateOut
-from dispatch_engine.store.incidents import account_names
+from dispatch_engine.store.accounts import account_names
 from dispatch_engine.store.notices import live_notices, notices_of_incident
 
 RESOLVED_LIVES = timedelta(hours=1)

@@ -10,7 +10,8 @@ from dispatch_engine.errors import Conflict, NotFound, ValidationFailed
 from dispatch_engine.models import Incident, IncidentPostmortem
 from dispatch_engine.schemas.durations import format_duration
 from dispatch_engine.schemas.incidents import PostmortemIn, PostmortemOut
-from dispatch_engine.store.incidents import find_account, find_postmortem
+from dispatch_engine.store.accounts import find_account
+from dispatch_engine.store.incidents import find_postmortem
 
 
 async def record_postmortem(

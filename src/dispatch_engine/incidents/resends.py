@@ -29,7 +29,7 @@ from dispatch_engine.models import (
 from dispatch_engine.schemas.common import AccountId, StrictModel, UtcTime
 from dispatch_engine.security.normalize import InvalidAddress, normalize_email
 from dispatch_engine.store import resends as store
-from dispatch_engine.store.incidents import find_account
+from dispatch_engine.store.accounts import find_account
 
 THRESHOLD_KEY = "threshold"
 Outcome = Literal["allowed", "needs_approval", "not_resendable", "already_resent", "resent"]

@@ -23,6 +23,7 @@ from dispatch_engine.schemas.incidents import (
     TransitionIn,
 )
 from dispatch_engine.store import incidents as store
+from dispatch_engine.store.accounts import known_account_ids
 from dispatch_engine.store.incidents import DUE_COLUMNS
 from dispatch_engine.store.incidents import IncidentFilters as IncidentFilters
 from dispatch_engine.store.incidents import get_incident as get_incident
@@ -124,7 +125,7 @@ async def incident_out(session: AsyncSession, incident: Incident, now: datetime)
 async def _check_accounts(session: AsyncSession, account_ids: list[str], field: str) -> None:
     if not account_ids:
         return
-    known = await store.known_account_ids(session, account_ids)
+    known = await known_account_ids(session, account_ids)
     missing = sorted(set(account_ids) - known)
     if missing:
         raise ValidationFailed(field, f"unknown account(s): {', '.join(missing[:10])}")

@@ -23,7 +23,7 @@ from dispatch_engine.errors import Conflict, DomainError, FieldError
 from dispatch_engine.ingest import batches
 from dispatch_engine.models import ContactBatch, IdempotencyKey
 from dispatch_engine.store import idempotency as store
-from dispatch_engine.store.batches import get_batch
+from dispatch_engine.store.batches import find_batch
 
 log = structlog.get_logger(__name__)
 
@@ -118,7 +118,7 @@ async def _take_over(
     """Take a key whose request died; its batch ends `interrupted`, ours carries on."""
     if record.request_scope is not None and record.request_scope != scope:
         raise _reused()
-    dead = await get_batch(session, record.batch_id) if record.batch_id else None
+    dead = await find_batch(session, record.batch_id) if record.batch_id else None
     if dead is not None and batches.still_processing(dead, now):
         raise _in_flight()
     if dead is None and record.created_at + batches.lease(context) >= now:
@@ -167,7 +167,7 @@ async def abandon(context: AppContext, account_id: str, key: str | None, batch_i
         if key is None:
             return
         record = await store.get_key(session, account_id, key)
-        batch = await get_batch(session, batch_id)
+        batch = await find_batch(session, batch_id)
         if record is None or record.status_code is not None or record.batch_id != batch_id:
             return
         if batch is None or (batch.rows_total == 0 and batch.resumed_from is None):

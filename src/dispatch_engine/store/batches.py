@@ -17,8 +17,27 @@ from dispatch_engine.models import ContactBatch, RejectedRow
 from dispatch_engine.models.base import table_of
 
 
-async def get_batch(session: AsyncSession, batch_id: str) -> ContactBatch | None:
-    return await session.get(ContactBatch, batch_id)
+async def find_batch(
+    session: AsyncSession, batch_id: str, *, lock: bool = False
+) -> ContactBatch | None:
+    """The contact batch by id, of any account; `lock` takes its row lock (PostgreSQL)."""
+    return await session.get(ContactBatch, batch_id, with_for_update=lock or None)
+
+
+async def rejected_rows_after(
+    session: AsyncSession, batch_id: str, after: int, limit: int
+) -> list[RejectedRow]:
+    """Up to `limit` rejected rows of the batch after row number `after`, in file order."""
+    return list(
+        (
+            await session.execute(
+                select(RejectedRow)
+                .where(RejectedRow.batch_id == batch_id, RejectedRow.row_number > after)
+                .order_by(RejectedRow.row_number)
+                .limit(limit)
+            )
+        ).scalars()
+    )
 
 
 async def renew_lease(session: AsyncSession, batch_id: str, until: datetime) -> None:

@@ -4,7 +4,6 @@ presence, overdue clocks and their once-only alerts (no commit here)."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dispatch_engine.db.dialect import insert_ignoring_conflicts
 from dispatch_engine.errors import NotFound
 from dispatch_engine.models import (
-    Account,
     Incident,
     IncidentAccount,
     IncidentClockAlert,
@@ -52,28 +50,6 @@ async def incident_exists(session: AsyncSession, incident_id: str) -> bool:
 
 async def find_postmortem(session: AsyncSession, incident_id: str) -> IncidentPostmortem | None:
     return await session.get(IncidentPostmortem, incident_id)
-
-
-async def find_account(session: AsyncSession, account_id: str) -> Account | None:
-    return await session.get(Account, account_id)
-
-
-async def known_account_ids(session: AsyncSession, account_ids: Collection[str]) -> set[str]:
-    """Those of `account_ids` that name an account."""
-    return set(
-        (await session.execute(select(Account.id).where(Account.id.in_(account_ids)))).scalars()
-    )
-
-
-async def account_names(session: AsyncSession, account_ids: Collection[str]) -> dict[str, Any]:
-    """Account id -> name, for those of `account_ids` that exist."""
-    return dict(
-        (
-            await session.execute(
-                select(Account.id, Account.name).where(Account.id.in_(account_ids))
-            )
-        ).all()
-    )
 
 
 async def impacted_accounts_of(session: AsyncSession, ids: list[str]) -> dict[str, list[str]]:

@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dispatch_engine.models import ContactBatch, Invite, Message, RejectedRow
+from dispatch_engine.models import Invite, Message
 
 PENDING_STATES = ("pending", "deferred", "held")
 
@@ -83,26 +83,3 @@ async def suppress_pending_messages(session: AsyncSession, invite_id: str, now: 
 
 
 # --- contact batches ------------------------------------------------------------------------
-
-
-async def find_batch(
-    session: AsyncSession, batch_id: str, *, lock: bool = False
-) -> ContactBatch | None:
-    """The contact batch by id, of any account; `lock` takes its row lock (PostgreSQL)."""
-    return await session.get(ContactBatch, batch_id, with_for_update=lock or None)
-
-
-async def rejected_rows_after(
-    session: AsyncSession, batch_id: str, after: int, limit: int
-) -> list[RejectedRow]:
-    """Up to `limit` rejected rows of the batch after row number `after`, in file order."""
-    return list(
-        (
-            await session.execute(
-                select(RejectedRow)
-                .where(RejectedRow.batch_id == batch_id, RejectedRow.row_number > after)
-                .order_by(RejectedRow.row_number)
-                .limit(limit)
-            )
-        ).scalars()
-    )

@@ -27,7 +27,7 @@ from dispatch_engine.models import ContactBatch, IdempotencyKey, new_id
 from dispatch_engine.schemas.common import MAX_INT32
 from dispatch_engine.schemas.contacts import BatchOut, RejectedRowOut
 from dispatch_engine.services.dispatches import get_dispatch
-from dispatch_engine.store.invites import find_batch, rejected_rows_after
+from dispatch_engine.store.batches import find_batch, rejected_rows_after
 from dispatch_engine.store.policies import find_policy, live_lineup
 
 router = APIRouter(prefix="/v1/accounts/{account_id}", tags=["contacts"])
