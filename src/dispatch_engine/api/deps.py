@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
 
 from dispatch_engine.context import AppContext
 from dispatch_engine.db.session import AsyncSession
@@ -48,9 +50,33 @@ async def _session(context: ContextDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 
 
+class BearerApiKey(SecurityBase):
+    """The `Authorization` header exactly as sent, declared to OpenAPI as HTTP Bearer (so
+    Swagger UI has an Authorize button and every operation that needs a key shows the lock).
+
+    Unlike FastAPI's `HTTPBearer` it parses nothing and never answers itself:
+    `current_principal` checks the header, so a refusal is always our 401 problem."""
+
+    def __init__(self) -> None:
+        self.model = HTTPBearerModel(
+            bearerFormat="de_<prefix>_<secret>",
+            description="An API key (`dispatch-engine apikey create --role admin` makes the "
+            "first; then `POST /v1/api-keys`), sent as `Authorization: Bearer <key>`. Its "
+            "role decides what it may do: `backend` (EM; may be limited to one account), "
+            "`operator`, `admin`.",
+        )
+        self.scheme_name = "apiKey"
+
+    async def __call__(self, request: Request) -> str | None:
+        return request.headers.get("authorization")
+
+
+bearer_api_key = BearerApiKey()
+
+
 async def current_principal(
     context: ContextDep,
-    authorization: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Depends(bearer_api_key)],
 ) -> Principal:
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthenticated()

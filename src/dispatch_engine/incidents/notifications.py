@@ -15,7 +15,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import structlog
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from dispatch_engine.clients.guarded_http import GuardedHttpClient
 from dispatch_engine.context import AppContext
@@ -52,6 +52,18 @@ CONCURRENCY = 8
 
 
 class WebhookIn(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "ops-slack",
+                    "url": "https://hooks.slack.com/services/T0000/B0000/XXXXXXXX",
+                    "events": ["incident.created", "incident.state_changed"],
+                }
+            ]
+        }
+    )
+
     name: str = Field(min_length=1, max_length=200)
     url: str = Field(min_length=8, max_length=2048, description="e.g. a Slack incoming webhook")
     events: list[Event] = Field(

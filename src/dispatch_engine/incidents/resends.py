@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dispatch_engine.db.session import AsyncSession, IntegrityError
 from dispatch_engine.errors import DomainError, FieldError, ValidationFailed
@@ -36,6 +36,21 @@ Outcome = Literal["allowed", "needs_approval", "not_resendable", "already_resent
 
 
 class ApprovalIn(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "account": "acme",
+                    "approver_email": "owner@acme.example",
+                    "approver_name": "Olivia Owner",
+                    "channel": "phone",
+                    "approved_at": "2026-03-02T10:15:00Z",
+                    "note": "Resend everything that failed this morning",
+                }
+            ]
+        }
+    )
+
     account: AccountId
     approver_email: str = Field(max_length=320, description="Owner or admin, as on the account.")
     approver_name: str | None = Field(default=None, max_length=200)
@@ -73,6 +88,14 @@ class ApprovalOut(BaseModel):
 
 
 class ResendIn(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"sendings": ["m_06h23zk8ra1b2c3d4e5f6a7b8c9d"], "dry_run": True, "account": "acme"}
+            ]
+        }
+    )
+
     sendings: list[str] = Field(min_length=1, max_length=1000, description="Message ids.")
     dry_run: bool = False
     account: AccountId | None = Field(

@@ -7,6 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Response, status
 
 from dispatch_engine.api.deps import OperatorActor, SessionDep
+from dispatch_engine.api.openapi import BODY, doc, problems
 from dispatch_engine.errors import Conflict, NotFound
 from dispatch_engine.incidents.service import check_incident_reference
 from dispatch_engine.models import Dispatch, OperatorPause, Policy, new_id
@@ -21,14 +22,41 @@ from dispatch_engine.store.pauses import (
 )
 from dispatch_engine.store.policies import find_policy
 
-router = APIRouter(prefix="/v1/admin/pauses", tags=["admin"])
+router = APIRouter(prefix="/v1/admin/pauses", tags=["pauses"])
 
 
 def _out(pause: OperatorPause) -> PauseOut:
     return PauseOut.model_validate(pause, from_attributes=True)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=PauseOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PauseOut,
+    summary="Pause sending",
+    description=doc(
+        """
+        Holds at once every message in scope: one `dispatch`, one `policy`, a whole
+        `account`, or a `channel` (`email` or `sms`) for every account, e.g. while an SMS
+        vendor is down. Held messages (state `held`) are neither lost nor sent; lifting the
+        pause releases them through the rules of that time. Give the `incident` (an id from
+        `/v1/incidents`) so the audit log ties the pause to it. `operator` and `admin`
+        keys. Audited.
+        """
+    ),
+    responses=problems(
+        401,
+        403,
+        404,
+        409,
+        *BODY,
+        notes={
+            404: "The dispatch, policy or account named by `target`.",
+            409: "`already-paused`: a pause of this target is in force (`pause` names it).",
+            422: "Also an `incident` that is not a known incident id.",
+        },
+    ),
+)
 async def create_pause(body: PauseIn, actor: OperatorActor, session: SessionDep) -> PauseOut:
     """Hold every message in scope at once (state `held`); nothing is lost or sent."""
     async with session.begin():
@@ -65,7 +93,15 @@ async def create_pause(body: PauseIn, actor: OperatorActor, session: SessionDep)
     return out
 
 
-@router.get("", response_model=list[PauseOut])
+@router.get(
+    "",
+    response_model=list[PauseOut],
+    summary="List pauses",
+    description="The pauses in force, oldest first (lifted ones too with "
+    "`include_lifted=true`); filter by `scope`, `target` and `incident`, which combine. "
+    "`operator` and `admin` keys.",
+    responses=problems(401, 403, 422),
+)
 async def list_pauses(
     actor: OperatorActor,
     session: SessionDep,
@@ -82,7 +118,19 @@ async def list_pauses(
         return [_out(p) for p in pauses]
 
 
-@router.delete("/{pause_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{pause_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Lift a pause",
+    description=doc(
+        """
+        Ends the pause: the messages it held are decided again at once and go out subject
+        to the rules at that time (unless another pause still holds them). Lifting a lifted
+        pause changes nothing. `operator` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(401, 403, 404, 422),
+)
 async def lift_pause(pause_id: str, actor: OperatorActor, session: SessionDep) -> Response:
     """Resume: held messages go out subject to the rules at that time."""
     async with session.begin():

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 
 from dispatch_engine.api.deps import ConfigActor, ReadActor, SessionDep
+from dispatch_engine.api.openapi import doc, problems
 from dispatch_engine.context import AppContext
 from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import (
@@ -26,6 +27,7 @@ from dispatch_engine.ingest.service import IngestTarget, ingest_stream
 from dispatch_engine.models import ContactBatch, IdempotencyKey, new_id
 from dispatch_engine.schemas.common import MAX_INT32
 from dispatch_engine.schemas.contacts import BatchOut, RejectedRowOut
+from dispatch_engine.schemas.problems import ContactFileProblem
 from dispatch_engine.services.dispatches import get_dispatch
 from dispatch_engine.store.batches import find_batch, rejected_rows_after
 from dispatch_engine.store.policies import find_policy, live_lineup
@@ -117,15 +119,89 @@ async def _batch_out(
     "/dispatches/{dispatch_id}/contacts",
     status_code=202,
     response_model=BatchOut,
+    summary="Upload a contact file",
+    description=doc(
+        """
+        EM posts the dispatch's contacts as `text/csv` (streamed, any size: a header row,
+        then one contact a row; columns `email`, `mobile`, `external_id`, `time_zone`, and
+        any other column is a free attribute passed to the vendor) or as JSON
+        `{"contacts": [{…}, …]}` (at most 64 MiB; send larger files as CSV).
+
+        Rows are stored in chunks as they arrive: the batch can be polled
+        (`GET …/batches/{batch}`) while the upload runs, and the 202 comes when the last row
+        is stored, with the counts (`rows`, `accepted`, `rejected`, `duplicates`) and the
+        first rejected rows. Each accepted contact becomes an invite with a fresh token;
+        bad rows (no address for the lineup's channels, a malformed email or phone number,
+        a missing fatigue UUID field) are rejected one by one with row number, field and
+        reason, without failing the file. A repeated `external_id` in the dispatch counts
+        as a duplicate and creates nothing.
+
+        **Idempotency-Key** (optional, per account): a retry with the same key and the same
+        body answers the first answer again (`Idempotent-Replayed: true`) and creates
+        nothing; a retry of an upload that died midway carries on from the rows stored.
+        `backend` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(
+        401,
+        403,
+        404,
+        409,
+        413,
+        415,
+        422,
+        notes={
+            409: "`idempotency-in-flight`: a request with this Idempotency-Key is still "
+            "running; `upload-taken-over`: this upload stalled and a retry with its key took "
+            "it over; `dispatch-policy-deleted` or `empty-lineup`: the dispatch has nothing "
+            "it could send.",
+            413: "For a JSON file the limit is 64 MiB; CSV streams without one.",
+            415: "Send `text/csv` or `application/json`.",
+            422: "`contact-file-unreadable`: the file could not be read to its end (a bad "
+            "header, bytes that are not UTF-8); the rows before the problem were stored and "
+            "the failed batch is in the body. `idempotency-key-reused`: the key was used "
+            "for another request.",
+        },
+        models={422: ContactFileProblem},
+    ),
     openapi_extra={
         "requestBody": {
+            "required": True,
             "content": {
-                "text/csv": {"schema": {"type": "string"}},
-                "application/json": {
-                    "schema": {"type": "object", "properties": {"contacts": {"type": "array"}}}
+                "text/csv": {
+                    "schema": {"type": "string"},
+                    "example": "email,mobile,external_id,first_name\n"
+                    "ann@example.com,+33612345678,c-1,Ann\n"
+                    "not-an-email,,c-2,Bob\n",
                 },
-            }
-        }
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["contacts"],
+                        "properties": {
+                            "contacts": {
+                                "type": "array",
+                                "items": {"type": "object", "additionalProperties": True},
+                                "description": "Contacts: `email` and/or `mobile`, optional "
+                                "`external_id` and `time_zone`; other members are free "
+                                "attributes.",
+                            }
+                        },
+                    },
+                    "example": {
+                        "contacts": [
+                            {
+                                "email": "ann@example.com",
+                                "mobile": "+33612345678",
+                                "external_id": "c-1",
+                                "first_name": "Ann",
+                            },
+                            {"email": "not-an-email", "external_id": "c-2", "first_name": "Bob"},
+                        ]
+                    },
+                },
+            },
+        },
     },
 )
 async def post_contacts(
@@ -281,7 +357,21 @@ def _unreadable_file_problem(
     }
 
 
-@router.get("/batches/{batch_id}", response_model=BatchOut)
+@router.get(
+    "/batches/{batch_id}",
+    response_model=BatchOut,
+    summary="Get a contact file's batch",
+    description=doc(
+        """
+        Status (`processing`, `completed`, `failed`, `interrupted`) and counts of a
+        contact file, pollable while it uploads, with its rejected rows (row number, field,
+        reason) in pages: pass `next_rejected_after` back as `rejected_after`. A batch
+        that carries on an interrupted upload names it in `resumed_from`. Any key that can
+        see the account.
+        """
+    ),
+    responses=problems(401, 404, 422),
+)
 async def get_batch(
     account_id: str,
     batch_id: str,

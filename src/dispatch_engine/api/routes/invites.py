@@ -7,6 +7,7 @@ from collections import defaultdict
 from fastapi import APIRouter, Query
 
 from dispatch_engine.api.deps import ReadActor, SessionDep
+from dispatch_engine.api.openapi import doc, problems
 from dispatch_engine.errors import NotFound, ValidationFailed
 from dispatch_engine.models import Invite, Message
 from dispatch_engine.schemas.invites import InviteOut, MessageOut
@@ -63,7 +64,23 @@ async def _with_messages(session: SessionDep, invites: list[Invite]) -> list[Inv
     return [_invite_out(i, by_invite[i.id]) for i in invites]
 
 
-@router.get("/{invite_id}", response_model=InviteOut)
+@router.get(
+    "/{invite_id}",
+    response_model=InviteOut,
+    summary="Get an invite",
+    description=doc(
+        """
+        One invite (a contact of a dispatch) with its token, state and times, and every
+        message of its lineup: state, due and scheduled times, when it was sent or decided,
+        push attempts, and for a message not sent the `rule` and `reason` (`responded`,
+        `unsubscribed`, `dnd`, `fatigue_pending_token`, `fatigue_max_invites`,
+        `token_expired`, `step_deleted`, `deferred_business_hours`, `paused`, …; see
+        docs/rule-pipeline.md). `contact_erased` tells whether the contact's details were
+        erased (once the invite can send nothing more). Any key that can see the account.
+        """
+    ),
+    responses=problems(401, 404, 422),
+)
 async def get_invite(
     account_id: str, invite_id: str, actor: ReadActor, session: SessionDep
 ) -> InviteOut:
@@ -74,7 +91,20 @@ async def get_invite(
         return (await _with_messages(session, [invite]))[0]
 
 
-@router.get("", response_model=list[InviteOut])
+@router.get(
+    "",
+    response_model=list[InviteOut],
+    summary="Find invites",
+    description=doc(
+        """
+        Invites by `token`, or by `external_id` (the id EM gave the contact), optionally
+        within one `dispatch`; oldest first, at most `limit`. Each comes with its messages,
+        as in the single invite. One of `token` or `external_id` is required. Any key that
+        can see the account.
+        """
+    ),
+    responses=problems(401, 404, 422),
+)
 async def find_invites(
     account_id: str,
     actor: ReadActor,
