@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from dispatch_engine.__main__ import app
-from dispatch_engine.cli.store import describe_store, missing_sqlite_file
+from dispatch_engine.cli.checks import describe_store, missing_sqlite_file
 from dispatch_engine.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,6 @@ from typer.testing import CliRunner, Result
 from dispatch_engine.__main__ import app
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
-from dispatch_engine.delivery.lookups import load_unsubscribes
 from dispatch_engine.incidents.communications import open_recipient
 from dispatch_engine.models import (
     Base,
@@ -35,6 +34,7 @@ from dispatch_engine.scheduler.worker import Worker
 from dispatch_engine.security.hashing import keyed_hash
 from dispatch_engine.security.sealing import open_contact
 from dispatch_engine.services.key_rotation import ENCRYPTED_COLUMNS
+from dispatch_engine.store.lookups import load_unsubscribes
 from tests.conftest import (
     T0,
     create_policy,

@@ -14,7 +14,6 @@ from sqlalchemy import event, insert, select
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
 from dispatch_engine.db.conditional import update_unchanged
-from dispatch_engine.delivery.lookups import load_lock_holders, load_unsubscribes
 from dispatch_engine.ingest.carry_forward import (
     CarriedFatigue,
     LockScope,
@@ -29,6 +28,7 @@ from dispatch_engine.security.hashing import keyed_hash
 from dispatch_engine.security.sealing import seal_contact
 from dispatch_engine.services.events import address_hashes, block_hashes
 from dispatch_engine.services.key_rotation import rotate_keys
+from dispatch_engine.store.lookups import load_lock_holders, load_unsubscribes
 from tests.conftest import create_policy, empty_database, setup_account
 from tests.helpers import (
     ENC_K1,

@@ -7,10 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
-
 from dispatch_engine.clock import Clock, SystemClock
 from dispatch_engine.db.engine import SessionLimits, build_engine, session_factory
+from dispatch_engine.db.session import AsyncEngine, AsyncSession, async_sessionmaker
 from dispatch_engine.db.stuck_sessions import APPLICATION_PREFIX
 from dispatch_engine.security.crypto import FieldCipher, generate_key, parse_key_ring
 from dispatch_engine.security.hashing import KeyedHasher
@@ -45,6 +44,7 @@ def build_context(settings: Settings, clock: Clock | None = None) -> AppContext:
             statement_seconds=settings.db_statement_timeout_seconds,
             application_name=f"{APPLICATION_PREFIX} {settings.worker_id}",
         ),
+        pgbouncer=settings.db_pgbouncer,
     )
     return AppContext(
         settings=settings,

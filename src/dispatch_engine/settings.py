@@ -73,6 +73,12 @@ class Settings(BaseSettings):
         ge=0,
         description="PostgreSQL statement_timeout of the service's sessions (0: none).",
     )
+    db_pgbouncer: bool = Field(
+        default=False,
+        description="DISPATCH_DATABASE_URL points at PgBouncer (or another pooler) in "
+        "transaction mode: no named prepared statements, and the session limits set per "
+        "transaction instead of at connect (docs/operations.md, PgBouncer).",
+    )
     # Rounds a worker runs at once on PostgreSQL (SQLite always runs one).
     claim_concurrency: int = Field(default=3, ge=1, le=16)
     claim_interval_seconds: float = Field(default=1.0, gt=0)

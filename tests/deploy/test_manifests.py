@@ -1,7 +1,9 @@
 """The deployment kit, checked statically and offline (no Docker, no cluster, no network).
 
 - Kubernetes manifests: validated against the Kubernetes JSON schemas that the
-  `kubernetes-validate` package ships (strict: unknown fields fail), then policy checks.
+  `kubernetes-validate` package ships (strict: unknown fields fail), then policy checks
+  (security contexts, probes, the namespace, NetworkPolicies, the Ingress, the worker's
+  metrics port). deploy/observability is checked by test_observability.py.
 - deploy/compose.yaml: validated against the Compose Specification schema that
   `check-jsonschema` ships, then wiring checks (depends_on, healthchecks, ports, grace).
 - Dockerfile / .dockerignore: parsed here; multi-stage, pinned, non-root, migrations.
@@ -212,10 +214,14 @@ def test_compose_file_matches_the_compose_specification() -> None:
 # --------------------------------------------------------------------------- kustomize
 
 
-def test_manifests_are_namespace_agnostic() -> None:
-    assert "namespace" not in KUSTOMIZATION
+def test_kustomization_puts_everything_in_the_kits_namespace() -> None:
+    (namespace,) = _of_kind("Namespace")
+    assert KUSTOMIZATION["namespace"] == namespace["metadata"]["name"]
+    # Pod Security "restricted": the pods' security contexts below already meet it.
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     for name, doc in K8S_OBJECTS:
-        assert "namespace" not in doc["metadata"], f"{name}: leave the namespace to the caller"
+        # kustomize sets it: a second spelling in a manifest would drift from the first.
+        assert "namespace" not in doc["metadata"], f"{name}: leave the namespace to kustomize"
 
 
 def test_kustomization_lists_every_manifest_but_the_secret_template() -> None:
@@ -228,12 +234,15 @@ def test_kustomization_lists_every_manifest_but_the_secret_template() -> None:
     assert set(listed) == on_disk - {SECRET_TEMPLATE}
     kinds = {doc["kind"] for name, doc in K8S_OBJECTS if name in listed}
     assert {
+        "Namespace",
         "ConfigMap",
         "Deployment",
         "Service",
         "Job",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
+        "Ingress",
+        "NetworkPolicy",
     } <= kinds
 
 
@@ -269,6 +278,24 @@ def test_every_container_has_resource_requests_and_limits(workload: dict[str, An
             assert resource in limits, f"{container['name']}: no {resource} limit"
         assert _cpu(requests["cpu"]) <= _cpu(limits["cpu"])
         assert _memory(requests["memory"]) <= _memory(limits["memory"])
+
+
+# deploy/README.md, "Resource figures" (deploy/measure_resources.py): (steady, peak) RSS in
+# MiB. The API's peak is one JSON document at the 64 MiB limit; the worker's the benchmark's.
+MEASURED_RSS_MIB = {
+    "dispatch-engine-api": (180, 668),
+    "dispatch-engine-worker": (160, 200),
+    "dispatch-engine-migrate": (82, 82),
+}
+
+
+@pytest.mark.parametrize("workload", WORKLOADS, ids=_workload_id)
+def test_memory_requests_and_limits_cover_the_measured_figures(workload: dict[str, Any]) -> None:
+    steady, peak = MEASURED_RSS_MIB[workload["metadata"]["name"]]
+    resources_ = _only_container(workload)["resources"]
+    assert _memory(resources_["requests"]["memory"]) >= steady * 2**20
+    # A quarter of headroom over the highest figure measured, or the kernel OOM-kills it.
+    assert _memory(resources_["limits"]["memory"]) >= 1.25 * peak * 2**20
 
 
 @pytest.mark.parametrize("workload", WORKLOADS, ids=_workload_id)
@@ -348,8 +375,11 @@ def test_api_has_startup_liveness_and_readiness_probes() -> None:
 
 def test_api_service_routes_only_to_api_pods() -> None:
     services = _of_kind("Service")
-    assert [s["metadata"]["name"] for s in services] == ["dispatch-engine-api"]
-    service = services[0]
+    assert sorted(s["metadata"]["name"] for s in services) == [
+        "dispatch-engine-api",
+        "dispatch-engine-worker",
+    ]
+    service = _object("Service", "dispatch-engine-api")
     selector = service["spec"]["selector"]
     assert _labels_match(selector, API["spec"]["template"]["metadata"]["labels"])
     assert not _labels_match(selector, WORKER["spec"]["template"]["metadata"]["labels"])
@@ -357,6 +387,44 @@ def test_api_service_routes_only_to_api_pods() -> None:
     port_numbers = {p["containerPort"] for p in _only_container(API)["ports"]}
     for port in service["spec"]["ports"]:
         assert port["targetPort"] in port_names | port_numbers
+
+
+def _env_value(container: dict[str, Any], name: str) -> str | None:
+    for variable in container.get("env", []):
+        if variable["name"] == name:
+            return variable.get("value")
+    return None
+
+
+def test_worker_serves_its_metrics_on_the_port_its_service_names() -> None:
+    container = _only_container(WORKER)
+    # The worker's only port is Prometheus's: DISPATCH_METRICS_PORT, on DISPATCH_HOST.
+    (port,) = container["ports"]
+    assert port["name"] == "metrics"
+    assert str(port["containerPort"]) == _env_value(container, "DISPATCH_METRICS_PORT")
+    assert CONFIGMAP["data"]["DISPATCH_HOST"] == "0.0.0.0"  # reachable from outside the pod
+    service = _object("Service", "dispatch-engine-worker")
+    assert service["spec"]["clusterIP"] == "None", "headless: Prometheus scrapes every pod"
+    selector = service["spec"]["selector"]
+    assert _labels_match(selector, WORKER["spec"]["template"]["metadata"]["labels"])
+    assert not _labels_match(selector, API["spec"]["template"]["metadata"]["labels"])
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["metrics"]
+    # The API never gets a metrics port of its own: it serves /metrics on `http`.
+    assert _env_value(_only_container(API), "DISPATCH_METRICS_PORT") is None
+
+
+def test_migrations_can_bypass_pgbouncer() -> None:
+    """The migrate Job may take a direct PostgreSQL URL from the Secret (optional key), since
+    migrations must not go through PgBouncer; without the key the Secret's URL stays."""
+    (variable,) = [
+        v for v in _only_container(MIGRATE).get("env", []) if v["name"] == "DISPATCH_DATABASE_URL"
+    ]
+    reference = variable["valueFrom"]["secretKeyRef"]
+    assert reference["name"] == SECRET["metadata"]["name"]
+    assert reference["optional"] is True
+    for workload in (API, WORKER):
+        names = {v["name"] for v in _only_container(workload).get("env", [])}
+        assert "DISPATCH_DATABASE_URL" not in names
 
 
 def test_deployment_selectors_match_their_pods_and_not_each_other() -> None:
@@ -416,8 +484,8 @@ def test_worker_is_given_more_time_than_its_grace() -> None:
     assert termination >= grace + SHUTDOWN_MARGIN
     # A claim outlives a clean shutdown, so a draining worker never loses its batch.
     assert int(CONFIGMAP["data"]["DISPATCH_CLAIM_LEASE_SECONDS"]) > grace
-    # No HTTP in the worker: nothing may route to it.
-    assert "ports" not in _only_container(WORKER)
+    # No HTTP API in the worker: its one port is the metrics port.
+    assert [p["name"] for p in _only_container(WORKER)["ports"]] == ["metrics"]
 
 
 def test_api_termination_covers_prestop_and_drain() -> None:
@@ -431,6 +499,120 @@ def test_migrate_job_is_bounded_and_cleans_up() -> None:
     assert spec["ttlSecondsAfterFinished"] > 0
     assert spec.get("activeDeadlineSeconds", 0) > 0
     assert _pod_spec(MIGRATE)["restartPolicy"] in ("Never", "OnFailure")
+
+
+# --------------------------------------------------------------------------- network
+
+POSTGRES_PORTS = {5432, 6432}  # PostgreSQL, PgBouncer
+DNS_PORT = 53
+# HTTPS (SQS, Service Bus over HTTPS and its tokens, webhooks) and AMQPS (Service Bus).
+QUEUE_AND_WEBHOOK_PORTS = {443, 5671}
+
+
+def _policies_selecting(workload: dict[str, Any]) -> list[dict[str, Any]]:
+    labels = workload["spec"]["template"]["metadata"]["labels"]
+    return [
+        policy
+        for policy in _of_kind("NetworkPolicy")
+        if _labels_match(policy["spec"]["podSelector"].get("matchLabels", {}), labels)
+    ]
+
+
+def _own_policy(workload: dict[str, Any]) -> dict[str, Any]:
+    (policy,) = [p for p in _policies_selecting(workload) if p["spec"]["podSelector"]]
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    return policy
+
+
+def _egress_ports(policy: dict[str, Any]) -> set[tuple[str, int]]:
+    ports = set()
+    for rule in policy["spec"].get("egress", []):
+        assert rule.get("ports"), "an egress rule without ports opens every port"
+        for port in rule["ports"]:
+            ports.add((port.get("protocol", "TCP"), port["port"]))
+    return ports
+
+
+def _ingress_ports(policy: dict[str, Any]) -> set[int | str]:
+    ports: set[int | str] = set()
+    for rule in policy["spec"].get("ingress", []):
+        assert rule.get("from"), "an ingress rule without `from` admits every pod"
+        assert rule.get("ports"), "an ingress rule without ports opens every port"
+        ports |= {port["port"] for port in rule["ports"]}
+    return ports
+
+
+def _ingress_peers(policy: dict[str, Any]) -> list[tuple[str, str]]:
+    """(namespace name, pod name label) of every peer admitted."""
+    peers = []
+    for rule in policy["spec"].get("ingress", []):
+        for peer in rule["from"]:
+            assert "ipBlock" not in peer
+            namespace = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            pod = peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+            peers.append((namespace, pod))
+    return peers
+
+
+def test_the_namespace_denies_all_traffic_by_default() -> None:
+    (deny,) = [p for p in _of_kind("NetworkPolicy") if p["spec"]["podSelector"] == {}]
+    assert set(deny["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in deny["spec"] and "egress" not in deny["spec"]
+
+
+@pytest.mark.parametrize("workload", WORKLOADS, ids=_workload_id)
+def test_every_workload_has_its_own_network_policy(workload: dict[str, Any]) -> None:
+    policy = _own_policy(workload)
+    egress = _egress_ports(policy)
+    assert ("UDP", DNS_PORT) in egress and ("TCP", DNS_PORT) in egress
+    assert ("TCP", 5432) in egress
+    allowed = {DNS_PORT} | POSTGRES_PORTS | QUEUE_AND_WEBHOOK_PORTS
+    assert {port for _, port in egress} <= allowed
+
+
+def test_api_is_reached_by_the_ingress_controller_and_prometheus_only() -> None:
+    policy = _own_policy(API)
+    assert _ingress_ports(policy) == {"http"}
+    assert {p["name"] for p in _only_container(API)["ports"]} == {"http"}
+    assert sorted(_ingress_peers(policy)) == [
+        ("ingress-nginx", "ingress-nginx"),
+        ("monitoring", "prometheus"),
+    ]
+    assert {port for _, port in _egress_ports(policy)} >= {443}  # queue verification
+
+
+def test_workers_admit_prometheus_on_the_metrics_port_only() -> None:
+    policy = _own_policy(WORKER)
+    assert _ingress_ports(policy) == {"metrics"}
+    assert _ingress_peers(policy) == [("monitoring", "prometheus")]
+    assert {port for _, port in _egress_ports(policy)} >= {443, 5671}  # SQS, Service Bus
+
+
+def test_migrate_job_talks_to_postgresql_and_dns_only() -> None:
+    policy = _own_policy(MIGRATE)
+    assert not policy["spec"].get("ingress")
+    assert {port for _, port in _egress_ports(policy)} == {DNS_PORT, 5432}
+
+
+def test_ingress_exposes_the_api_over_tls_and_nothing_else() -> None:
+    (ingress,) = _of_kind("Ingress")
+    spec = ingress["spec"]
+    (rule,) = spec["rules"]
+    (tls,) = spec["tls"]
+    assert tls["hosts"] == [rule["host"]] and tls["secretName"]
+    assert "cert-manager.io/cluster-issuer" in ingress["metadata"]["annotations"]
+    paths = rule["http"]["paths"]
+    # /v1 only: /metrics, /healthz, /readyz and /docs stay inside the cluster.
+    assert [(p["path"], p["pathType"]) for p in paths] == [("/v1", "Prefix")]
+    service = _object("Service", "dispatch-engine-api")
+    for path in paths:
+        backend = path["backend"]["service"]
+        assert backend["name"] == service["metadata"]["name"]
+        assert backend["port"]["name"] in {p["name"] for p in service["spec"]["ports"]}
+    # Contact files are streamed: the ingress-nginx body limit (1 MiB by default) is raised.
+    annotations = ingress["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/proxy-body-size"] != "1m"
+    assert annotations["nginx.ingress.kubernetes.io/proxy-request-buffering"] == "off"
 
 
 # --------------------------------------------------------------------------- settings names

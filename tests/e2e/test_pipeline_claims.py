@@ -12,9 +12,9 @@ from datetime import timedelta
 
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.context import AppContext
-from dispatch_engine.delivery.claims import claim_due_messages, still_owned
 from dispatch_engine.delivery.engine import DeliveryEngine
 from dispatch_engine.models import Message
+from dispatch_engine.store.messages import claim_due_messages, still_owned
 from tests.helpers import ANN, BOB, Api, contact, first, outbox_rows
 
 # --- R-SCH-1: claims and leases -----------------------------------------------------------

@@ -9,9 +9,9 @@ import pytest
 
 from dispatch_engine.context import AppContext
 from dispatch_engine.db.bulk import asyncpg_connection, insert_rows
-from dispatch_engine.delivery.claims import _due_candidates
 from dispatch_engine.models import Message
 from dispatch_engine.models.base import table_of
+from dispatch_engine.store.messages import _due_candidates
 
 NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
 MESSAGES = 20_000

@@ -25,6 +25,7 @@ from dispatch_engine.ingest import service
 from dispatch_engine.models import Invite
 from dispatch_engine.observability import metrics
 from dispatch_engine.security.hashing import keyed_hash
+from dispatch_engine.store import ingest as store_ingest
 from tests.conftest import create_policy, make_settings, setup_account, templates_for
 
 ROUNDS = 5
@@ -415,7 +416,7 @@ async def test_a_deadlock_between_two_chunks_is_retried_and_counted(
     run again (the client sees two 202s) and counted."""
     policy_id, dispatches = race_setup
     monkeypatch.setattr(service, "_by_id", lambda rows: rows)
-    original = service.insert_rows
+    original = store_ingest.insert_rows
     barrier = asyncio.Barrier(2)
     calls = [0]
 
@@ -428,7 +429,7 @@ async def test_a_deadlock_between_two_chunks_is_retried_and_counted(
         await asyncio.wait_for(barrier.wait(), 10)
         await original(session, table, rows[half:])
 
-    monkeypatch.setattr(service, "insert_rows", in_two_halves)
+    monkeypatch.setattr(store_ingest, "insert_rows", in_two_halves)
     retries = metrics.TRANSACTION_RETRIES.labels("ingest_chunk", "deadlock")
     before = retries._value.get()
     people = [f"dl-{k}@example.com" for k in range(OVERLAP_PEOPLE)]

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dispatch_engine.db import leases
-from dispatch_engine.delivery.relay import _PG_DUE_ROWS, OUTBOX
-from dispatch_engine.queues.local import LOCAL_QUEUE
+from dispatch_engine.store.local_queue import LOCAL_QUEUE
+from dispatch_engine.store.outbox import _PG_DUE_ROWS, OUTBOX
 
 NOW = datetime(2026, 3, 4, 12, 0, tzinfo=UTC)
 

@@ -9,8 +9,8 @@ import sys
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatch_engine.delivery.lookups import person_lock_id
 from dispatch_engine.runtime import GC_THRESHOLDS
+from dispatch_engine.store.lookups import person_lock_id
 
 
 def test_release_memory_collects_old_cycles_and_trims_the_c_heap() -> None:

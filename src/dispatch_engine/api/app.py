@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import secrets
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Response
+from fastapi.responses import PlainTextResponse
 from fastapi.routing import APIRoute
 
 from dispatch_engine import __version__
 from dispatch_engine.api.content_type import JsonBodiesOnly
+from dispatch_engine.api.openapi import DESCRIPTION, TAGS, DispatchAPI, install_docs
 from dispatch_engine.api.problems import install_problem_handlers
 from dispatch_engine.api.routes import (
     accounts,
@@ -83,11 +90,15 @@ def create_app(
             if owned:
                 await ctx.aclose()
 
-    app = FastAPI(
+    app = DispatchAPI(
         title="dispatch-engine",
         version=__version__,
-        description="Decides whether and when each survey invitation may go out under a "
-        "Delivery Policy, and pushes the ones that may onto the account's queue.",
+        summary="Survey invitations sent under Delivery Policies, onto the account's queue.",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        docs_url=None,  # install_docs: the same pages, without a CDN
+        redoc_url=None,
+        swagger_ui_oauth2_redirect_url=None,
         lifespan=lifespan,
     )
     app.state.context = ctx
@@ -98,7 +109,17 @@ def create_app(
     app.add_middleware(JsonBodiesOnly)
     app.middleware("http")(request_context)
 
-    @app.get("/metrics", include_in_schema=True, tags=["service"])
+    @app.get(
+        "/metrics",
+        tags=["service"],
+        summary="Prometheus metrics",
+        description="This process's metrics in the Prometheus text format, for scraping: "
+        "message outcomes, claim lag, pipeline latency, queue pushes, DND calls, outbox "
+        "depth, incident clocks. No personal data; every label has a bounded set of values. "
+        "No key needed. A separate `worker` process serves its own counters on "
+        "`DISPATCH_METRICS_PORT` (docs/operations.md).",
+        response_class=PlainTextResponse,
+    )
     async def metrics() -> Response:
         """Prometheus metrics (no PII, bounded labels)."""
         payload, media_type = metrics_payload()
@@ -106,6 +127,7 @@ def create_app(
 
     for module in ROUTE_MODULES:
         app.include_router(module.router)
+    install_docs(app)
     return app
 
 
@@ -114,3 +136,19 @@ def app_from_environment() -> FastAPI:
     settings = Settings()
     configure_logging(settings.log_level, settings.log_json)
     return create_app(settings, with_worker=False)
+
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document, from an app built on throwaway settings (nothing is connected
+    to or written): what `scripts/openapi.py` writes to docs/openapi.json."""
+    with tempfile.TemporaryDirectory(prefix="openapi-") as tmp:
+        ring = f"k1:{base64.b64encode(secrets.token_bytes(32)).decode()}"
+        settings = Settings(
+            _env_file=None,
+            env="dev",
+            data_dir=Path(tmp),
+            database_url=f"sqlite+aiosqlite:///{Path(tmp) / 'openapi.db'}",
+            encryption_keys=ring,
+            hmac_keys=ring,
+        )
+        return create_app(settings).openapi()

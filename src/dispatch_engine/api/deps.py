@@ -7,14 +7,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from fastapi import Depends, Request
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
 
 from dispatch_engine.context import AppContext
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import Forbidden, NotFound, Unauthenticated
-from dispatch_engine.models import ApiKey
 from dispatch_engine.security.api_keys import parse_key, secret_matches
+from dispatch_engine.store.api_keys import api_key_by_prefix
 from dispatch_engine.store.audit import record_audit
 
 
@@ -49,9 +50,33 @@ async def _session(context: ContextDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 
 
+class BearerApiKey(SecurityBase):
+    """The `Authorization` header exactly as sent, declared to OpenAPI as HTTP Bearer (so
+    Swagger UI has an Authorize button and every operation that needs a key shows the lock).
+
+    Unlike FastAPI's `HTTPBearer` it parses nothing and never answers itself:
+    `current_principal` checks the header, so a refusal is always our 401 problem."""
+
+    def __init__(self) -> None:
+        self.model = HTTPBearerModel(
+            bearerFormat="de_<prefix>_<secret>",
+            description="An API key (`dispatch-engine apikey create --role admin` makes the "
+            "first; then `POST /v1/api-keys`), sent as `Authorization: Bearer <key>`. Its "
+            "role decides what it may do: `backend` (EM; may be limited to one account), "
+            "`operator`, `admin`.",
+        )
+        self.scheme_name = "apiKey"
+
+    async def __call__(self, request: Request) -> str | None:
+        return request.headers.get("authorization")
+
+
+bearer_api_key = BearerApiKey()
+
+
 async def current_principal(
     context: ContextDep,
-    authorization: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Depends(bearer_api_key)],
 ) -> Principal:
     if not authorization or not authorization.lower().startswith("bearer "):
         raise Unauthenticated()
@@ -60,9 +85,7 @@ async def current_principal(
         raise Unauthenticated("the API key is malformed")
     prefix, secret = parsed
     async with context.sessions() as session:
-        key = (
-            await session.execute(select(ApiKey).where(ApiKey.prefix == prefix))
-        ).scalar_one_or_none()
+        key = await api_key_by_prefix(session, prefix)
     if key is None or key.revoked_at is not None or not secret_matches(secret, key.secret_hash):
         raise Unauthenticated("the API key is unknown or revoked")
     return Principal(key_id=key.id, role=key.role, account_id=key.account_id)

@@ -10,13 +10,13 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from dispatch_engine.cli.incidents import build_incidents_app
-from dispatch_engine.cli.store import (
+from dispatch_engine.cli.checks import (
     describe_store,
     require_free_port,
     require_store,
     say,
 )
+from dispatch_engine.cli.incidents import build_incidents_app
 from dispatch_engine.settings import Settings
 
 app = typer.Typer(help="dispatch-engine: survey invitation dispatch.", no_args_is_help=True)

@@ -1,9 +1,9 @@
 """Leases: rows that exactly one worker handles at a time, and the backoff between tries.
 
 Four tables are worked this way, each described once by its owner as a `LeasedTable`:
-messages (`delivery/claims.py`), the outbox (`delivery/relay.py`), incident notifications
-(`incidents/notifications.py`) and the local queue (`queues/local.py`, whose lease is its
-visibility timeout and whose tokens are per-message receipts).
+messages (`store/messages.py`), the outbox (`store/outbox.py`), incident notifications
+(`store/notifications.py`) and the local queue (`store/local_queue.py`, whose lease is
+its visibility timeout and whose tokens are per-message receipts).
 
 A row is taken in one of two ways:
 

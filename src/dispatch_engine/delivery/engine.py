@@ -16,24 +16,28 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
-from sqlalchemy import Select, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.clients.dnd_webhook import DndAnswer, DndClient, DndQuery
 from dispatch_engine.context import AppContext
-from dispatch_engine.db.bulk import insert_rows, member_of, update_rows
 from dispatch_engine.db.dialect import is_single_writer
-from dispatch_engine.delivery.claims import (
-    claim_due_messages,
-    lease_messages,
-    lock_due_messages,
-    release_claims,
-    still_owned,
-)
+from dispatch_engine.db.session import AsyncSession, IntegrityError
 from dispatch_engine.delivery.facts import DndSettings, message_facts, step_facts
-from dispatch_engine.delivery.lookups import (
+from dispatch_engine.models import (
+    Invite,
+    LineupMessage,
+    Message,
+    new_id,
+)
+from dispatch_engine.observability import metrics
+from dispatch_engine.rules.base import Decision, Defer, Hold, Pass, Suppress
+from dispatch_engine.rules.fatigue import fatigue_lock_key
+from dispatch_engine.rules.pipeline import MessageFacts, decide, needs_dnd_check
+from dispatch_engine.schemas.queue_message import encode_invitation, format_utc
+from dispatch_engine.security.sealing import open_contact
+from dispatch_engine.store.lookups import (
     BatchFacts,
+    dnd_webhooks_of_dispatches,
+    dnd_webhooks_of_messages,
     invites_with_later_steps,
     load_batch_facts,
     load_ledger,
@@ -41,23 +45,19 @@ from dispatch_engine.delivery.lookups import (
     load_unsubscribes,
     lock_people,
 )
-from dispatch_engine.models import (
-    Dispatch,
-    FatigueLedger,
-    Invite,
-    LineupMessage,
-    Message,
-    OutboxEntry,
-    Policy,
-    new_id,
+from dispatch_engine.store.messages import (
+    claim_due_messages,
+    insert_ledger,
+    insert_messages,
+    lease_messages,
+    lock_due_messages,
+    release_claims,
+    release_invite_locks,
+    still_owned,
+    update_invites,
+    update_messages,
 )
-from dispatch_engine.models.base import table_of
-from dispatch_engine.observability import metrics
-from dispatch_engine.rules.base import Decision, Defer, Hold, Pass, Suppress
-from dispatch_engine.rules.fatigue import fatigue_lock_key
-from dispatch_engine.rules.pipeline import MessageFacts, decide, needs_dnd_check
-from dispatch_engine.schemas.queue_message import encode_invitation, format_utc
-from dispatch_engine.security.sealing import open_contact
+from dispatch_engine.store.outbox import insert_outbox
 
 log = structlog.get_logger(__name__)
 
@@ -322,26 +322,14 @@ class DeliveryEngine:
 
     async def _any_dnd(self, session: AsyncSession, ids: list[str]) -> bool:
         async with session.begin():
-            dispatch_ids = select(Message.dispatch_id).where(member_of(session, Message.id, ids))
-            return await self._needs_webhooks(session, dispatch_ids)
+            return await dnd_webhooks_of_messages(session, ids)
 
-    async def _needs_webhooks(
-        self, session: AsyncSession, dispatch_ids: set[str] | Select[Any]
-    ) -> bool:
-        """One cheap query: does the policy of any of these dispatches (ids, or a query for
-        them) have a DND webhook at all?"""
+    async def _needs_webhooks(self, session: AsyncSession, dispatch_ids: set[str]) -> bool:
+        """One cheap query: does the policy of any of these dispatches have a DND webhook
+        at all?"""
         if self.dnd_client is None:
             return False
-        of_dispatches = (
-            Dispatch.id.in_(dispatch_ids)
-            if isinstance(dispatch_ids, Select)
-            else member_of(session, Dispatch.id, dispatch_ids)
-        )
-        policy_ids = select(Dispatch.policy_id).where(of_dispatches)
-        webhooks = await session.execute(
-            select(Policy.dnd_webhooks).where(Policy.id.in_(policy_ids.distinct()))
-        )
-        return any(any(hooks.values()) for hooks in webhooks.scalars() if hooks)
+        return await dnd_webhooks_of_dispatches(session, dispatch_ids)
 
     async def _decide_and_write(
         self,
@@ -643,23 +631,13 @@ class _BatchWriter:
 
     async def flush(self, session: AsyncSession) -> None:
         """A handful of set-based statements for the whole batch."""
-        messages = table_of(Message)
-        await update_rows(session, messages, "id", self.message_updates)
-        await insert_rows(session, messages, self.new_messages)
-        await insert_rows(session, table_of(OutboxEntry), self.outbox)
-        await insert_rows(session, table_of(FatigueLedger), self.ledger)
+        await update_messages(session, self.message_updates)
+        await insert_messages(session, self.new_messages)
+        await insert_outbox(session, self.outbox)
+        await insert_ledger(session, self.ledger)
         await self._flush_invites(session)
 
     async def _flush_invites(self, session: AsyncSession) -> None:
-        invites = table_of(Invite)
         if self.stale_locks:  # released before any invite takes the lock over
-            await session.execute(
-                update(invites)
-                .where(member_of(session, invites.c.id, self.stale_locks))
-                .values(fatigue_lock=None)
-            )
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for values in self.invite_updates.values():
-            groups.setdefault(tuple(sorted(values)), []).append(values)
-        for rows in groups.values():
-            await update_rows(session, invites, "id", rows)
+            await release_invite_locks(session, self.stale_locks)
+        await update_invites(session, self.invite_updates.values())

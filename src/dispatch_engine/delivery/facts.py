@@ -7,12 +7,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 
-from dispatch_engine.delivery.lookups import BatchFacts
 from dispatch_engine.models import Invite, LineupMessage, Message, Policy
 from dispatch_engine.rules.business_hours import BusinessHours
 from dispatch_engine.rules.fatigue import fatigue_lock_key
 from dispatch_engine.rules.pipeline import DndFacts, MessageFacts
 from dispatch_engine.schemas.policies import BusinessRules, FatigueRules
+from dispatch_engine.store.lookups import BatchFacts
 
 
 @lru_cache(maxsize=1024)

@@ -9,72 +9,27 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, NamedTuple
+from typing import Any
 
 import structlog
-from sqlalchemy import DOUBLE_PRECISION, bindparam, case, cast, extract, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.context import AppContext
 from dispatch_engine.db import leases
-from dispatch_engine.db.bulk import member_of
-from dispatch_engine.db.dialect import has_row_locks, is_single_writer
+from dispatch_engine.db.dialect import is_single_writer
 from dispatch_engine.db.engine import allow_idle_in_transaction
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.delivery.breaker import CircuitBreaker
-from dispatch_engine.models import Message, OutboxEntry, QueueIntegration
-from dispatch_engine.models.base import table_of
+from dispatch_engine.models import QueueIntegration
 from dispatch_engine.observability import metrics
 from dispatch_engine.queues.base import OutgoingMessage, QueueSender, SendFailure
 from dispatch_engine.queues.factory import SenderCache
+from dispatch_engine.store import messages as message_store
+from dispatch_engine.store import outbox
+from dispatch_engine.store.outbox import DueRow
 
 log = structlog.get_logger(__name__)
 NO_SENDER = "no queue sender for this integration"
 CIRCUIT_OPEN = "circuit open: the queue kept failing; retrying after the cooldown"
-
-
-class DueRow(NamedTuple):
-    """An outbox row taken for a round: what the push and the write-back need, no more."""
-
-    id: int
-    message_id: str
-    account_id: str
-    invite_id: str
-    body: bytes
-    ready_at: float  # epoch seconds: the latency histogram and the `delayed` check subtract it
-    attempts: int
-
-
-# Due: not delivered, not given up, its next attempt reached (the pending index's order).
-OUTBOX = leases.LeasedTable.of(
-    table_of(OutboxEntry),
-    due=lambda now: (
-        OutboxEntry.delivered_at.is_(None),
-        OutboxEntry.failed_at.is_(None),
-        OutboxEntry.next_attempt_at <= now,
-    ),
-    order=(OutboxEntry.next_attempt_at, OutboxEntry.id),
-)
-_outbox = OUTBOX.table
-_DUE_COLUMNS = (
-    _outbox.c.id,
-    _outbox.c.message_id,
-    _outbox.c.account_id,
-    _outbox.c.invite_id,
-    _outbox.c.body,
-    _outbox.c.ready_at,
-    _outbox.c.attempts,
-)
-# PostgreSQL reads due rows straight through asyncpg: a round's 500 rows skip SQLAlchemy's
-# per-row result processing, a fifth of the relay's own CPU per message. `ready_at` comes
-# as epoch seconds.
-_PG_DUE_ROWS = leases.pg_due_statement(
-    OUTBOX,
-    [
-        *_DUE_COLUMNS[:5],
-        cast(extract("epoch", _outbox.c.ready_at), DOUBLE_PRECISION),
-        _outbox.c.attempts,
-    ],
-)
 
 
 @dataclass
@@ -149,18 +104,8 @@ class OutboxRelay:
         """Outbox depth and oldest age, and the integrations whose queue refuses pushes, for
         the gauges (an indexed query and a count over the small integrations table)."""
         async with self.context.sessions() as session, session.begin():
-            depth, oldest = (
-                await session.execute(
-                    select(func.count(), func.min(OutboxEntry.created_at)).where(
-                        OutboxEntry.delivered_at.is_(None), OutboxEntry.failed_at.is_(None)
-                    )
-                )
-            ).one()
-            refusing = (
-                await session.execute(
-                    select(func.count()).where(QueueIntegration.push_error.is_not(None))
-                )
-            ).scalar_one()
+            depth, oldest = await outbox.depth(session)
+            refusing = await outbox.integrations_refusing(session)
         metrics.QUEUE_INTEGRATIONS_REFUSING.set(refusing)
         metrics.OUTBOX_DEPTH.set(depth)
         age = (self.context.clock.now() - oldest).total_seconds() if oldest else 0.0
@@ -215,7 +160,7 @@ class OutboxRelay:
         released = 0
         for token, ids in list(self.holding.items()):
             async with self.context.sessions() as session, session.begin():
-                await leases.release(session, OUTBOX, ids, token)
+                await outbox.release_rows(session, ids, token)
             released += len(ids)
             self.holding.pop(token, None)
         return released
@@ -270,17 +215,9 @@ class OutboxRelay:
         """Show a refusal of the whole push on the integration, or clear it once a push went
         through (only on a change, so an outage writes once, not every round). Fenced by
         version: a replaced integration starts clean."""
-        table = table_of(QueueIntegration)
         for integration, error in changes:
-            # Parallel lanes may report the same error: the first one's time is kept.
-            since = case((table.c.push_error == error, table.c.push_error_at), else_=now)
-            await session.execute(
-                update(table)
-                .where(
-                    table.c.account_id == integration.account_id,
-                    table.c.version == integration.version,
-                )
-                .values(push_error=error, push_error_at=since if error is not None else None)
+            await outbox.record_push_health(
+                session, integration.account_id, integration.version, error, now
             )
             if error is None:
                 log.info("queue_push_recovered", account=integration.account_id)
@@ -291,39 +228,12 @@ class OutboxRelay:
 
     async def _due_rows(self, session: AsyncSession, now: datetime) -> list[DueRow]:
         """Due outbox rows in order (locked on PostgreSQL: the locks are the claim)."""
-        if has_row_locks(session):
-            records = await leases.fetch_locked(
-                session, _PG_DUE_ROWS, now=now, limit=self.batch_size
-            )
-            return [DueRow(*record) for record in records]
-        rows = await leases.lock_due(
-            session, OUTBOX, now=now, limit=self.batch_size, columns=_DUE_COLUMNS
-        )
-        return [
-            DueRow(
-                r.id,
-                r.message_id,
-                r.account_id,
-                r.invite_id,
-                r.body,
-                r.ready_at.timestamp(),
-                r.attempts,
-            )
-            for r in rows
-        ]
+        return await outbox.due_rows(session, now, self.batch_size)
 
     async def _integrations(
         self, session: AsyncSession, rows: list[DueRow]
     ) -> dict[str, QueueIntegration]:
-        accounts = {r.account_id for r in rows}
-        integrations = (
-            await session.execute(
-                select(QueueIntegration).where(
-                    member_of(session, QueueIntegration.account_id, accounts)
-                )
-            )
-        ).scalars()
-        return {i.account_id: i for i in integrations}
+        return await outbox.integrations_of(session, {r.account_id for r in rows})
 
     async def _claim(
         self, session: AsyncSession, now: datetime
@@ -333,7 +243,7 @@ class OutboxRelay:
         if not rows:
             return leases.new_token(), [], {}
         ids = [r.id for r in rows]
-        token = await leases.lease_locked(session, OUTBOX, ids, now=now, lease=self.lease)
+        token = await outbox.lease_rows(session, ids, now=now, lease=self.lease)
         return token, rows, await self._integrations(session, rows)
 
     async def _push(
@@ -412,29 +322,15 @@ class OutboxRelay:
         if delivered:
             # The queue holds them now: the rows go (a delete is a fraction of an update's
             # work in PostgreSQL, and no copy of the address stays behind in the outbox).
-            await leases.delete_owned(session, OUTBOX, token, [r.id for r in delivered])
+            await outbox.delete_delivered(session, token, [r.id for r in delivered])
             result.delivered = len(delivered)
             # A push that was late (`delayed`) is now done: the message reads `sent` again.
             # Only a message due before the `delayed` cutoff can have been marked (its sent_at
             # is never earlier than its ready_at), so a round of fresh rows skips the update.
             cutoff = (now - self.maybe_delayed_after).timestamp()
             if min(r.ready_at for r in delivered) <= cutoff:
-                await session.execute(
-                    update(Message)
-                    .where(
-                        member_of(session, Message.id, [r.message_id for r in delivered]),
-                        Message.state == "delayed",
-                    )
-                    .values(state="sent", rule=None, reason=None)
-                    .execution_options(synchronize_session=False)
-                )
-        await leases.write_back(session, OUTBOX, token, retry)  # the claim ends with it
+                await message_store.mark_sent_again(session, [r.message_id for r in delivered])
+        await outbox.write_back(session, token, retry)  # the claim ends with it
         if failed_messages:
-            messages = table_of(Message)
-            await session.execute(
-                update(messages)
-                .where(messages.c.id == bindparam("b_id"))
-                .values(state="failed", rule="queue", reason=bindparam("reason")),
-                failed_messages,
-            )
+            await message_store.mark_failed(session, failed_messages)
         return result

@@ -11,15 +11,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import ValidationFailed
-from dispatch_engine.models import Account, IncidentCommunication, new_id
+from dispatch_engine.models import IncidentCommunication, new_id
 from dispatch_engine.schemas.incidents import CommunicationIn, CommunicationOut
 from dispatch_engine.security.crypto import FieldCipher
 from dispatch_engine.security.hashing import KeyedHasher, keyed_hash
 from dispatch_engine.security.sealing import communication_recipient_aad
+from dispatch_engine.store.accounts import find_account
+from dispatch_engine.store.incidents import communications_of
 
 
 def seal_recipient(cipher: FieldCipher, communication_id: str, recipient: str) -> str:
@@ -44,7 +44,7 @@ async def record_communication(
     key_id: str | None,
     cipher: FieldCipher,
 ) -> IncidentCommunication:
-    if await session.get(Account, body.account) is None:
+    if await find_account(session, body.account) is None:
         raise ValidationFailed("account", f"unknown account '{body.account}'")
     if body.at is not None and body.at > now:
         raise ValidationFailed("at", "must not be in the future")
@@ -91,10 +91,5 @@ def audit_view(out: CommunicationOut, hasher: KeyedHasher) -> dict[str, Any]:
 async def list_communications(
     session: AsyncSession, incident_id: str, account: str | None, cipher: FieldCipher
 ) -> list[CommunicationOut]:
-    query = select(IncidentCommunication).where(IncidentCommunication.incident_id == incident_id)
-    if account:
-        query = query.where(IncidentCommunication.account_id == account)
-    query = query.order_by(
-        IncidentCommunication.account_id, IncidentCommunication.at, IncidentCommunication.id
-    )
-    return [communication_out(e, cipher) for e in (await session.execute(query)).scalars()]
+    entries = await communications_of(session, incident_id, account)
+    return [communication_out(e, cipher) for e in entries]

@@ -9,22 +9,25 @@ from __future__ import annotations
 
 import csv
 import io
-from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import ColumnElement, and_, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dispatch_engine.models import Account, Incident, IncidentResend, Message
+from dispatch_engine.db.session import AsyncSession, async_sessionmaker
+from dispatch_engine.models import Incident, Message
 from dispatch_engine.schemas.cursor import decode_keys, encode_keys, parse_time
+from dispatch_engine.store.accounts import account_names
+from dispatch_engine.store.resends import (
+    IMPACTED_STATES,
+    WITHDRAWN_REASON,
+    WITHDRAWN_RULE,
+    impacted_messages,
+    resent_as,
+)
+from dispatch_engine.store.resends import ImpactedQuery as ImpactedQuery
 
-IMPACTED_STATES = ("failed", "delayed")
-WITHDRAWN_RULE = "incident"
-WITHDRAWN_REASON = "superseded_by_resend"
 CSV_PAGE = 1000
 CSV_COLUMNS = (
     "account",
@@ -40,15 +43,6 @@ CSV_COLUMNS = (
     "resent_as",
 )
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-@dataclass(frozen=True)
-class ImpactedQuery:
-    incident_id: str
-    start: datetime
-    end: datetime
-    account: str | None = None
-    channel: str | None = None
 
 
 class SendingOut(BaseModel):
@@ -81,55 +75,12 @@ def time_range(incident: Incident, now: datetime) -> tuple[datetime, datetime]:
     return incident.started_at, incident.resolved_at or now
 
 
-def impacted_condition() -> ColumnElement[bool]:
-    """Failed or delayed — or withdrawn because it was re-sent."""
-    return or_(
-        Message.state.in_(IMPACTED_STATES),
-        and_(
-            Message.state == "suppressed",
-            Message.rule == WITHDRAWN_RULE,
-            Message.reason == WITHDRAWN_REASON,
-        ),
-    )
-
-
 def is_impacted(message: Message) -> bool:
     return message.state in IMPACTED_STATES or (
         message.state == "suppressed"
         and message.rule == WITHDRAWN_RULE
         and message.reason == WITHDRAWN_REASON
     )
-
-
-def _conditions(q: ImpactedQuery) -> list[ColumnElement[bool]]:
-    conditions = [impacted_condition(), Message.due_at >= q.start, Message.due_at <= q.end]
-    if q.account:
-        conditions.append(Message.account_id == q.account)
-    if q.channel:
-        conditions.append(Message.channel == q.channel)
-    return conditions
-
-
-async def impacted_ids(session: AsyncSession, q: ImpactedQuery) -> list[str]:
-    query = select(Message.id).where(*_conditions(q)).order_by(Message.due_at, Message.id)
-    return list((await session.execute(query)).scalars())
-
-
-async def _page(
-    session: AsyncSession, q: ImpactedQuery, after: tuple[str, datetime, str] | None, limit: int
-) -> list[Message]:
-    query = select(Message).where(*_conditions(q))
-    if after is not None:
-        account, due, last = after
-        query = query.where(
-            or_(
-                Message.account_id > account,
-                and_(Message.account_id == account, Message.due_at > due),
-                and_(Message.account_id == account, Message.due_at == due, Message.id > last),
-            )
-        )
-    query = query.order_by(Message.account_id, Message.due_at, Message.id).limit(limit)
-    return list((await session.execute(query)).scalars())
 
 
 async def _extras(
@@ -139,20 +90,10 @@ async def _extras(
     accounts = {r.account_id for r in rows}
     ids = [r.id for r in rows]
     names: dict[str, str] = {}
-    resent: dict[str, list[str]] = defaultdict(list)
+    resent: dict[str, list[str]] = {}
     if accounts:
-        names = {
-            a: str(n)
-            for a, n in await session.execute(
-                select(Account.id, Account.name).where(Account.id.in_(accounts))
-            )
-        }
-        for original, new in await session.execute(
-            select(IncidentResend.original_message_id, IncidentResend.new_message_id)
-            .where(IncidentResend.original_message_id.in_(ids))
-            .order_by(IncidentResend.created_at, IncidentResend.id)
-        ):
-            resent[original].append(new)
+        names = {a: str(n) for a, n in (await account_names(session, accounts)).items()}
+        resent = await resent_as(session, ids)
     return names, resent
 
 
@@ -180,7 +121,7 @@ def _after(cursor: str | None) -> tuple[str, datetime, str] | None:
 async def impacted_page(
     session: AsyncSession, q: ImpactedQuery, *, limit: int, cursor: str | None
 ) -> ImpactedPage:
-    rows = await _page(session, q, _after(cursor), limit + 1)
+    rows = await impacted_messages(session, q, _after(cursor), limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     names, resent = await _extras(session, rows)
@@ -228,7 +169,7 @@ async def stream_csv(
     after: tuple[str, datetime, str] | None = None
     while True:
         async with sessions() as session, session.begin():
-            rows = await _page(session, q, after, CSV_PAGE)
+            rows = await impacted_messages(session, q, after, CSV_PAGE)
             names, resent = await _extras(session, rows)
         if not rows:
             return

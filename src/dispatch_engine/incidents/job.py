@@ -14,18 +14,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import structlog
-from sqlalchemy import Insert, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.clients.guarded_http import GuardedHttpClient
 from dispatch_engine.context import AppContext
-from dispatch_engine.db.dialect import insert_ignoring_conflicts
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.incidents import notifications
 from dispatch_engine.incidents.clocks import CLOCK_NAMES
-from dispatch_engine.incidents.service import DUE_COLUMNS
-from dispatch_engine.models import Incident, IncidentClockAlert
-from dispatch_engine.models.base import table_of
 from dispatch_engine.observability import incident_metrics as metrics
+from dispatch_engine.store.incidents import DUE_COLUMNS, overdue_incidents, record_clock_alert
 
 log = structlog.get_logger(__name__)
 INTERVAL_SECONDS = 15.0
@@ -45,31 +41,16 @@ class JobResult:
     notifications: notifications.DrainResult = field(default_factory=notifications.DrainResult)
 
 
-def _insert_once(session: AsyncSession) -> Insert:
-    return insert_ignoring_conflicts(session, table_of(IncidentClockAlert))
-
-
-async def _overdue(session: AsyncSession, now: datetime) -> list[Incident]:
-    columns = [getattr(Incident, c) for c in DUE_COLUMNS.values()]
-    query = select(Incident).where(or_(*(c < now for c in columns))).order_by(Incident.id)
-    return list((await session.execute(query)).scalars())
-
-
 async def report_overdue(session: AsyncSession, now: datetime) -> JobResult:
     """Inside the caller's transaction: alert rows and notification rows."""
     result = JobResult()
-    for incident in await _overdue(session, now):
+    for incident in await overdue_incidents(session, now):
         for clock in CLOCK_NAMES:
             due_at: datetime | None = getattr(incident, DUE_COLUMNS[clock])
             if due_at is None or not now > due_at:
                 continue
             result.overdue_now[clock] += 1
-            inserted = await session.execute(
-                _insert_once(session).values(
-                    incident_id=incident.id, clock=clock, due_at=due_at, raised_at=now
-                )
-            )
-            if not inserted.rowcount:  # type: ignore[attr-defined]
+            if not await record_clock_alert(session, incident.id, clock, due_at, now):
                 continue
             result.raised.append((incident.id, clock, due_at, incident.severity))
             await notifications.enqueue(

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import Conflict, ValidationFailed
-from dispatch_engine.models import Account, Incident, IncidentStatusUpdate, new_id
+from dispatch_engine.models import Incident, IncidentStatusUpdate, new_id
 from dispatch_engine.schemas.incidents import FeedNotice, StatusUpdateIn, StatusUpdateOut
+from dispatch_engine.store.accounts import account_names
+from dispatch_engine.store.notices import live_notices, notices_of_incident
 
 RESOLVED_LIVES = timedelta(hours=1)
 TITLES = {
@@ -93,9 +93,7 @@ def _validate(body: StatusUpdateIn, incident: Incident, now: datetime) -> None:
 async def _account_names(session: AsyncSession, ids: list[str]) -> list[str]:
     if not ids:
         return []
-    rows = dict(
-        (await session.execute(select(Account.id, Account.name).where(Account.id.in_(ids)))).all()
-    )
+    rows = await account_names(session, ids)
     missing = [i for i in ids if i not in rows]
     if missing:
         raise ValidationFailed("accounts", f"unknown account(s): {', '.join(missing[:10])}")
@@ -148,36 +146,11 @@ def notice_out(notice: IncidentStatusUpdate) -> StatusUpdateOut:
 
 
 async def list_notices(session: AsyncSession, incident_id: str) -> list[IncidentStatusUpdate]:
-    query = (
-        select(IncidentStatusUpdate)
-        .where(IncidentStatusUpdate.incident_id == incident_id)
-        .order_by(IncidentStatusUpdate.posted_at, IncidentStatusUpdate.id)
-    )
-    return list((await session.execute(query)).scalars())
+    return await notices_of_incident(session, incident_id)
 
 
 async def live_feed(session: AsyncSession, now: datetime) -> list[FeedNotice]:
     """Each incident's newest notice, if it is still live; newest first."""
-    ranked = select(
-        IncidentStatusUpdate.id.label("id"),
-        func.row_number()
-        .over(
-            partition_by=IncidentStatusUpdate.incident_id,
-            order_by=(IncidentStatusUpdate.posted_at.desc(), IncidentStatusUpdate.id.desc()),
-        )
-        .label("rank"),
-    ).subquery()
-    query = (
-        select(IncidentStatusUpdate)
-        .join(ranked, ranked.c.id == IncidentStatusUpdate.id)
-        .join(Incident, Incident.id == IncidentStatusUpdate.incident_id)
-        .where(
-            ranked.c.rank == 1,
-            or_(IncidentStatusUpdate.expires_at.is_(None), IncidentStatusUpdate.expires_at > now),
-            or_(Incident.state != "closed", IncidentStatusUpdate.template == "resolved"),
-        )
-        .order_by(IncidentStatusUpdate.posted_at.desc(), IncidentStatusUpdate.id.desc())
-    )
     return [
         FeedNotice(
             id=n.id,
@@ -191,5 +164,5 @@ async def live_feed(session: AsyncSession, now: datetime) -> list[FeedNotice]:
             posted_at=n.posted_at,
             expires_at=n.expires_at,
         )
-        for n in (await session.execute(query)).scalars()
+        for n in await live_notices(session, now)
     ]

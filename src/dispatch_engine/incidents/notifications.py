@@ -15,20 +15,20 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import structlog
-from pydantic import BaseModel, Field
-from sqlalchemy import Row, select
-from sqlalchemy.ext.asyncio import AsyncSession
+from pydantic import BaseModel, ConfigDict, Field
 
 from dispatch_engine.clients.guarded_http import GuardedHttpClient
 from dispatch_engine.context import AppContext
 from dispatch_engine.db import leases
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import NotFound, ValidationFailed
 from dispatch_engine.models import Incident, IncidentNotification, NotificationWebhook, new_id
-from dispatch_engine.models.base import table_of
 from dispatch_engine.schemas.common import StrictModel
 from dispatch_engine.security.crypto import FieldCipher
 from dispatch_engine.security.sealing import webhook_url_aad
 from dispatch_engine.security.ssrf import GuardedHttpError, UnsafeUrlError, UrlPolicy, validate_url
+from dispatch_engine.store import notifications as store
+from dispatch_engine.store.notifications import ClaimedNotification
 
 log = structlog.get_logger(__name__)
 
@@ -49,19 +49,21 @@ BACKOFF_CAP_SECONDS = 600.0
 LEASE = timedelta(seconds=60)
 DRAIN_BATCH = 100
 CONCURRENCY = 8
-# Due: neither delivered nor given up, its next attempt reached.
-NOTIFICATIONS = leases.LeasedTable.of(
-    table_of(IncidentNotification),
-    due=lambda now: (
-        IncidentNotification.delivered_at.is_(None),
-        IncidentNotification.failed_at.is_(None),
-        IncidentNotification.next_attempt_at <= now,
-    ),
-    order=(IncidentNotification.next_attempt_at, IncidentNotification.id),
-)
 
 
 class WebhookIn(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "ops-slack",
+                    "url": "https://hooks.slack.com/services/T0000/B0000/XXXXXXXX",
+                    "events": ["incident.created", "incident.state_changed"],
+                }
+            ]
+        }
+    )
+
     name: str = Field(min_length=1, max_length=200)
     url: str = Field(min_length=8, max_length=2048, description="e.g. a Slack incoming webhook")
     events: list[Event] = Field(
@@ -122,14 +124,11 @@ async def create_webhook(
 
 
 async def list_webhooks(session: AsyncSession) -> list[NotificationWebhook]:
-    query = select(NotificationWebhook).order_by(
-        NotificationWebhook.created_at, NotificationWebhook.id
-    )
-    return list((await session.execute(query)).scalars())
+    return await store.all_webhooks(session)
 
 
 async def get_webhook(session: AsyncSession, webhook_id: str) -> NotificationWebhook:
-    webhook = await session.get(NotificationWebhook, webhook_id)
+    webhook = await store.find_webhook(session, webhook_id)
     if webhook is None:
         raise NotFound(f"notification webhook '{webhook_id}'")
     return webhook
@@ -204,32 +203,21 @@ class _Outcome:
 
 
 # A claimed notification (the row's columns) and the webhook it goes to.
-_Claimed = tuple[Row[Any], NotificationWebhook]
+_Claimed = tuple[ClaimedNotification, NotificationWebhook]
 
 
 async def _claim(session: AsyncSession, now: datetime) -> tuple[str, list[_Claimed]]:
-    token, rows = await leases.claim(
-        session, NOTIFICATIONS, now=now, limit=DRAIN_BATCH, lease=LEASE
-    )
+    token, rows = await store.claim_due_notifications(session, now, limit=DRAIN_BATCH, lease=LEASE)
     if not rows:
         return token, []
-    hooks = {
-        w.id: w
-        for w in (
-            await session.execute(
-                select(NotificationWebhook).where(
-                    NotificationWebhook.id.in_({r.webhook_id for r in rows})
-                )
-            )
-        ).scalars()
-    }
+    hooks = await store.webhooks_by_id(session, {r.webhook_id for r in rows})
     return token, [(r, hooks[r.webhook_id]) for r in rows if r.webhook_id in hooks]
 
 
 async def _post(
     http: GuardedHttpClient,
     cipher: FieldCipher,
-    row: Row[Any],
+    row: ClaimedNotification,
     hook: NotificationWebhook,
 ) -> _Outcome:
     try:
@@ -316,5 +304,5 @@ async def _write_back(
             )
             result.retried += 1
         rows.append(values)
-    await leases.write_back(session, NOTIFICATIONS, token, rows)
+    await store.write_back_notifications(session, token, rows)
     return result

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import Conflict, NotFound, ValidationFailed
-from dispatch_engine.models import Account, Incident, IncidentPostmortem
+from dispatch_engine.models import Incident, IncidentPostmortem
 from dispatch_engine.schemas.durations import format_duration
 from dispatch_engine.schemas.incidents import PostmortemIn, PostmortemOut
+from dispatch_engine.store.accounts import find_account
+from dispatch_engine.store.incidents import find_postmortem
 
 
 async def record_postmortem(
@@ -23,12 +24,12 @@ async def record_postmortem(
             slug="incident-not-resolved",
         )
     for index, credit in enumerate(body.service_credits):
-        if await session.get(Account, credit.account) is None:
+        if await find_account(session, credit.account) is None:
             raise ValidationFailed(
                 f"service_credits.{index}.account", f"unknown account '{credit.account}'"
             )
     credits = [c.model_dump() for c in body.service_credits]
-    existing = await session.get(IncidentPostmortem, incident.id)
+    existing = await find_postmortem(session, incident.id)
     if existing is None:
         existing = IncidentPostmortem(
             incident_id=incident.id,
@@ -53,7 +54,7 @@ async def record_postmortem(
 
 
 async def get_postmortem(session: AsyncSession, incident_id: str) -> IncidentPostmortem:
-    found = await session.get(IncidentPostmortem, incident_id)
+    found = await find_postmortem(session, incident_id)
     if found is None:
         raise NotFound(f"post-mortem of incident '{incident_id}'")
     return found

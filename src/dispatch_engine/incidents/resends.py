@@ -14,40 +14,43 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
-from sqlalchemy import and_, select, update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dispatch_engine.db.bulk import insert_rows
-from dispatch_engine.db.leases import lease_free, lease_held
+from dispatch_engine.db.session import AsyncSession, IntegrityError
 from dispatch_engine.errors import DomainError, FieldError, ValidationFailed
-from dispatch_engine.incidents.impacted import (
-    WITHDRAWN_REASON,
-    WITHDRAWN_RULE,
-    ImpactedQuery,
-    impacted_ids,
-    is_impacted,
-)
+from dispatch_engine.incidents.impacted import ImpactedQuery, is_impacted
 from dispatch_engine.models import (
     Account,
     IncidentApproval,
-    IncidentApprovalSending,
     IncidentResend,
-    Invite,
     Message,
-    OutboxEntry,
     new_id,
 )
-from dispatch_engine.models.base import table_of
 from dispatch_engine.schemas.common import AccountId, StrictModel, UtcTime
 from dispatch_engine.security.normalize import InvalidAddress, normalize_email
+from dispatch_engine.store import resends as store
+from dispatch_engine.store.accounts import find_account
 
 THRESHOLD_KEY = "threshold"
 Outcome = Literal["allowed", "needs_approval", "not_resendable", "already_resent", "resent"]
 
 
 class ApprovalIn(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "account": "acme",
+                    "approver_email": "owner@acme.example",
+                    "approver_name": "Olivia Owner",
+                    "channel": "phone",
+                    "approved_at": "2026-03-02T10:15:00Z",
+                    "note": "Resend everything that failed this morning",
+                }
+            ]
+        }
+    )
+
     account: AccountId
     approver_email: str = Field(max_length=320, description="Owner or admin, as on the account.")
     approver_name: str | None = Field(default=None, max_length=200)
@@ -85,6 +88,14 @@ class ApprovalOut(BaseModel):
 
 
 class ResendIn(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"sendings": ["m_06h23zk8ra1b2c3d4e5f6a7b8c9d"], "dry_run": True, "account": "acme"}
+            ]
+        }
+    )
+
     sendings: list[str] = Field(min_length=1, max_length=1000, description="Message ids.")
     dry_run: bool = False
     account: AccountId | None = Field(
@@ -171,7 +182,7 @@ async def record_approval(
     now: datetime,
     key_id: str | None,
 ) -> tuple[IncidentApproval, list[str]]:
-    account = await session.get(Account, body.account)
+    account = await find_account(session, body.account)
     if account is None:
         raise ValidationFailed("account", f"unknown account '{body.account}'")
     role = approver_role(account, body.approver_email)
@@ -182,7 +193,7 @@ async def record_approval(
         )
     if body.approved_at > now:
         raise ValidationFailed("approved_at", "must not be in the future")
-    impacted = await impacted_ids(session, q)
+    impacted = await store.impacted_ids(session, q)
     if body.sendings is None:
         covered = impacted
     else:
@@ -212,11 +223,7 @@ async def record_approval(
     )
     session.add(approval)
     await session.flush()
-    await insert_rows(
-        session,
-        table_of(IncidentApprovalSending),
-        [{"approval_id": approval.id, "message_id": m} for m in covered],
-    )
+    await store.add_approval_sendings(session, approval.id, covered)
     return approval, covered
 
 
@@ -238,23 +245,10 @@ def approval_out(approval: IncidentApproval, sendings: list[str]) -> ApprovalOut
 
 
 async def list_approvals(session: AsyncSession, incident_id: str) -> list[ApprovalOut]:
-    approvals = list(
-        (
-            await session.execute(
-                select(IncidentApproval)
-                .where(IncidentApproval.incident_id == incident_id)
-                .order_by(IncidentApproval.recorded_at, IncidentApproval.id)
-            )
-        ).scalars()
-    )
+    approvals = await store.approvals_of_incident(session, incident_id)
     covered: dict[str, list[str]] = {a.id: [] for a in approvals}
     if approvals:
-        rows = await session.execute(
-            select(IncidentApprovalSending.approval_id, IncidentApprovalSending.message_id)
-            .where(IncidentApprovalSending.approval_id.in_(covered))
-            .order_by(IncidentApprovalSending.message_id)
-        )
-        for approval_id, message_id in rows:
+        for approval_id, message_id in await store.sendings_of_approvals(session, covered):
             covered[approval_id].append(message_id)
     return [approval_out(a, covered[a.id]) for a in approvals]
 
@@ -269,52 +263,14 @@ class _Facts:
 
 
 async def _facts(session: AsyncSession, incident_id: str, ids: list[str], now: datetime) -> _Facts:
-    messages = {
-        m.id: m
-        for m in (await session.execute(select(Message).where(Message.id.in_(ids)))).scalars()
-    }
+    messages = await store.messages_by_id(session, ids)
     invite_ids = {m.invite_id for m in messages.values()}
-    erased = set(
-        (
-            await session.execute(
-                select(Invite.id).where(Invite.id.in_(invite_ids), Invite.contact.is_(None))
-            )
-        ).scalars()
-    )
+    erased = await store.erased_invite_ids(session, invite_ids)
     approvals: dict[str, list[str]] = {}
-    rows = await session.execute(
-        select(IncidentApprovalSending.message_id, IncidentApproval.id)
-        .join(IncidentApproval, IncidentApproval.id == IncidentApprovalSending.approval_id)
-        .where(
-            IncidentApproval.incident_id == incident_id,
-            IncidentApprovalSending.message_id.in_(ids),
-        )
-        .order_by(IncidentApproval.recorded_at.desc(), IncidentApproval.id.desc())
-    )
-    for message_id, approval_id in rows:
+    for message_id, approval_id in await store.covering_approvals(session, incident_id, ids):
         approvals.setdefault(message_id, []).append(approval_id)
-    resends = {
-        (original, key): new
-        for original, key, new in await session.execute(
-            select(
-                IncidentResend.original_message_id,
-                IncidentResend.approval_key,
-                IncidentResend.new_message_id,
-            ).where(IncidentResend.original_message_id.in_(ids))
-        )
-    }
-    in_flight = set(
-        (
-            await session.execute(
-                select(OutboxEntry.message_id).where(
-                    OutboxEntry.message_id.in_(ids),
-                    OutboxEntry.delivered_at.is_(None),
-                    OutboxEntry.failed_at.is_(None),
-                    lease_held(OutboxEntry.lease_until, now),
-                )
-            )
-        ).scalars()
-    )
+    resends = await store.resends_of_messages(session, ids)
+    in_flight = await store.messages_being_pushed(session, ids, now)
     return _Facts(
         messages=messages,
         contact_erased={m.id for m in messages.values() if m.invite_id in erased},
@@ -386,39 +342,7 @@ async def _withdraw(session: AsyncSession, message: Message, now: datetime) -> b
     stop the claim loop from picking it (fencing any worker holding its claim)."""
     if message.state != "delayed":
         return True
-    await session.execute(
-        update(OutboxEntry)
-        .where(
-            OutboxEntry.message_id == message.id,
-            OutboxEntry.delivered_at.is_(None),
-            OutboxEntry.failed_at.is_(None),
-            lease_free(OutboxEntry.lease_until, now),
-        )
-        .values(failed_at=now, last_error="withdrawn: superseded by an incident resend")
-        .execution_options(synchronize_session=False)
-    )
-    pushing = await session.execute(
-        select(OutboxEntry.id).where(
-            OutboxEntry.message_id == message.id,
-            and_(OutboxEntry.delivered_at.is_(None), OutboxEntry.failed_at.is_(None)),
-        )
-    )
-    if pushing.first() is not None:
-        return False
-    result = await session.execute(
-        update(Message)
-        .where(Message.id == message.id, Message.state == "delayed")
-        .values(
-            state="suppressed",
-            rule=WITHDRAWN_RULE,
-            reason=WITHDRAWN_REASON,
-            decided_at=now,
-            claim_token=None,
-            lease_until=None,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return await store.withdraw_delayed_message(session, message.id, now)
 
 
 class _Lost(Exception):
@@ -457,12 +381,7 @@ async def _resend_one(
             session.add(_copy(message, new_message_id, now))
             await session.flush()
     except IntegrityError:  # a concurrent call resent it first: same answer as a retry
-        existing = await session.scalar(
-            select(IncidentResend.new_message_id).where(
-                IncidentResend.original_message_id == message.id,
-                IncidentResend.approval_key == key,
-            )
-        )
+        existing = await store.resend_under(session, message.id, key)
         item.outcome, item.resend = "already_resent", existing
         item.reason = f"already re-sent as {existing}"
         return
@@ -521,11 +440,6 @@ async def resend(
 
 
 async def list_resends(session: AsyncSession, incident_id: str) -> list[ResendRecord]:
-    rows = await session.execute(
-        select(IncidentResend)
-        .where(IncidentResend.incident_id == incident_id)
-        .order_by(IncidentResend.created_at, IncidentResend.id)
-    )
     return [
         ResendRecord(
             id=r.id,
@@ -536,5 +450,5 @@ async def list_resends(session: AsyncSession, incident_id: str) -> list[ResendRe
             window_minutes=round(r.window_seconds / 60, 2),
             created_at=r.created_at,
         )
-        for r in rows.scalars()
+        for r in await store.resends_of_incident(session, incident_id)
     ]

@@ -6,17 +6,13 @@ times from the injected clock and refreshes the stored clock due times.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, delete, exists, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from dispatch_engine.errors import Conflict, NotFound, ValidationFailed
+from dispatch_engine.db.session import AsyncSession
+from dispatch_engine.errors import Conflict, ValidationFailed
 from dispatch_engine.incidents import clocks
-from dispatch_engine.models import Account, Incident, IncidentAccount, IncidentPostmortem, new_id
+from dispatch_engine.models import Incident, IncidentAccount, new_id
 from dispatch_engine.rules import incident_states as states
 from dispatch_engine.schemas.cursor import decode_cursor, encode_cursor
 from dispatch_engine.schemas.incidents import (
@@ -26,6 +22,11 @@ from dispatch_engine.schemas.incidents import (
     IncidentOut,
     TransitionIn,
 )
+from dispatch_engine.store import incidents as store
+from dispatch_engine.store.accounts import known_account_ids
+from dispatch_engine.store.incidents import DUE_COLUMNS
+from dispatch_engine.store.incidents import IncidentFilters as IncidentFilters
+from dispatch_engine.store.incidents import get_incident as get_incident
 
 LIST_FIELDS = ("evidence_links", "stakeholders", "customer_tickets")
 PLAIN_FIELDS = (
@@ -41,38 +42,19 @@ PLAIN_FIELDS = (
     "communicator",
 )
 NOT_NULL = ("title", "service", "started_at")
-DUE_COLUMNS = {"ack": "ack_due_at", "update": "update_due_at", "postmortem": "postmortem_due_at"}
-
-
-@dataclass(frozen=True)
-class IncidentFilters:
-    state: str | None = None
-    severity: str | None = None
-    account: str | None = None
-    open: bool | None = None
-    overdue: bool | None = None
-    clock: str | None = None
-
-
-async def get_incident(session: AsyncSession, incident_id: str, *, lock: bool = False) -> Incident:
-    """The incident; `lock` takes its row lock (PostgreSQL) so changes serialise."""
-    incident = await session.get(Incident, incident_id, with_for_update=lock or None)
-    if incident is None:
-        raise NotFound(f"incident '{incident_id}'")
-    return incident
 
 
 async def check_incident_reference(session: AsyncSession, incident_id: str | None) -> None:
     """A pause or resume may name the incident it belongs to; that incident must exist, or
     the audit trail would point nowhere (422 on `incident`, nothing changed)."""
-    if incident_id is not None and await session.get(Incident, incident_id) is None:
+    if incident_id is not None and not await store.incident_exists(session, incident_id):
         raise ValidationFailed(
             "incident", f"no incident '{incident_id}'; report it with POST /v1/incidents first"
         )
 
 
 async def has_postmortem(session: AsyncSession, incident_id: str) -> bool:
-    return await session.get(IncidentPostmortem, incident_id) is not None
+    return await store.find_postmortem(session, incident_id) is not None
 
 
 def clock_inputs(incident: Incident, postmortem_at: datetime | None) -> clocks.ClockInputs:
@@ -90,30 +72,6 @@ def refresh_clocks(incident: Incident, postmortem_at: datetime | None) -> None:
     """Store each running clock's due time (NULL when stopped): what `?overdue` reads."""
     for clock in clocks.all_clocks(clock_inputs(incident, postmortem_at)):
         setattr(incident, DUE_COLUMNS[clock.name], clock.due_at)
-
-
-async def _accounts_of(session: AsyncSession, ids: list[str]) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = defaultdict(list)
-    if ids:
-        rows = await session.execute(
-            select(IncidentAccount.incident_id, IncidentAccount.account_id)
-            .where(IncidentAccount.incident_id.in_(ids))
-            .order_by(IncidentAccount.account_id)
-        )
-        for incident_id, account_id in rows:
-            found[incident_id].append(account_id)
-    return found
-
-
-async def _postmortems_of(session: AsyncSession, ids: list[str]) -> dict[str, datetime]:
-    if not ids:
-        return {}
-    rows = await session.execute(
-        select(IncidentPostmortem.incident_id, IncidentPostmortem.recorded_at).where(
-            IncidentPostmortem.incident_id.in_(ids)
-        )
-    )
-    return {incident_id: at for incident_id, at in rows}
 
 
 def _out(
@@ -159,17 +117,15 @@ def _out(
 
 
 async def incident_out(session: AsyncSession, incident: Incident, now: datetime) -> IncidentOut:
-    accounts = await _accounts_of(session, [incident.id])
-    postmortems = await _postmortems_of(session, [incident.id])
+    accounts = await store.impacted_accounts_of(session, [incident.id])
+    postmortems = await store.postmortem_times(session, [incident.id])
     return _out(incident, accounts[incident.id], postmortems.get(incident.id), now)
 
 
 async def _check_accounts(session: AsyncSession, account_ids: list[str], field: str) -> None:
     if not account_ids:
         return
-    known = set(
-        (await session.execute(select(Account.id).where(Account.id.in_(account_ids)))).scalars()
-    )
+    known = await known_account_ids(session, account_ids)
     missing = sorted(set(account_ids) - known)
     if missing:
         raise ValidationFailed(field, f"unknown account(s): {', '.join(missing[:10])}")
@@ -181,7 +137,7 @@ def _check_started(started_at: datetime | None, now: datetime) -> None:
 
 
 async def _set_accounts(session: AsyncSession, incident_id: str, account_ids: list[str]) -> None:
-    await session.execute(delete(IncidentAccount).where(IncidentAccount.incident_id == incident_id))
+    await store.clear_impacted_accounts(session, incident_id)
     for account_id in sorted(set(account_ids)):
         session.add(IncidentAccount(incident_id=incident_id, account_id=account_id))
 
@@ -252,7 +208,7 @@ async def patch_incident(
 async def touch(session: AsyncSession, incident: Incident, now: datetime) -> None:
     incident.updated_at = now
     incident.version += 1
-    pm = await session.get(IncidentPostmortem, incident.id)
+    pm = await store.find_postmortem(session, incident.id)
     refresh_clocks(incident, pm.recorded_at if pm else None)
     await session.flush()
 
@@ -294,31 +250,6 @@ async def transition(
     return previous
 
 
-def _filtered(query: Select[Any], filters: IncidentFilters, now: datetime) -> Select[Any]:
-    if filters.state:
-        query = query.where(Incident.state == filters.state)
-    if filters.severity:
-        query = query.where(Incident.severity == filters.severity)
-    if filters.account:
-        query = query.where(
-            exists().where(
-                IncidentAccount.incident_id == Incident.id,
-                IncidentAccount.account_id == filters.account,
-            )
-        )
-    if filters.open is not None:
-        query = query.where(
-            Incident.state != "closed" if filters.open else Incident.state == "closed"
-        )
-    columns = [getattr(Incident, DUE_COLUMNS[filters.clock])] if filters.clock else None
-    columns = columns or [getattr(Incident, column) for column in DUE_COLUMNS.values()]
-    if filters.overdue is True:
-        query = query.where(or_(*(column < now for column in columns)))
-    elif filters.overdue is False:
-        query = query.where(*((column.is_(None) | (column >= now)) for column in columns))
-    return query
-
-
 async def list_incidents(
     session: AsyncSession,
     filters: IncidentFilters,
@@ -328,19 +259,13 @@ async def list_incidents(
     cursor: str | None,
 ) -> tuple[list[IncidentOut], str | None]:
     """Newest first; `next_cursor` continues after the last item."""
-    query = _filtered(select(Incident), filters, now)
-    if cursor:
-        at, last_id = decode_cursor(cursor)
-        query = query.where(
-            (Incident.reported_at < at) | ((Incident.reported_at == at) & (Incident.id < last_id))
-        )
-    query = query.order_by(Incident.reported_at.desc(), Incident.id.desc()).limit(limit + 1)
-    rows = list((await session.execute(query)).scalars())
+    after = decode_cursor(cursor) if cursor else None
+    rows = await store.filtered_incidents(session, filters, now, after=after, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     ids = [r.id for r in rows]
-    accounts = await _accounts_of(session, ids)
-    postmortems = await _postmortems_of(session, ids)
+    accounts = await store.impacted_accounts_of(session, ids)
+    postmortems = await store.postmortem_times(session, ids)
     items = [_out(r, accounts[r.id], postmortems.get(r.id), now) for r in rows]
     next_cursor = encode_cursor(rows[-1].reported_at, rows[-1].id) if more and rows else None
     return items, next_cursor

@@ -18,12 +18,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import insert, literal, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.context import AppContext
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import Conflict
-from dispatch_engine.models import ContactBatch, RejectedRow
+from dispatch_engine.models import ContactBatch
+from dispatch_engine.store import batches as store
 
 log = structlog.get_logger(__name__)
 INTERRUPTED_ERROR = (
@@ -77,12 +77,7 @@ async def heartbeat(context: AppContext, batch_id: str) -> AsyncIterator[None]:
             await asyncio.sleep(period)
             try:
                 async with context.sessions() as session, session.begin():
-                    await session.execute(
-                        update(ContactBatch)
-                        .where(ContactBatch.id == batch_id, ContactBatch.status == "processing")
-                        .values(lease_until=context.clock.now() + lease(context))
-                        .execution_options(synchronize_session=False)
-                    )
+                    await store.renew_lease(session, batch_id, context.clock.now() + lease(context))
             except Exception as exc:  # the next beat tries again; the fence guards the rest
                 log.warning("upload_lease_renewal_failed", error_type=type(exc).__name__)
 
@@ -95,11 +90,6 @@ async def heartbeat(context: AppContext, batch_id: str) -> AsyncIterator[None]:
             await task
 
 
-def progress_fence(batch_id: str) -> Any:
-    """The WHERE of a chunk's counter update: the batch is still this request's."""
-    return (ContactBatch.id == batch_id) & (ContactBatch.status == "processing")
-
-
 def check_fence(rowcount: int | None) -> None:
     if not rowcount:
         raise BatchTakenOver()
@@ -107,24 +97,12 @@ def check_fence(rowcount: int | None) -> None:
 
 async def interrupt(session: AsyncSession, batch_id: str, now: datetime) -> bool:
     """End a `processing` batch as `interrupted`; False when it had ended already."""
-    result = await session.execute(
-        update(ContactBatch)
-        .where(ContactBatch.id == batch_id, ContactBatch.status == "processing")
-        .values(status="interrupted", error=INTERRUPTED_ERROR, finished_at=now, lease_until=None)
-        .execution_options(synchronize_session=False)
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return await store.interrupt(session, batch_id, now, INTERRUPTED_ERROR)
 
 
 async def interrupt_expired(session: AsyncSession, now: datetime) -> int:
     """Maintenance: every `processing` batch whose request stopped renewing its lease."""
-    result = await session.execute(
-        update(ContactBatch)
-        .where(ContactBatch.status == "processing", ContactBatch.lease_until < now)
-        .values(status="interrupted", error=INTERRUPTED_ERROR, finished_at=now, lease_until=None)
-        .execution_options(synchronize_session=False)
-    )
-    count = int(result.rowcount or 0)  # type: ignore[attr-defined]
+    count = await store.interrupt_expired(session, now, INTERRUPTED_ERROR)
     if count:
         log.warning("contact_batches_interrupted", count=count)
     return count
@@ -139,15 +117,7 @@ async def carry_over(session: AsyncSession, dead: ContactBatch, batch: ContactBa
     batch.rejected = dead.rejected
     batch.duplicates = dead.duplicates
     await session.flush()
-    copied = select(
-        literal(batch.id, RejectedRow.batch_id.type),
-        RejectedRow.row_number,
-        RejectedRow.field,
-        RejectedRow.reason,
-    ).where(RejectedRow.batch_id == dead.id)
-    await session.execute(
-        insert(RejectedRow).from_select(["batch_id", "row_number", "field", "reason"], copied)
-    )
+    await store.copy_rejected_rows(session, dead.id, batch.id)
 
 
 async def skip_rows(

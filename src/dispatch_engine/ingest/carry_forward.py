@@ -5,17 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from dispatch_engine.db.bulk import chunks, member_of
-from dispatch_engine.db.conditional import relabel, update_unchanged
-from dispatch_engine.models import FatigueLedger, Invite
-from dispatch_engine.models.base import table_of
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.rules.fatigue import fatigue_lock_key
 from dispatch_engine.security.hashing import KeyedHasher, keyed_hash, old_key_ids
+from dispatch_engine.store import ingest as store
 from dispatch_engine.store.fatigue_locks import InviteRehash, release_conflicting_locks
 from dispatch_engine.store.unsubscribes import copy_unsubscribes
 
@@ -108,7 +102,7 @@ async def carry_forward_fatigue(
     pairs = _carry_pairs(hasher, normalised_uuid_values)
     if not pairs:
         return CarriedFatigue()
-    ledger = await relabel(session, table_of(FatigueLedger), "uuid_hash", pairs)
+    ledger = await store.relabel_ledger(session, pairs)
     locks = 0
     if lock_scope is not None:
         locks = await _carry_locks(session, pairs, lock_scope)
@@ -120,17 +114,7 @@ async def _carry_locks(session: AsyncSession, pairs: Mapping[str, str], scope: L
         return fatigue_lock_key(scope.policy_id, scope.fatigue_epoch, scope.sandbox, uuid_hash)
 
     targets = {lock(old): (old, new) for old, new in pairs.items()}
-    holders: list[Any] = []
-    for chunk in chunks(list(targets)):
-        holders.extend(
-            (
-                await session.execute(
-                    select(Invite.id, Invite.fatigue_lock, Invite.uuid_hash).where(
-                        member_of(session, Invite.fatigue_lock, chunk)
-                    )
-                )
-            ).all()
-        )
+    holders = await store.invites_holding(session, list(targets))
     plans = [
         InviteRehash(
             invite_id,
@@ -149,12 +133,4 @@ async def _carry_locks(session: AsyncSession, pairs: Mapping[str, str], scope: L
         }
         for p in plans
     ]
-    done = await update_unchanged(
-        session,
-        table_of(Invite),
-        "id",
-        updates,
-        new=["fatigue_lock", "uuid_hash"],
-        old=["fatigue_lock"],
-    )
-    return len(done)
+    return await store.move_locks(session, updates)

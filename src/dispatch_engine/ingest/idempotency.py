@@ -16,14 +16,14 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.context import AppContext
+from dispatch_engine.db.session import AsyncSession, IntegrityError
 from dispatch_engine.errors import Conflict, DomainError, FieldError
 from dispatch_engine.ingest import batches
 from dispatch_engine.models import ContactBatch, IdempotencyKey
+from dispatch_engine.store import idempotency as store
+from dispatch_engine.store.batches import find_batch
 
 log = structlog.get_logger(__name__)
 
@@ -82,7 +82,7 @@ async def begin(
     first rows that a dead request with this key already stored (0 for a fresh key)."""
     now = batch.created_at
     async with context.sessions() as session, session.begin():
-        existing = await session.get(IdempotencyKey, (account_id, key))
+        existing = await store.get_key(session, account_id, key)
         if existing is not None:
             if existing.status_code is not None:
                 return existing
@@ -118,23 +118,12 @@ async def _take_over(
     """Take a key whose request died; its batch ends `interrupted`, ours carries on."""
     if record.request_scope is not None and record.request_scope != scope:
         raise _reused()
-    dead = await session.get(ContactBatch, record.batch_id) if record.batch_id else None
+    dead = await find_batch(session, record.batch_id) if record.batch_id else None
     if dead is not None and batches.still_processing(dead, now):
         raise _in_flight()
     if dead is None and record.created_at + batches.lease(context) >= now:
         raise _in_flight()  # a reservation from before leases existed, maybe alive
-    taken = await session.execute(
-        update(IdempotencyKey)
-        .where(
-            IdempotencyKey.account_id == record.account_id,
-            IdempotencyKey.key == record.key,
-            IdempotencyKey.status_code.is_(None),
-            IdempotencyKey.batch_id.is_not_distinct_from(record.batch_id),
-        )
-        .values(batch_id=batch.id, request_scope=scope)
-        .execution_options(synchronize_session=False)
-    )
-    if not taken.rowcount:  # type: ignore[attr-defined]
+    if not await store.take_over(session, record, batch_id=batch.id, scope=scope):
         raise _in_flight()  # another retry took it first
     session.add(batch)
     on_start(session)
@@ -162,7 +151,7 @@ async def finish(
     response: dict[str, Any],
 ) -> None:
     async with context.sessions() as session, session.begin():
-        record = await session.get(IdempotencyKey, (account_id, key))
+        record = await store.get_key(session, account_id, key)
         if record is not None:
             record.request_hash = request_hash
             record.status_code = status_code
@@ -177,8 +166,8 @@ async def abandon(context: AppContext, account_id: str, key: str | None, batch_i
         await batches.interrupt(session, batch_id, context.clock.now())
         if key is None:
             return
-        record = await session.get(IdempotencyKey, (account_id, key))
-        batch = await session.get(ContactBatch, batch_id)
+        record = await store.get_key(session, account_id, key)
+        batch = await find_batch(session, batch_id)
         if record is None or record.status_code is not None or record.batch_id != batch_id:
             return
         if batch is None or (batch.rows_total == 0 and batch.resumed_from is None):

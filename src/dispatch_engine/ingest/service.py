@@ -23,13 +23,10 @@ from operator import itemgetter
 from typing import Any
 
 import structlog
-from sqlalchemy import or_, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.context import AppContext
-from dispatch_engine.db.bulk import existing_values, insert_rows, member_of
 from dispatch_engine.db.leases import backoff
+from dispatch_engine.db.session import AsyncSession, DBAPIError, IntegrityError
 from dispatch_engine.db.statistics import GrowthAnalyzer
 from dispatch_engine.db.transient import transient_kind
 from dispatch_engine.delivery.facts import fatigue_of
@@ -40,21 +37,14 @@ from dispatch_engine.ingest.carry_forward import (
     carry_forward_unsubscribes,
 )
 from dispatch_engine.ingest.rows import ContactIn, Rejection, parse_contact
-from dispatch_engine.models import (
-    ContactBatch,
-    Dispatch,
-    Invite,
-    LineupMessage,
-    Message,
-    Policy,
-    RejectedRow,
-    new_id,
-)
-from dispatch_engine.models.base import table_of
+from dispatch_engine.models import Dispatch, LineupMessage, Policy, new_id
 from dispatch_engine.observability import metrics
 from dispatch_engine.rules.fatigue import fatigue_lock_key
 from dispatch_engine.security.hashing import KeyedHasher, keyed_hash
 from dispatch_engine.security.sealing import seal_contact
+from dispatch_engine.store import batches as batch_store
+from dispatch_engine.store import ingest as store
+from dispatch_engine.store.messages import insert_messages
 
 log = structlog.get_logger(__name__)
 CHUNK_RETRIES = 6
@@ -355,8 +345,8 @@ async def _store_chunk(
         invites.append(candidate.invite)
         if candidate.message is not None:
             messages.append(candidate.message)
-    await insert_rows(session, table_of(Invite), _by_id(invites))
-    await insert_rows(session, table_of(Message), _by_id(messages))
+    await store.insert_invites(session, _by_id(invites))
+    await insert_messages(session, _by_id(messages))
     counts.accepted = len(invites)
     counts.rejected = len(counts.rejections)
     await _record_progress(session, batch_id, counts)
@@ -392,9 +382,7 @@ async def _drop_known_external_ids(
     wanted = {c.external_id for c in candidates if c.external_id}
     if not wanted:
         return candidates
-    known = await existing_values(
-        session, Invite.external_id, wanted, Invite.dispatch_id == dispatch_id
-    )
+    known = await store.known_external_ids(session, dispatch_id, wanted)
     kept = []
     for candidate in candidates:
         external_id = candidate.external_id
@@ -415,22 +403,10 @@ async def _assign_locks(session: AsyncSession, keys: list[str], now: datetime) -
     unique = set(keys)
     # Who holds these locks now, in one pass over the lock index. A lock whose token
     # expired or was answered is stale: it is released (rare) and can be taken again.
-    stale = or_(Invite.valid_until <= now, Invite.responded_at.is_not(None))
-    holders = (
-        await session.execute(
-            select(Invite.id, Invite.fatigue_lock, stale).where(
-                member_of(session, Invite.fatigue_lock, unique)
-            )
-        )
-    ).all()
+    holders = await store.lock_holders(session, unique, now)
     released = sorted(invite_id for invite_id, _, is_stale in holders if is_stale)
     if released:
-        await session.execute(
-            update(Invite)
-            .where(member_of(session, Invite.id, released))
-            .values(fatigue_lock=None)
-            .execution_options(synchronize_session=False)
-        )
+        await store.release_locks(session, released)
     held = {key for _, key, is_stale in holders if not is_stale}
     locks: dict[int, str] = {}
     for index, key in enumerate(keys):
@@ -441,9 +417,8 @@ async def _assign_locks(session: AsyncSession, keys: list[str], now: datetime) -
 
 
 async def _record_progress(session: AsyncSession, batch_id: str, counts: IngestCounts) -> None:
-    await insert_rows(
+    await batch_store.insert_rejected_rows(
         session,
-        table_of(RejectedRow),
         [
             {
                 "batch_id": batch_id,
@@ -454,15 +429,12 @@ async def _record_progress(session: AsyncSession, batch_id: str, counts: IngestC
             for r in counts.rejections
         ],
     )
-    progressed = await session.execute(
-        update(ContactBatch)
-        .where(batches.progress_fence(batch_id))
-        .values(
-            rows_total=ContactBatch.rows_total + counts.rows,
-            accepted=ContactBatch.accepted + counts.accepted,
-            rejected=ContactBatch.rejected + counts.rejected,
-            duplicates=ContactBatch.duplicates + counts.duplicates,
-        )
-        .execution_options(synchronize_session=False)
+    progressed = await batch_store.add_progress(
+        session,
+        batch_id,
+        rows=counts.rows,
+        accepted=counts.accepted,
+        rejected=counts.rejected,
+        duplicates=counts.duplicates,
     )
-    batches.check_fence(progressed.rowcount)  # type: ignore[attr-defined]
+    batches.check_fence(progressed)

@@ -65,7 +65,7 @@ CLAIMABLE_STATES = ("pending", "deferred")
 # A `delayed` message is decided again only if it was never decided; one that passed but
 # whose queue push is late is the relay's to finish (deciding it again would send it twice).
 UNDECIDED_DELAY = "not_decided_in_time"
-# The claim query's filter (delivery/claims.py) as the claim index's predicate, from the same
+# The claim query's filter (store/messages.py) as the claim index's predicate, from the same
 # constants: if the two differ PostgreSQL cannot use the index and each claim sorts every
 # message.
 CLAIMABLE_PREDICATE = (

@@ -1,6 +1,6 @@
-"""The embedded `local` queue: messages kept in the engine's own database, and every query
-on them: the relay's send, the vendor's receive and ack (`api/routes/local_queue.py`), and
-`queue tail`.
+"""The embedded `local` queue: messages kept in the engine's own database: the relay's
+send, the vendor's receive and ack (`api/routes/local_queue.py`), and `queue tail`. Every
+query on them is in `store/local_queue.py`.
 
 Re-delivery of the same message id is absorbed by a unique index, so the local queue holds
 each message once even though the relay is at-least-once. A receive leases the messages it
@@ -15,25 +15,11 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-
 from dispatch_engine.clock import Clock
-from dispatch_engine.db import leases
-from dispatch_engine.db.bulk import insert_rows, member_of
-from dispatch_engine.models import LocalQueueMessage
-from dispatch_engine.models.base import table_of
+from dispatch_engine.db.session import AsyncSession, async_sessionmaker
 from dispatch_engine.queues.base import OutgoingMessage, SendFailure
+from dispatch_engine.store import local_queue as store
 
-# Visible (its `visible_at` reached) messages in order; a receive hides them until then.
-LOCAL_QUEUE = leases.LeasedTable.of(
-    table_of(LocalQueueMessage),
-    due=lambda now: (),
-    order=(LocalQueueMessage.visible_at, LocalQueueMessage.id),
-    token="receipt",  # noqa: S106 (a column name)
-    lease="visible_at",
-    visibility=True,
-)
 TAIL_BATCH = 1000
 
 
@@ -48,19 +34,7 @@ class LocalQueueSender:
     async def send_batch(self, messages: Sequence[OutgoingMessage]) -> list[SendFailure]:
         now = self.clock.now()
         async with self.sessions() as session, session.begin():
-            existing = set(
-                (
-                    await session.execute(
-                        select(LocalQueueMessage.message_id).where(
-                            member_of(
-                                session,
-                                LocalQueueMessage.message_id,
-                                [m.message_id for m in messages],
-                            )
-                        )
-                    )
-                ).scalars()
-            )
+            existing = await store.stored_message_ids(session, [m.message_id for m in messages])
             rows = [
                 {
                     "account_id": self.account_id,
@@ -73,7 +47,7 @@ class LocalQueueSender:
                 for m in messages
                 if m.message_id not in existing
             ]
-            await insert_rows(session, table_of(LocalQueueMessage), rows)
+            await store.enqueue(session, rows)
         return []
 
     async def probe(self, body: bytes, message_id: str) -> None:
@@ -103,13 +77,7 @@ async def receive(
     """Up to `limit` visible messages of the account in order, each hidden for `visibility`
     under a new receipt (PostgreSQL: SKIP LOCKED, so concurrent receivers get different
     messages). In the caller's transaction."""
-    rows = await leases.lock_due(
-        session,
-        LOCAL_QUEUE,
-        now=now,
-        limit=limit,
-        where=[LocalQueueMessage.account_id == account_id],
-    )
+    rows = await store.lock_visible(session, account_id, now=now, limit=limit)
     received = [
         Received(
             receipt=secrets.token_urlsafe(24),
@@ -120,12 +88,10 @@ async def receive(
         )
         for row in rows
     ]
-    await leases.lease_each(
+    await store.hide(
         session,
-        LOCAL_QUEUE,
         {row.id: item.receipt for row, item in zip(rows, received, strict=True)},
         until=now + visibility,
-        values={"receive_count": LOCAL_QUEUE.table.c.receive_count + 1},
     )
     return received
 
@@ -133,20 +99,9 @@ async def receive(
 async def ack(session: AsyncSession, account_id: str, receipts: Collection[str]) -> set[str]:
     """Delete the account's messages received under `receipts`; returns the receipts that
     matched (one from an earlier receive of the same message no longer does)."""
-    matched = await session.execute(
-        select(LocalQueueMessage.receipt).where(
-            LocalQueueMessage.account_id == account_id,
-            member_of(session, LocalQueueMessage.receipt, receipts),
-        )
-    )
-    found = {receipt for receipt in matched.scalars() if receipt is not None}
+    found = await store.receipts_held(session, account_id, receipts)
     if found:
-        await session.execute(
-            delete(LocalQueueMessage).where(
-                LocalQueueMessage.account_id == account_id,
-                member_of(session, LocalQueueMessage.receipt, found),
-            )
-        )
+        await store.delete_received(session, account_id, found)
     return found
 
 
@@ -155,21 +110,7 @@ async def read_after(
 ) -> list[tuple[int, bytes]]:
     """`queue tail`: the account's messages stored after id `after` (at most `TAIL_BATCH`), as
     (id, body) in id order, whether received or not; deleted too when `consume`."""
-    rows = [
-        (row_id, body)
-        for row_id, body in (
-            await session.execute(
-                select(LocalQueueMessage.id, LocalQueueMessage.body)
-                .where(LocalQueueMessage.account_id == account_id, LocalQueueMessage.id > after)
-                .order_by(LocalQueueMessage.id)
-                .limit(TAIL_BATCH)
-            )
-        ).tuples()
-    ]
+    rows = await store.stored_after(session, account_id, after, TAIL_BATCH)
     if consume and rows:
-        await session.execute(
-            delete(LocalQueueMessage).where(
-                member_of(session, LocalQueueMessage.id, [row_id for row_id, _ in rows])
-            )
-        )
+        await store.delete_ids(session, [row_id for row_id, _ in rows])
     return rows

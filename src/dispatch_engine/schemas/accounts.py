@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dispatch_engine.schemas.common import AccountId, StrictModel
 from dispatch_engine.security.normalize import InvalidAddress, normalize_email, normalize_phone
@@ -40,6 +40,23 @@ class Contact(StrictModel):
 
 
 class AccountCreate(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "acme",
+                    "name": "Acme",
+                    "owner": {
+                        "name": "Olivia Owner",
+                        "email": "owner@acme.example",
+                        "phone": "+14155552671",
+                    },
+                    "admins": [{"name": "Adam Admin", "email": "admin@acme.example"}],
+                }
+            ]
+        }
+    )
+
     id: AccountId
     name: str = Field(min_length=1, max_length=200)
     owner: Contact | None = None
@@ -48,6 +65,17 @@ class AccountCreate(StrictModel):
 
 
 class AccountPatch(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Acme Inc",
+                    "decision_maker": {"name": "Dana Decider", "email": "dana@acme.example"},
+                }
+            ]
+        }
+    )
+
     name: str | None = Field(default=None, min_length=1, max_length=200)
     owner: Contact | None = None
     admins: list[Contact] | None = Field(default=None, max_length=50)
@@ -69,6 +97,12 @@ Role = Literal["backend", "operator", "admin"]
 
 
 class ApiKeyCreate(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"role": "backend", "account": "acme", "name": "EM production"}]
+        }
+    )
+
     role: Role
     account: AccountId | None = Field(
         default=None, description="Limit a backend key to one account (backend role only)."

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from dispatch_engine.schemas.common import StrictModel
@@ -13,6 +13,12 @@ from dispatch_engine.schemas.common import StrictModel
 class EventIn(StrictModel):
     """`response` by token; `unsubscribe` by token (every channel of the invite, or only
     `channel`) or by channel + address."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"type": "unsubscribe", "channel": "email", "address": "ann@example.com"}]
+        }
+    )
 
     type: Literal["response", "unsubscribe"]
     token: str | None = Field(default=None, max_length=100)
@@ -52,5 +58,9 @@ class EventResult(BaseModel):
 
 
 class ResubscribeIn(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"channel": "email", "address": "ann@example.com"}]}
+    )
+
     channel: Literal["email", "sms"]
     address: str = Field(max_length=320)

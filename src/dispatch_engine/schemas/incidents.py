@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from dispatch_engine.rules.incident_states import State
 from dispatch_engine.schemas.common import AccountId, StrictModel, UtcTime
@@ -30,6 +30,10 @@ Link = Annotated[str, Field(min_length=8, max_length=2048), AfterValidator(_http
 class IncidentFields(StrictModel):
     """The editable fields (all optional: PATCH sends only what changes)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"severity": "P2", "communicator": "Colin"}]}
+    )
+
     title: ShortText | None = None
     service: ShortText | None = Field(default=None, description="Product or service impacted.")
     description: LongText | None = None
@@ -51,11 +55,32 @@ class IncidentFields(StrictModel):
 
 
 class IncidentCreate(IncidentFields):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "title": "Invitations not delivered",
+                    "service": "Invitation relay (SQS)",
+                    "impact": "Invitations of every account are queued but not pushed since 09:00",
+                    "started_at": "2026-03-02T09:00:00Z",
+                    "impacted_accounts": ["acme"],
+                    "commander": "Ines",
+                }
+            ]
+        }
+    )
+
     title: ShortText
     service: ShortText
 
 
 class TransitionIn(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"to": "investigating", "note": "SQS refuses our credentials"}]
+        }
+    )
+
     to: State
     severity: Severity | None = Field(
         default=None, description="Required when acknowledging an incident without severity."
@@ -64,6 +89,10 @@ class TransitionIn(StrictModel):
 
 
 class AcknowledgeIn(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"severity": "P1", "note": "all accounts affected"}]}
+    )
+
     severity: Severity | None = Field(
         default=None, description="Required unless the incident already has a severity."
     )
@@ -117,6 +146,19 @@ class IncidentPage(BaseModel):
 
 
 class StatusUpdateIn(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "template": "identified",
+                    "symptoms": "Invitation emails are delayed",
+                    "eta": "2026-03-02T11:30:00Z",
+                    "accounts": ["acme"],
+                }
+            ]
+        }
+    )
+
     template: Literal["investigating", "identified", "resolved"]
     symptoms: LongText | None = Field(
         default=None, description="Required for investigating and identified."
@@ -169,6 +211,20 @@ class StatusFeed(BaseModel):
 
 
 class CommunicationIn(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "account": "acme",
+                    "channel": "phone",
+                    "recipient": "Olivia Owner",
+                    "what": "Explained the delay; invitations go out again from 11:30 UTC",
+                    "by": "Colin",
+                }
+            ]
+        }
+    )
+
     account: AccountId
     channel: Literal["direct_email", "in_app", "phone"]
     recipient: ShortText
@@ -196,6 +252,19 @@ class ServiceCredit(StrictModel):
 
 
 class PostmortemIn(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "findings": "The SQS credentials expired; pushes failed for 2 hours",
+                    "improvement_actions": ["Alert on push_error", "Rotate credentials monthly"],
+                    "link": "https://wiki.acme.example/postmortems/sqs-credentials",
+                    "service_credits": [{"account": "acme", "credit": "10% of the March invoice"}],
+                }
+            ]
+        }
+    )
+
     findings: LongText
     improvement_actions: list[LongText] = Field(min_length=1, max_length=200)
     link: Link | None = Field(default=None, description="Optional: the full write-up.")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from dispatch_engine.schemas.common import StrictModel
 
@@ -19,6 +19,10 @@ class QueuedMessage(BaseModel):
 
 
 class AckRequest(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"receipts": ["3q2-7wEjxX0Rj5m1W8bYkq9zZ4cVt6Lh"]}]}
+    )
+
     receipts: list[str] = Field(min_length=1, max_length=1000)
 
 

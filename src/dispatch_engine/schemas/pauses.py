@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from dispatch_engine.schemas.common import StrictModel
@@ -14,6 +14,19 @@ Scope = Literal["dispatch", "policy", "account", "channel"]
 
 
 class PauseIn(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "scope": "channel",
+                    "target": "sms",
+                    "incident": "inc_06h2411qqr3f9a1c2d3e4f5a6b7c",
+                    "reason": "SMS vendor outage",
+                }
+            ]
+        }
+    )
+
     scope: Scope
     target: str = Field(
         min_length=1, max_length=64, description="Dispatch, policy or account id; or email / sms"

@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dispatch_engine.schemas.common import Duration, StrictModel
 
@@ -87,6 +87,10 @@ class LineupMessageIn(StrictModel):
 
 
 class LineupInsert(LineupMessageIn):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"channel": "sms", "delay": "P1D", "position": 2}]}
+    )
+
     position: int | None = Field(
         default=None, ge=1, description="1-based position; default: append at the end"
     )
@@ -104,11 +108,31 @@ class PolicyEdit(StrictModel):
 
 
 class LineupPatch(PolicyEdit):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"delay": "P3D", "version": 3}]})
+
     channel: Channel | None = None
     delay: Duration | None = None
 
 
 class PolicyCreate(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "NPS",
+                    "lineup": [
+                        {"channel": "email", "delay": "PT0S"},
+                        {"channel": "email", "delay": "P2D"},
+                    ],
+                    "business_rules": {
+                        "time_zone": "Europe/Berlin",
+                        "days": {day: [{"start": "00:00", "end": "24:00"}] for day in WEEKDAYS},
+                    },
+                }
+            ]
+        }
+    )
+
     name: str = Field(min_length=1, max_length=200)
     lineup: list[LineupMessageIn] = Field(default_factory=list, max_length=100)
     fatigue: FatigueRules = Field(default_factory=FatigueRules)
@@ -118,6 +142,20 @@ class PolicyCreate(StrictModel):
 
 class PolicyPatch(PolicyEdit):
     """Fields given are changed; nested objects merge with what is stored."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "version": 2,
+                    "name": "NPS 2026",
+                    "business_rules": {
+                        "days": {day: [{"start": "08:00", "end": "17:00"}] for day in WEEKDAYS[:5]}
+                    },
+                }
+            ]
+        }
+    )
 
     name: str | None = Field(default=None, min_length=1, max_length=200)
     fatigue: dict[str, object] | None = None

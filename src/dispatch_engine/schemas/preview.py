@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from dispatch_engine.schemas.common import StrictModel, UtcTime
 from dispatch_engine.schemas.policies import BusinessRules, LineupMessageIn
@@ -16,6 +16,12 @@ class ProposedPolicy(StrictModel):
 
 
 class PreviewIn(StrictModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"posted_at": "2026-03-06T16:30:00+01:00", "time_zone": "Europe/Berlin"}]
+        }
+    )
+
     posted_at: UtcTime = Field(description="When the contact file would be received.")
     time_zone: str | None = Field(
         default=None,

@@ -5,15 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from dispatch_engine.db.session import AsyncSession, IntegrityError
 from dispatch_engine.errors import Conflict, ValidationFailed
 from dispatch_engine.models import Account
 from dispatch_engine.schemas.accounts import AccountCreate, AccountOut
 from dispatch_engine.services.policies import new_sandbox_policy
-from dispatch_engine.store.accounts import get_account
+from dispatch_engine.store.accounts import find_account, get_account
 
 
 def account_out(account: Account) -> AccountOut:
@@ -36,7 +33,7 @@ def account_snapshot(account: Account) -> dict[str, Any]:
 
 
 async def create_account(session: AsyncSession, body: AccountCreate, now: datetime) -> Account:
-    if await session.get(Account, body.id) is not None:
+    if await find_account(session, body.id) is not None:
         raise Conflict(
             f"account '{body.id}' already exists", slug="account-exists", field_name="id"
         )
@@ -80,10 +77,3 @@ async def patch_account(
         account.version += 1
         account.updated_at = now
     return account
-
-
-async def list_accounts(session: AsyncSession, only: str | None) -> list[Account]:
-    query = select(Account).order_by(Account.id)
-    if only is not None:
-        query = query.where(Account.id == only)
-    return list((await session.execute(query)).scalars())

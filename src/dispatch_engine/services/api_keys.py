@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import NotFound, ValidationFailed
 from dispatch_engine.models import ApiKey, new_id
 from dispatch_engine.security.api_keys import ROLES, generate_key
+from dispatch_engine.store.api_keys import find_api_key
 
 
 def key_snapshot(key: ApiKey) -> dict[str, object]:
@@ -45,13 +44,8 @@ async def create_api_key(
     return key, full_key
 
 
-async def list_api_keys(session: AsyncSession) -> list[ApiKey]:
-    rows = await session.execute(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id))
-    return list(rows.scalars())
-
-
 async def revoke_api_key(session: AsyncSession, key_id: str, now: datetime) -> ApiKey:
-    key = await session.get(ApiKey, key_id)
+    key = await find_api_key(session, key_id)
     if key is None:
         raise NotFound(f"API key '{key_id}'")
     if key.revoked_at is None:

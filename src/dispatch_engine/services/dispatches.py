@@ -6,9 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import (
     Conflict,
     DomainError,
@@ -21,10 +19,11 @@ from dispatch_engine.models import Dispatch, LineupMessage, Policy, new_id
 from dispatch_engine.rules.lineup import total_delay, validity_problem
 from dispatch_engine.schemas.dispatches import DispatchCreate, DispatchOut
 from dispatch_engine.schemas.durations import format_duration, parse_duration
-from dispatch_engine.services import retiming
 from dispatch_engine.services.dispatch_pauses import VALIDITY_TOO_SHORT
-from dispatch_engine.services.policies import live_lineup, live_lineups
 from dispatch_engine.store.accounts import get_account
+from dispatch_engine.store.dispatches import dispatches_of_account, find_dispatch
+from dispatch_engine.store.pauses import release_held_of_dispatches
+from dispatch_engine.store.policies import find_policy, live_lineup, live_lineups
 
 MANUAL_PAUSE = "manual"
 
@@ -59,7 +58,7 @@ def dispatch_snapshot(dispatch: Dispatch, lineup: Sequence[LineupMessage]) -> di
 async def get_dispatch(
     session: AsyncSession, account_id: str, dispatch_id: str, *, lock: bool = False
 ) -> Dispatch:
-    dispatch = await session.get(Dispatch, dispatch_id, with_for_update=lock or None)
+    dispatch = await find_dispatch(session, dispatch_id, lock=lock)
     if dispatch is None or dispatch.account_id != account_id:
         raise NotFound(f"dispatch '{dispatch_id}'")
     return dispatch
@@ -68,12 +67,7 @@ async def get_dispatch(
 async def list_dispatches(
     session: AsyncSession, account_id: str
 ) -> list[tuple[Dispatch, list[LineupMessage]]]:
-    rows = await session.execute(
-        select(Dispatch)
-        .where(Dispatch.account_id == account_id)
-        .order_by(Dispatch.created_at, Dispatch.id)
-    )
-    dispatches = list(rows.scalars())
+    dispatches = await dispatches_of_account(session, account_id)
     lineups = await live_lineups(session, sorted({d.policy_id for d in dispatches}))
     return [(d, lineups[d.policy_id]) for d in dispatches]
 
@@ -81,7 +75,7 @@ async def list_dispatches(
 async def _usable_policy(session: AsyncSession, account_id: str, policy_id: str) -> Policy:
     """The policy a dispatch will use, row-locked so a concurrent lineup edit waits for the
     dispatch to exist (and then pauses it) instead of missing it."""
-    policy = await session.get(Policy, policy_id, with_for_update=True)
+    policy = await find_policy(session, policy_id, lock=True)
     if policy is None or policy.account_id != account_id:
         raise ValidationFailed("policy_id", "no such policy in this account")
     if policy.deleted_at is not None:
@@ -237,7 +231,7 @@ async def resume_dispatch(
     session: AsyncSession, dispatch: Dispatch, now: datetime
 ) -> list[LineupMessage]:
     """Re-enable only when runnable: live policy, a template per lineup message, validity."""
-    policy = await session.get(Policy, dispatch.policy_id, with_for_update=True)
+    policy = await find_policy(session, dispatch.policy_id, lock=True)
     if policy is None or policy.deleted_at is not None:
         raise Conflict(
             "the dispatch's policy was deleted; move it to another policy (PATCH policy_id) "
@@ -267,5 +261,5 @@ async def resume_dispatch(
         dispatch.version += 1
         dispatch.updated_at = now
         await session.flush()
-        await retiming.release_held(session, now, retiming.of_dispatches([dispatch.id]))
+        await release_held_of_dispatches(session, now, [dispatch.id])
     return lineup

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from dispatch_engine.context import AppContext
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import NotFound, ValidationFailed
-from dispatch_engine.models import Invite, Message, Unsubscribe
-from dispatch_engine.models.base import table_of
+from dispatch_engine.models import Invite
 from dispatch_engine.security.hashing import all_keyed_hashes
 from dispatch_engine.security.normalize import InvalidAddress, normalize_email, normalize_phone
 from dispatch_engine.security.sealing import open_contact
-
-PENDING_STATES = ("pending", "deferred", "held")
+from dispatch_engine.store.invites import invite_of_token, suppress_pending_messages
+from dispatch_engine.store.unsubscribes import add_unsubscribes, blocked_among, remove_unsubscribes
 
 
 def normalized_address(channel: str, address: str) -> str:
@@ -26,11 +23,7 @@ def normalized_address(channel: str, address: str) -> str:
 
 
 async def invite_by_token(session: AsyncSession, account_id: str, token: str) -> Invite:
-    invite = (
-        await session.execute(
-            select(Invite).where(Invite.token == token, Invite.account_id == account_id)
-        )
-    ).scalar_one_or_none()
+    invite = await invite_of_token(session, account_id, token)
     if invite is None:
         raise NotFound("invite with this token")
     return invite
@@ -49,20 +42,8 @@ async def record_response(
     invite.end_reason = "responded"
     invite.ended_at = now
     invite.fatigue_lock = None  # answered: rule 1 no longer holds for this person
-    stopped = await session.execute(
-        update(Message)
-        .where(Message.invite_id == invite.id, Message.state.in_(PENDING_STATES))
-        .values(
-            state="suppressed",
-            rule="responded",
-            reason="responded",
-            decided_at=now,
-            claim_token=None,
-            lease_until=None,
-        )
-        .execution_options(synchronize_session=False)
-    )
-    return invite, int(stopped.rowcount or 0), True  # type: ignore[attr-defined]
+    stopped = await suppress_pending_messages(session, invite.id, now)
+    return invite, stopped, True
 
 
 def invite_address_hashes(context: AppContext, invite: Invite, channel: str) -> list[str]:
@@ -101,30 +82,10 @@ async def block_hashes(
     source: str,
 ) -> bool:
     """Record unsubscribes for these address hashes; True when none was recorded before."""
-    existing = set(
-        (
-            await session.execute(
-                select(Unsubscribe.address_hash).where(
-                    Unsubscribe.account_id == account_id,
-                    Unsubscribe.channel == channel,
-                    Unsubscribe.address_hash.in_(hashes),
-                )
-            )
-        ).scalars()
+    existing = await blocked_among(session, account_id, channel, hashes)
+    await add_unsubscribes(
+        session, account_id, channel, [h for h in hashes if h not in existing], now, source
     )
-    rows = [
-        {
-            "account_id": account_id,
-            "channel": channel,
-            "address_hash": h,
-            "created_at": now,
-            "source": source,
-        }
-        for h in hashes
-        if h not in existing
-    ]
-    if rows:
-        await session.execute(table_of(Unsubscribe).insert(), rows)
     return not existing
 
 
@@ -132,11 +93,4 @@ async def resubscribe(
     context: AppContext, session: AsyncSession, account_id: str, channel: str, address: str
 ) -> bool:
     hashes = address_hashes(context, channel, address)
-    result = await session.execute(
-        delete(Unsubscribe).where(
-            Unsubscribe.account_id == account_id,
-            Unsubscribe.channel == channel,
-            Unsubscribe.address_hash.in_(hashes),
-        )
-    )
-    return bool(result.rowcount)  # type: ignore[attr-defined]
+    return bool(await remove_unsubscribes(session, account_id, channel, hashes))

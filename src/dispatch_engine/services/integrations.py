@@ -5,8 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import Conflict, NotFound
 from dispatch_engine.models import QueueIntegration
 from dispatch_engine.schemas.integrations import (
@@ -20,6 +19,7 @@ from dispatch_engine.security.sealing import integration_secret_aad
 from dispatch_engine.security.ssrf import UrlPolicy
 from dispatch_engine.services.integration_endpoints import check_endpoint_role, check_endpoints
 from dispatch_engine.store.accounts import get_account
+from dispatch_engine.store.integrations import find_integration
 
 SECRET_FIELDS = ("secret_access_key", "connection_string")
 
@@ -54,7 +54,7 @@ async def put_integration(
     The caller's ``role`` decides whether it may choose an SQS endpoint; every host must pass
     the outgoing-URL ``policy`` (services/integration_endpoints.py)."""
     await get_account(session, account_id, lock=True)  # one PUT per account at a time
-    existing = await session.get(QueueIntegration, account_id)
+    existing = await find_integration(session, account_id)
     check_endpoint_role(body, existing, role)
     check_endpoints(body, policy)
     config, secrets = _split(body)
@@ -88,7 +88,7 @@ async def put_integration(
 
 async def get_integration(session: AsyncSession, account_id: str) -> QueueIntegration:
     await get_account(session, account_id)
-    integration = await session.get(QueueIntegration, account_id)
+    integration = await find_integration(session, account_id)
     if integration is None:
         raise NotFound(f"queue integration of account '{account_id}'")
     return integration
@@ -98,7 +98,7 @@ async def require_local_queue(session: AsyncSession, account_id: str) -> None:
     """404 for an unknown account; 409 unless its messages go to the `local` queue (the
     pull/ack endpoints and `queue tail` would otherwise answer "empty" forever)."""
     await get_account(session, account_id)
-    integration = await session.get(QueueIntegration, account_id)
+    integration = await find_integration(session, account_id)
     if integration is None:
         raise Conflict(
             f"account '{account_id}' has no queue integration; PUT one with kind 'local'",

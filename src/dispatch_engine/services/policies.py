@@ -8,11 +8,10 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import Conflict, FieldError, InvalidFields, NotFound, ValidationFailed
-from dispatch_engine.models import LineupMessage, Policy, QueueIntegration, new_id
+from dispatch_engine.models import LineupMessage, Policy, new_id
 from dispatch_engine.rules.business_hours import BusinessHours, BusinessHoursError
 from dispatch_engine.rules.lineup import delay_problems, total_delay, validity_problem
 from dispatch_engine.schemas.durations import format_duration, parse_duration
@@ -26,15 +25,16 @@ from dispatch_engine.schemas.policies import (
     PolicyOut,
 )
 from dispatch_engine.security.ssrf import UnsafeUrlError, UrlPolicy, validate_url
-from dispatch_engine.services import retiming
 from dispatch_engine.services.dispatch_pauses import (
     LINEUP_CHANGED,
     POLICY_DELETED,
     VALIDITY_TOO_SHORT,
-    dispatches_of_policy,
-    pause_active_dispatches,
 )
+from dispatch_engine.store import policies as store
 from dispatch_engine.store.accounts import get_account
+from dispatch_engine.store.dispatches import dispatches_of_policy, pause_active_dispatches
+from dispatch_engine.store.integrations import find_integration
+from dispatch_engine.store.pauses import release_held_of_policy
 
 SANDBOX_NAME = "Sandbox"
 SectionT = TypeVar("SectionT", FatigueRules, BusinessRules, DndWebhooks)
@@ -111,46 +111,10 @@ async def get_policy(
     """A live (not deleted) policy of the account; 404 otherwise. Edits pass `lock=True`:
     the row lock makes If-Match checks, position arithmetic and dispatch creation on the
     same policy happen one at a time (SQLite already runs one writer at a time)."""
-    policy = await session.get(Policy, policy_id, with_for_update=lock or None)
+    policy = await store.find_policy(session, policy_id, lock=lock)
     if policy is None or policy.account_id != account_id or policy.deleted_at is not None:
         raise NotFound(f"policy '{policy_id}'")
     return policy
-
-
-async def live_lineup(session: AsyncSession, policy_id: str) -> list[LineupMessage]:
-    rows = await session.execute(
-        select(LineupMessage)
-        .where(LineupMessage.policy_id == policy_id, LineupMessage.deleted_at.is_(None))
-        .order_by(LineupMessage.position)
-    )
-    return list(rows.scalars())
-
-
-async def live_lineups(
-    session: AsyncSession, policy_ids: Sequence[str]
-) -> dict[str, list[LineupMessage]]:
-    """Lineups of several policies in one query (listing pages)."""
-    result: dict[str, list[LineupMessage]] = {pid: [] for pid in policy_ids}
-    if not policy_ids:
-        return result
-    rows = await session.execute(
-        select(LineupMessage)
-        .where(LineupMessage.policy_id.in_(policy_ids), LineupMessage.deleted_at.is_(None))
-        .order_by(LineupMessage.policy_id, LineupMessage.position)
-    )
-    for message in rows.scalars():
-        result[message.policy_id].append(message)
-    return result
-
-
-async def list_policies(session: AsyncSession, account_id: str) -> list[Policy]:
-    """Live policies, the sandbox first, then by creation."""
-    rows = await session.execute(
-        select(Policy)
-        .where(Policy.account_id == account_id, Policy.deleted_at.is_(None))
-        .order_by(Policy.is_sandbox.desc(), Policy.created_at, Policy.id)
-    )
-    return list(rows.scalars())
 
 
 def checks_for(policy: Policy, message: LineupMessage) -> list[str]:
@@ -214,14 +178,7 @@ def _fatigue_dict(fatigue: FatigueRules) -> dict[str, Any]:
 async def _require_unique_name(
     session: AsyncSession, account_id: str, name: str, except_id: str | None = None
 ) -> None:
-    query = select(func.count()).where(
-        Policy.account_id == account_id,
-        Policy.name_key == name.casefold(),
-        Policy.deleted_at.is_(None),
-    )
-    if except_id:
-        query = query.where(Policy.id != except_id)
-    if (await session.execute(query)).scalar_one():
+    if await store.count_live_policies_named(session, account_id, name.casefold(), except_id):
         raise Conflict(
             f"a policy named '{name}' already exists in this account (names are case-insensitive)",
             slug="policy-name-taken",
@@ -255,7 +212,7 @@ async def create_policy(
     now: datetime,
 ) -> tuple[Policy, list[LineupMessage]]:
     await get_account(session, account_id)
-    if await session.get(QueueIntegration, account_id) is None:
+    if await find_integration(session, account_id) is None:
         raise Conflict(
             "this account has no queue integration yet; set one with "
             f"PUT /v1/accounts/{account_id}/queue-integration before creating policies",
@@ -339,7 +296,7 @@ async def patch_policy(
         business_hours_of(rules)
         if rules.model_dump(mode="json") != policy.business_rules:
             policy.business_rules = rules.model_dump(mode="json")
-            await retiming.redo_business_deferrals(session, policy.id, now)
+            await store.redo_business_deferrals(session, policy.id, now)
     if patch.get("dnd_webhooks") is not None:
         dnd = _parse_section(
             DndWebhooks, "dnd_webhooks", _merge(policy.dnd_webhooks, patch["dnd_webhooks"])
@@ -367,22 +324,7 @@ async def set_policy_status(
         _touch(policy, now)
         if status == "active":
             await session.flush()
-            await retiming.release_held(session, now, retiming.of_policy(policy.id))
-
-
-async def _shift_positions(
-    session: AsyncSession, policy_id: str, from_position: int, by: int
-) -> None:
-    await session.execute(
-        update(LineupMessage)
-        .where(
-            LineupMessage.policy_id == policy_id,
-            LineupMessage.deleted_at.is_(None),
-            LineupMessage.position >= from_position,
-        )
-        .values(position=LineupMessage.position + by)
-        .execution_options(synchronize_session="fetch")
-    )
+            await release_held_of_policy(session, now, policy.id)
 
 
 async def _pause_for_short_validity(
@@ -411,7 +353,7 @@ async def insert_lineup_message(
 ) -> tuple[LineupMessage, list[str]]:
     """Insert a step; every active dispatch of the policy pauses (`lineup_changed`) until it
     has a message template for the new step."""
-    lineup = await live_lineup(session, policy.id)
+    lineup = await store.live_lineup(session, policy.id)
     if position is not None and position > len(lineup) + 1:
         raise ValidationFailed(
             "position", f"must be between 1 and {len(lineup) + 1} (leave it out to append)"
@@ -421,7 +363,7 @@ async def insert_lineup_message(
     delays = [m.delay_seconds for m in lineup]
     delays.insert(position - 1, delay)
     check_delays(delays)
-    await _shift_positions(session, policy.id, position, 1)
+    await store.shift_positions(session, policy.id, position, 1)
     message = LineupMessage(
         id=new_id("msg"),
         policy_id=policy.id,
@@ -440,7 +382,7 @@ async def insert_lineup_message(
 async def get_lineup_message(
     session: AsyncSession, policy: Policy, message_id: str
 ) -> LineupMessage:
-    message = await session.get(LineupMessage, message_id)
+    message = await store.find_lineup_message(session, message_id)
     if message is None or message.policy_id != policy.id or message.deleted_at is not None:
         raise NotFound(f"lineup message '{message_id}'")
     return message
@@ -455,16 +397,16 @@ async def edit_lineup_message(
     now: datetime,
 ) -> list[str]:
     """Edit channel or delay; delays take effect at once for messages not yet sent."""
-    lineup = await live_lineup(session, policy.id)
+    lineup = await store.live_lineup(session, policy.id)
     delays = [
         delay if m.id == message.id and delay is not None else m.delay_seconds for m in lineup
     ]
     check_delays(delays)
     if channel is not None and channel != message.channel:
         message.channel = channel
-        await retiming.change_step_channel(session, message.id, channel)
+        await store.change_step_channel(session, message.id, channel)
     if delay is not None and delay != message.delay_seconds:
-        await retiming.retime_step(session, message.id, message.delay_seconds, delay)
+        await store.retime_step(session, message.id, message.delay_seconds, delay)
         message.delay_seconds = delay
     _touch(policy, now)
     return await _pause_for_short_validity(session, policy.id, delays, now)
@@ -474,15 +416,15 @@ async def delete_lineup_message(
     session: AsyncSession, policy: Policy, message: LineupMessage, now: datetime
 ) -> None:
     """Destructive: invites skip this step from now on and move on to the next one."""
-    lineup = await live_lineup(session, policy.id)
+    lineup = await store.live_lineup(session, policy.id)
     delays = [m.delay_seconds for m in lineup if m.id != message.id]
     check_delays(delays)
     position = message.position or 0
     message.deleted_at = now
     message.position = None
     await session.flush()
-    await retiming.skip_deleted_step(session, message.id, now)
-    await _shift_positions(session, policy.id, position + 1, -1)
+    await store.skip_deleted_step(session, message.id, now)
+    await store.shift_positions(session, policy.id, position + 1, -1)
     _touch(policy, now)
 
 
@@ -492,17 +434,11 @@ async def copy_to_sandbox(
     """Copy lineup, fatigue, business and DND settings onto the account's sandbox policy."""
     if source.is_sandbox:
         raise Conflict("this policy is the sandbox already", slug="already-sandbox")
-    sandbox = (
-        await session.execute(
-            select(Policy)
-            .where(Policy.account_id == source.account_id, Policy.is_sandbox)
-            .with_for_update()
-        )
-    ).scalar_one()
-    for old in await live_lineup(session, sandbox.id):
+    sandbox = await store.lock_sandbox_policy(session, source.account_id)
+    for old in await store.live_lineup(session, sandbox.id):
         old.deleted_at = now
         old.position = None
-    source_lineup = await live_lineup(session, source.id)
+    source_lineup = await store.live_lineup(session, source.id)
     session.add_all(
         LineupMessage(
             id=new_id("msg"),

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import Any
+
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.errors import NotFound
@@ -14,3 +18,33 @@ async def get_account(session: AsyncSession, account_id: str, *, lock: bool = Fa
     if account is None:
         raise NotFound(f"account '{account_id}'")
     return account
+
+
+async def find_account(session: AsyncSession, account_id: str) -> Account | None:
+    return await session.get(Account, account_id)
+
+
+async def accounts_by_id(session: AsyncSession, only: str | None = None) -> list[Account]:
+    """Every account (or only the one `only` names), by id."""
+    query = select(Account).order_by(Account.id)
+    if only is not None:
+        query = query.where(Account.id == only)
+    return list((await session.execute(query)).scalars())
+
+
+async def known_account_ids(session: AsyncSession, account_ids: Collection[str]) -> set[str]:
+    """Those of `account_ids` that name an account."""
+    return set(
+        (await session.execute(select(Account.id).where(Account.id.in_(account_ids)))).scalars()
+    )
+
+
+async def account_names(session: AsyncSession, account_ids: Collection[str]) -> dict[str, Any]:
+    """Account id -> name, for those of `account_ids` that exist."""
+    return dict(
+        (
+            await session.execute(
+                select(Account.id, Account.name).where(Account.id.in_(account_ids))
+            )
+        ).all()
+    )

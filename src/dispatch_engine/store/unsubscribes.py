@@ -1,17 +1,73 @@
-"""Unsubscribes keyed by address hash: copied to a person's new hash on a key rotation."""
+"""Unsubscribes keyed by address hash: recorded and lifted by the events API, and copied to a
+person's new hash on a key rotation (no commit here)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.db.bulk import chunks, member_of
 from dispatch_engine.db.dialect import insert_ignoring_conflicts
 from dispatch_engine.models import Unsubscribe
 from dispatch_engine.models.base import table_of
+
+
+async def blocked_among(
+    session: AsyncSession, account_id: str, channel: str, hashes: Sequence[str]
+) -> set[str]:
+    """Which of these address hashes the account already blocks on the channel."""
+    return set(
+        (
+            await session.execute(
+                select(Unsubscribe.address_hash).where(
+                    Unsubscribe.account_id == account_id,
+                    Unsubscribe.channel == channel,
+                    Unsubscribe.address_hash.in_(hashes),
+                )
+            )
+        ).scalars()
+    )
+
+
+async def add_unsubscribes(
+    session: AsyncSession,
+    account_id: str,
+    channel: str,
+    hashes: Sequence[str],
+    now: datetime,
+    source: str,
+) -> None:
+    """Block these address hashes (none of them blocked yet) in one statement."""
+    rows = [
+        {
+            "account_id": account_id,
+            "channel": channel,
+            "address_hash": h,
+            "created_at": now,
+            "source": source,
+        }
+        for h in hashes
+    ]
+    if rows:
+        await session.execute(table_of(Unsubscribe).insert(), rows)
+
+
+async def remove_unsubscribes(
+    session: AsyncSession, account_id: str, channel: str, hashes: Sequence[str]
+) -> int:
+    """Lift the account's blocks of these address hashes on the channel; returns how many."""
+    result = await session.execute(
+        delete(Unsubscribe).where(
+            Unsubscribe.account_id == account_id,
+            Unsubscribe.channel == channel,
+            Unsubscribe.address_hash.in_(hashes),
+        )
+    )
+    return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
 async def copy_unsubscribes(

@@ -11,6 +11,7 @@ from dispatch_engine.api.deps import (
     SessionDep,
     require_account,
 )
+from dispatch_engine.api.openapi import BODY, doc, problems
 from dispatch_engine.models import new_id
 from dispatch_engine.queues.factory import build_sender
 from dispatch_engine.schemas.accounts import AccountCreate, AccountOut, AccountPatch
@@ -19,12 +20,32 @@ from dispatch_engine.schemas.queue_message import build_probe, encode_message
 from dispatch_engine.services import accounts as service
 from dispatch_engine.services import integrations
 from dispatch_engine.services.etags import check_if_match, etag
+from dispatch_engine.store.accounts import accounts_by_id
 from dispatch_engine.store.accounts import get_account as load_account
 
-router = APIRouter(prefix="/v1/accounts", tags=["accounts"])
+router = APIRouter(prefix="/v1/accounts")
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=AccountOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AccountOut,
+    tags=["accounts"],
+    summary="Create an account",
+    description=doc(
+        """
+        EM creates a tenant with the id it chooses (e.g. `acme`: letters, digits, `_`, `.`,
+        `-`), its name, and the people to reach during incidents: the owner, admins, and
+        optionally a decision maker. The account's **sandbox policy** is created with it.
+        Next: set its queue integration, then create policies. Answers 201 with `ETag` and
+        `Location`. `backend` and `admin` keys; a backend key limited to one account may
+        create only that one (404 for any other id). Audited.
+        """
+    ),
+    responses=problems(
+        401, 403, 404, 409, *BODY, notes={409: "`account-exists`: the id is taken."}
+    ),
+)
 async def create_account(
     body: AccountCreate, actor: ConfigActor, session: SessionDep, response: Response
 ) -> AccountOut:
@@ -46,15 +67,31 @@ async def create_account(
     return out
 
 
-@router.get("", response_model=list[AccountOut])
+@router.get(
+    "",
+    response_model=list[AccountOut],
+    tags=["accounts"],
+    summary="List accounts",
+    description="The accounts this key can see, by id: all of them, or only its own for a "
+    "backend key limited to one account. Any key.",
+    responses=problems(401),
+)
 async def list_accounts(actor: ReadActor, session: SessionDep) -> list[AccountOut]:
     """Accounts this key can see (a backend key limited to one account sees that one)."""
     only = actor.principal.account_id if actor.principal.role == "backend" else None
     async with session.begin():
-        return [service.account_out(a) for a in await service.list_accounts(session, only)]
+        return [service.account_out(a) for a in await accounts_by_id(session, only)]
 
 
-@router.get("/{account_id}", response_model=AccountOut)
+@router.get(
+    "/{account_id}",
+    response_model=AccountOut,
+    tags=["accounts"],
+    summary="Get an account",
+    description="The account with its incident contacts and version; the `ETag` header is "
+    "the version to send as `If-Match` when editing it. Any key that can see the account.",
+    responses=problems(401, 404, 422),
+)
 async def get_account(
     account_id: str, actor: ReadActor, session: SessionDep, response: Response
 ) -> AccountOut:
@@ -64,7 +101,21 @@ async def get_account(
     return out
 
 
-@router.patch("/{account_id}", response_model=AccountOut)
+@router.patch(
+    "/{account_id}",
+    response_model=AccountOut,
+    tags=["accounts"],
+    summary="Edit an account",
+    description=doc(
+        """
+        Changes the name or the incident contacts: only the fields sent change (`admins`
+        is replaced as a whole; `null` clears `owner` or `decision_maker`). Conditional when
+        `If-Match` is sent (412 when stale); the version moves only when something changed.
+        `backend` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(401, 403, 404, 412, *BODY),
+)
 async def patch_account(
     account_id: str,
     body: AccountPatch,
@@ -94,7 +145,66 @@ async def patch_account(
     return out
 
 
-@router.put("/{account_id}/queue-integration", response_model=IntegrationOut)
+@router.put(
+    "/{account_id}/queue-integration",
+    response_model=IntegrationOut,
+    tags=["queue integration"],
+    summary="Set the queue integration",
+    description=doc(
+        """
+        Sets (or replaces, as a whole) where the account's messages go: `sqs` (queue URL and
+        region; a `.fifo` queue gets group and deduplication ids), `azure_service_bus`
+        (connection string, or namespace with Azure AD credentials; a queue or a topic) or
+        `local` (kept in the engine, read through `/queue/messages`). Secrets are
+        write-only: stored encrypted, never returned, so send them again with every PUT.
+        Every host must pass the outgoing-URL rules (422 naming the field), and only an
+        admin key may set an SQS `endpoint_url` (403 otherwise). Check it with `…/verify`.
+        `backend` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(
+        401,
+        403,
+        404,
+        *BODY,
+        notes={403: "Also a `backend` key setting an SQS `endpoint_url`."},
+    ),
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {
+                    "examples": {
+                        "local": {
+                            "summary": "The embedded local queue",
+                            "value": {"kind": "local"},
+                        },
+                        "sqs": {
+                            "summary": "An SQS FIFO queue",
+                            "value": {
+                                "kind": "sqs",
+                                "queue_url": "https://sqs.eu-west-1.amazonaws.com/"
+                                "123456789012/invitations.fifo",
+                                "region": "eu-west-1",
+                                "access_key_id": "AKIAIOSFODNN7EXAMPLE",
+                                "secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+                            },
+                        },
+                        "azure_service_bus": {
+                            "summary": "An Azure Service Bus queue",
+                            "value": {
+                                "kind": "azure_service_bus",
+                                "connection_string": "Endpoint=sb://acme-invitations."
+                                "servicebus.windows.net/;SharedAccessKeyName=send;"
+                                "SharedAccessKey=c2VjcmV0",
+                                "queue_name": "invitations",
+                            },
+                        },
+                    }
+                }
+            }
+        }
+    },
+)
 async def put_integration(
     account_id: str, body: IntegrationIn, actor: ConfigActor, session: SessionDep
 ) -> IntegrationOut:
@@ -124,13 +234,41 @@ async def put_integration(
     return out
 
 
-@router.get("/{account_id}/queue-integration", response_model=IntegrationOut)
+@router.get(
+    "/{account_id}/queue-integration",
+    response_model=IntegrationOut,
+    tags=["queue integration"],
+    summary="Get the queue integration",
+    description=doc(
+        """
+        The integration's kind and non-secret settings (`secret_set` says whether a secret
+        is stored), when it was last verified and what went wrong: `verify_error` from the
+        last verify, `push_error` while the queue refuses pushes as a whole (credentials,
+        rights, a missing queue). 404 until one is set. Any key that can see the account.
+        """
+    ),
+    responses=problems(401, 404, 422),
+)
 async def get_integration(account_id: str, actor: ReadActor, session: SessionDep) -> IntegrationOut:
     async with session.begin():
         return integrations.integration_out(await integrations.get_integration(session, account_id))
 
 
-@router.post("/{account_id}/queue-integration/verify", response_model=VerifyResult)
+@router.post(
+    "/{account_id}/queue-integration/verify",
+    response_model=VerifyResult,
+    tags=["queue integration"],
+    summary="Verify the queue integration",
+    description=doc(
+        """
+        Sends one probe message (`type: "probe"`; vendors ignore it) through the integration
+        and reports what the queue said: 200 with `ok: true`, or `ok: false` and the
+        provider's reason in plain words. A success stamps `verified_at` and clears an
+        earlier `push_error`. Any key that can see the account. Audited.
+        """
+    ),
+    responses=problems(401, 404, 422),
+)
 async def verify_integration(
     account_id: str, actor: ReadActor, session: SessionDep
 ) -> VerifyResult:

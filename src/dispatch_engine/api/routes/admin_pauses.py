@@ -5,38 +5,64 @@ DELETE; a dispatch's or policy's own pause/resume endpoints are the other way in
 from __future__ import annotations
 
 from fastapi import APIRouter, Query, Response, status
-from sqlalchemy import ColumnElement, select
 
 from dispatch_engine.api.deps import OperatorActor, SessionDep
+from dispatch_engine.api.openapi import BODY, doc, problems
 from dispatch_engine.errors import Conflict, NotFound
 from dispatch_engine.incidents.service import check_incident_reference
-from dispatch_engine.models import Dispatch, Message, OperatorPause, Policy, new_id
+from dispatch_engine.models import Dispatch, OperatorPause, Policy, new_id
 from dispatch_engine.schemas.pauses import PauseIn, PauseOut, Scope
-from dispatch_engine.services import retiming
 from dispatch_engine.store.accounts import get_account
+from dispatch_engine.store.dispatches import find_dispatch
+from dispatch_engine.store.pauses import (
+    active_pause_of,
+    find_pause,
+    pauses_matching,
+    release_held_by_pause,
+)
+from dispatch_engine.store.policies import find_policy
 
-router = APIRouter(prefix="/v1/admin/pauses", tags=["admin"])
+router = APIRouter(prefix="/v1/admin/pauses", tags=["pauses"])
 
 
 def _out(pause: OperatorPause) -> PauseOut:
     return PauseOut.model_validate(pause, from_attributes=True)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=PauseOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=PauseOut,
+    summary="Pause sending",
+    description=doc(
+        """
+        Holds at once every message in scope: one `dispatch`, one `policy`, a whole
+        `account`, or a `channel` (`email` or `sms`) for every account, e.g. while an SMS
+        vendor is down. Held messages (state `held`) are neither lost nor sent; lifting the
+        pause releases them through the rules of that time. Give the `incident` (an id from
+        `/v1/incidents`) so the audit log ties the pause to it. `operator` and `admin`
+        keys. Audited.
+        """
+    ),
+    responses=problems(
+        401,
+        403,
+        404,
+        409,
+        *BODY,
+        notes={
+            404: "The dispatch, policy or account named by `target`.",
+            409: "`already-paused`: a pause of this target is in force (`pause` names it).",
+            422: "Also an `incident` that is not a known incident id.",
+        },
+    ),
+)
 async def create_pause(body: PauseIn, actor: OperatorActor, session: SessionDep) -> PauseOut:
     """Hold every message in scope at once (state `held`); nothing is lost or sent."""
     async with session.begin():
         account_id = await _account_of_target(session, body.scope, body.target)
         await check_incident_reference(session, body.incident)
-        active = (
-            await session.execute(
-                select(OperatorPause).where(
-                    OperatorPause.scope == body.scope,
-                    OperatorPause.target == body.target,
-                    OperatorPause.lifted_at.is_(None),
-                )
-            )
-        ).scalar_one_or_none()
+        active = await active_pause_of(session, body.scope, body.target)
         if active is not None:
             raise Conflict(
                 f"{body.scope} '{body.target}' is already paused by {active.id}",
@@ -67,7 +93,15 @@ async def create_pause(body: PauseIn, actor: OperatorActor, session: SessionDep)
     return out
 
 
-@router.get("", response_model=list[PauseOut])
+@router.get(
+    "",
+    response_model=list[PauseOut],
+    summary="List pauses",
+    description="The pauses in force, oldest first (lifted ones too with "
+    "`include_lifted=true`); filter by `scope`, `target` and `incident`, which combine. "
+    "`operator` and `admin` keys.",
+    responses=problems(401, 403, 422),
+)
 async def list_pauses(
     actor: OperatorActor,
     session: SessionDep,
@@ -77,24 +111,30 @@ async def list_pauses(
     incident: str | None = Query(default=None, max_length=64),
 ) -> list[PauseOut]:
     """Pauses in force (all of them with `include_lifted`), oldest first; filters combine."""
-    query = select(OperatorPause).order_by(OperatorPause.created_at, OperatorPause.id)
-    if not include_lifted:
-        query = query.where(OperatorPause.lifted_at.is_(None))
-    if scope is not None:
-        query = query.where(OperatorPause.scope == scope)
-    if target is not None:
-        query = query.where(OperatorPause.target == target)
-    if incident is not None:
-        query = query.where(OperatorPause.incident == incident)
     async with session.begin():
-        return [_out(p) for p in (await session.execute(query)).scalars()]
+        pauses = await pauses_matching(
+            session, include_lifted=include_lifted, scope=scope, target=target, incident=incident
+        )
+        return [_out(p) for p in pauses]
 
 
-@router.delete("/{pause_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{pause_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Lift a pause",
+    description=doc(
+        """
+        Ends the pause: the messages it held are decided again at once and go out subject
+        to the rules at that time (unless another pause still holds them). Lifting a lifted
+        pause changes nothing. `operator` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(401, 403, 404, 422),
+)
 async def lift_pause(pause_id: str, actor: OperatorActor, session: SessionDep) -> Response:
     """Resume: held messages go out subject to the rules at that time."""
     async with session.begin():
-        pause = await session.get(OperatorPause, pause_id)
+        pause = await find_pause(session, pause_id)
         if pause is None:
             raise NotFound(f"pause '{pause_id}'")
         if pause.lifted_at is None:
@@ -102,7 +142,7 @@ async def lift_pause(pause_id: str, actor: OperatorActor, session: SessionDep) -
             pause.lifted_at = actor.now()
             pause.lifted_by = actor.principal.key_id
             await session.flush()
-            await retiming.release_held(session, actor.now(), _held_by(pause))
+            await release_held_by_pause(session, actor.now(), pause)
             actor.audit(
                 session,
                 "pause.lift",
@@ -130,23 +170,10 @@ async def _account_of_target(session: SessionDep, scope: str, target: str) -> st
 
 async def _target_row(session: SessionDep, scope: str, target: str) -> Dispatch | Policy | None:
     if scope == "dispatch":
-        return await session.get(Dispatch, target)
+        return await find_dispatch(session, target)
     if scope == "policy":
-        return await session.get(Policy, target)
+        return await find_policy(session, target)
     return None
-
-
-def _held_by(pause: OperatorPause) -> ColumnElement[bool]:
-    """The messages this pause may be holding, to be decided again once it is lifted."""
-    if pause.scope == "account":
-        return Message.account_id == pause.target
-    if pause.scope == "dispatch":
-        return Message.dispatch_id == pause.target
-    if pause.scope == "policy":
-        return Message.dispatch_id.in_(
-            select(Dispatch.id).where(Dispatch.policy_id == pause.target)
-        )
-    return Message.channel == pause.target
 
 
 async def _lifted_account(session: SessionDep, pause: OperatorPause) -> str | None:

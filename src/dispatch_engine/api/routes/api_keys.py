@@ -5,9 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Response, status
 
 from dispatch_engine.api.deps import AdminActor, SessionDep
+from dispatch_engine.api.openapi import BODY, doc, problems
 from dispatch_engine.models import ApiKey
 from dispatch_engine.schemas.accounts import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
 from dispatch_engine.services import api_keys as service
+from dispatch_engine.store.api_keys import all_api_keys
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api keys"])
 
@@ -24,7 +26,21 @@ def _out(key: ApiKey) -> ApiKeyOut:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=ApiKeyCreated,
+    summary="Create an API key",
+    description=doc(
+        """
+        Creates a key with a role: `backend` for the EM backend (optionally limited to one
+        `account`, which need not exist yet), `operator` for the operations centre, `admin`
+        for everything. The secret `key` is in this answer only: it is stored hashed and
+        cannot be shown again. Admin keys only; audited.
+        """
+    ),
+    responses=problems(401, 403, *BODY),
+)
 async def create_key(body: ApiKeyCreate, actor: AdminActor, session: SessionDep) -> ApiKeyCreated:
     """Create a key. The `key` field is shown in this response only."""
     async with session.begin():
@@ -35,13 +51,28 @@ async def create_key(body: ApiKeyCreate, actor: AdminActor, session: SessionDep)
     return ApiKeyCreated(**_out(key).model_dump(), key=full)
 
 
-@router.get("", response_model=list[ApiKeyOut])
+@router.get(
+    "",
+    response_model=list[ApiKeyOut],
+    summary="List API keys",
+    description="Every key, revoked ones included, with its role, account, name and id "
+    "prefix (never the secret). Admin keys only.",
+    responses=problems(401, 403),
+)
 async def list_keys(actor: AdminActor, session: SessionDep) -> list[ApiKeyOut]:
     async with session.begin():
-        return [_out(key) for key in await service.list_api_keys(session)]
+        return [_out(key) for key in await all_api_keys(session)]
 
 
-@router.delete("/{key_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{key_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Revoke an API key",
+    description="The key stops working at once (its next request gets 401). It keeps its "
+    "row, so the audit log still names it; revoking it again changes nothing. Admin keys "
+    "only; audited.",
+    responses=problems(401, 403, 404, 422),
+)
 async def revoke_key(key_id: str, actor: AdminActor, session: SessionDep) -> Response:
     """Revoke a key at once; it keeps its row so the audit log still names it."""
     async with session.begin():

@@ -5,14 +5,31 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from dispatch_engine.api.deps import OperatorActor, SessionDep
+from dispatch_engine.api.openapi import doc, problems
 from dispatch_engine.schemas.audit import AuditOut, AuditPage
 from dispatch_engine.schemas.common import UtcTime
 from dispatch_engine.store.audit import AuditFilter, audit_page
 
-router = APIRouter(prefix="/v1/admin/audit", tags=["admin"])
+router = APIRouter(prefix="/v1/admin/audit", tags=["audit"])
 
 
-@router.get("", response_model=AuditPage)
+@router.get(
+    "",
+    response_model=AuditPage,
+    summary="Read the audit log",
+    description=doc(
+        """
+        Every change and operator action, newest first: when, which key and role, the
+        action (`policy.update`, `pause.create`, `incident.resend`, …), its target, the
+        account and incident it concerns, and the state before and after. Filters combine:
+        `account`, `action` (exact, or a prefix ending in `.` such as `pause.`),
+        `target_type`, `target_id`, `key_id`, `incident`, and a time range `since` (from)
+        to `until` (before). Paged: pass `next_cursor` back as `cursor`. `operator` and
+        `admin` keys.
+        """
+    ),
+    responses=problems(401, 403, 422),
+)
 async def list_audit(
     actor: OperatorActor,
     session: SessionDep,

@@ -7,11 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.api.deps import ConfigActor, ReadActor, SessionDep
+from dispatch_engine.api.openapi import doc, problems
 from dispatch_engine.context import AppContext
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import (
     Conflict,
     DomainError,
@@ -23,11 +23,13 @@ from dispatch_engine.ingest import batches, idempotency
 from dispatch_engine.ingest.contact_file import ContactFile, open_csv, open_json
 from dispatch_engine.ingest.csv_stream import CsvFormatError
 from dispatch_engine.ingest.service import IngestTarget, ingest_stream
-from dispatch_engine.models import ContactBatch, IdempotencyKey, Policy, RejectedRow, new_id
+from dispatch_engine.models import ContactBatch, IdempotencyKey, new_id
 from dispatch_engine.schemas.common import MAX_INT32
 from dispatch_engine.schemas.contacts import BatchOut, ColumnsOut, RejectedRowOut
+from dispatch_engine.schemas.problems import ContactFileProblem
 from dispatch_engine.services.dispatches import get_dispatch
-from dispatch_engine.services.policies import live_lineup
+from dispatch_engine.store.batches import find_batch, rejected_rows_after
+from dispatch_engine.store.policies import find_policy, live_lineup
 
 router = APIRouter(prefix="/v1/accounts/{account_id}", tags=["contacts"])
 MAX_JSON_BYTES = 64 * 1024 * 1024
@@ -37,7 +39,7 @@ SAMPLE_REJECTIONS = 100
 async def _target(context: AppContext, account_id: str, dispatch_id: str) -> IngestTarget:
     async with context.sessions() as session, session.begin():
         dispatch = await get_dispatch(session, account_id, dispatch_id)
-        policy = await session.get(Policy, dispatch.policy_id)
+        policy = await find_policy(session, dispatch.policy_id)
         if policy is None or policy.deleted_at is not None:
             raise Conflict(
                 "the dispatch's policy was deleted; move the dispatch to another policy first",
@@ -77,16 +79,7 @@ def _counts(batch: ContactBatch) -> dict[str, int]:
 async def _batch_out(
     session: SessionDep, batch: ContactBatch, after: int = 0, limit: int = SAMPLE_REJECTIONS
 ) -> BatchOut:
-    rows = list(
-        (
-            await session.execute(
-                select(RejectedRow)
-                .where(RejectedRow.batch_id == batch.id, RejectedRow.row_number > after)
-                .order_by(RejectedRow.row_number)
-                .limit(limit + 1)
-            )
-        ).scalars()
-    )
+    rows = await rejected_rows_after(session, batch.id, after, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     return BatchOut(
@@ -110,15 +103,103 @@ async def _batch_out(
     "/dispatches/{dispatch_id}/contacts",
     status_code=202,
     response_model=BatchOut,
+    summary="Upload a contact file",
+    description=doc(
+        """
+        EM posts the dispatch's contacts as `text/csv` (streamed, any size: a header row,
+        then one contact a row; columns `email`, `mobile`, `external_id`, `time_zone`, and
+        any other column is a free attribute passed to the vendor) or as JSON
+        `{"contacts": [{…}, …]}` (at most 64 MiB; send larger files as CSV). Column names
+        are matched trimmed and case-insensitively, spaces and hyphens as underscores, with
+        these aliases: `e-mail`, `email_address` → `email`; `phone`, `phone_number`,
+        `mobile_number`, `mobile_phone` → `mobile`; `id` → `external_id`; `timezone` →
+        `time_zone`. The answer's `columns` says which columns were recognised, which
+        became attributes and which names were read as an alias.
+
+        A file that cannot give a single contact is refused before anything is stored (422
+        `contact-file-refused`, no batch, the Idempotency-Key left unused): an empty file, a
+        first row that is not a header (a cell looks like an email address or a phone
+        number, or no column is a known one), no column for an address of the lineup's
+        channels or for the policy's fatigue UUID field, a column given twice.
+
+        Rows are stored in chunks as they arrive: the batch can be polled
+        (`GET …/batches/{batch}`) while the upload runs, and the 202 comes when the last row
+        is stored, with the counts (`rows`, `accepted`, `rejected`, `duplicates`) and the
+        first rejected rows. Each accepted contact becomes an invite with a fresh token;
+        bad rows (no address for the lineup's channels, a malformed email or phone number,
+        a missing fatigue UUID field) are rejected one by one with row number, field and
+        reason, without failing the file. A repeated `external_id` in the dispatch counts
+        as a duplicate and creates nothing.
+
+        **Idempotency-Key** (optional, per account): a retry with the same key and the same
+        body answers the first answer again (`Idempotent-Replayed: true`) and creates
+        nothing; a retry of an upload that died midway carries on from the rows stored.
+        `backend` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(
+        401,
+        403,
+        404,
+        409,
+        413,
+        415,
+        422,
+        notes={
+            409: "`idempotency-in-flight`: a request with this Idempotency-Key is still "
+            "running; `upload-taken-over`: this upload stalled and a retry with its key took "
+            "it over; `dispatch-policy-deleted` or `empty-lineup`: the dispatch has nothing "
+            "it could send.",
+            413: "For a JSON file the limit is 64 MiB; CSV streams without one.",
+            415: "Send `text/csv` or `application/json`.",
+            422: "`contact-file-refused`: nothing was stored (empty file, no header row, no "
+            "column for the lineup's addresses or the fatigue UUID field, a column given "
+            "twice; `expected_header` shows a header, `columns` what the header gave). "
+            "`contact-file-unreadable`: the file could not be read to its end (bytes that "
+            "are not UTF-8 after the header, a row over the size limit); the rows before the "
+            "problem were stored and the failed batch is in the body. "
+            "`idempotency-key-reused`: the key was used for another request.",
+        },
+        models={422: ContactFileProblem},
+    ),
     openapi_extra={
         "requestBody": {
+            "required": True,
             "content": {
-                "text/csv": {"schema": {"type": "string"}},
-                "application/json": {
-                    "schema": {"type": "object", "properties": {"contacts": {"type": "array"}}}
+                "text/csv": {
+                    "schema": {"type": "string"},
+                    "example": "email,mobile,external_id,first_name\n"
+                    "ann@example.com,+33612345678,c-1,Ann\n"
+                    "not-an-email,,c-2,Bob\n",
                 },
-            }
-        }
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["contacts"],
+                        "properties": {
+                            "contacts": {
+                                "type": "array",
+                                "items": {"type": "object", "additionalProperties": True},
+                                "description": "Contacts: `email` and/or `mobile`, optional "
+                                "`external_id` and `time_zone`; other members are free "
+                                "attributes.",
+                            }
+                        },
+                    },
+                    "example": {
+                        "contacts": [
+                            {
+                                "email": "ann@example.com",
+                                "mobile": "+33612345678",
+                                "external_id": "c-1",
+                                "first_name": "Ann",
+                            },
+                            {"email": "not-an-email", "external_id": "c-2", "first_name": "Bob"},
+                        ]
+                    },
+                },
+            },
+        },
     },
 )
 async def post_contacts(
@@ -243,7 +324,7 @@ async def _ingest(
         first = exc.errors[0] if exc.errors else None
         field, reason = (first.field or "body", first.reason) if first else ("body", exc.detail)
     async with context.sessions() as session, session.begin():
-        batch = await session.get(ContactBatch, batch_id, with_for_update=True)
+        batch = await find_batch(session, batch_id, lock=True)
         assert batch is not None
         if batch.status != "processing":
             raise batches.BatchTakenOver()
@@ -281,7 +362,22 @@ def _unreadable_file_problem(
     }
 
 
-@router.get("/batches/{batch_id}", response_model=BatchOut)
+@router.get(
+    "/batches/{batch_id}",
+    response_model=BatchOut,
+    summary="Get a contact file's batch",
+    description=doc(
+        """
+        Status (`processing`, `completed`, `failed`, `interrupted`) and counts of a
+        contact file, pollable while it uploads, with how its columns were read (`columns`)
+        and its rejected rows (row number, field, reason) in pages: pass
+        `next_rejected_after` back as `rejected_after`. A batch
+        that carries on an interrupted upload names it in `resumed_from`. Any key that can
+        see the account.
+        """
+    ),
+    responses=problems(401, 404, 422),
+)
 async def get_batch(
     account_id: str,
     batch_id: str,
@@ -294,7 +390,7 @@ async def get_batch(
 ) -> BatchOut:
     """Status and counts of a contact file, with its rejected rows (paginated)."""
     async with session.begin():
-        batch = await session.get(ContactBatch, batch_id)
+        batch = await find_batch(session, batch_id)
         if batch is None or batch.account_id != account_id:
             raise NotFound(f"batch '{batch_id}'")
         return await _batch_out(session, batch, rejected_after, limit)

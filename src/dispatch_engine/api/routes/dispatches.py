@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Body, Header, Response, status
-from sqlalchemy import func, select
 
 from dispatch_engine.api.deps import (
     ConfigActor,
@@ -11,8 +10,8 @@ from dispatch_engine.api.deps import (
     ReadActor,
     SessionDep,
 )
+from dispatch_engine.api.openapi import BODY, doc, problems
 from dispatch_engine.incidents.service import check_incident_reference
-from dispatch_engine.models import Invite, Message
 from dispatch_engine.schemas.dispatches import (
     DispatchCreate,
     DispatchOut,
@@ -22,13 +21,26 @@ from dispatch_engine.schemas.dispatches import (
 )
 from dispatch_engine.services import dispatches as service
 from dispatch_engine.services.etags import check_if_match, etag
-from dispatch_engine.services.policies import live_lineup
 from dispatch_engine.store.accounts import get_account
+from dispatch_engine.store.dispatches import invite_state_counts, message_outcome_counts
+from dispatch_engine.store.policies import live_lineup
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/dispatches", tags=["dispatches"])
+VALIDITY = (
+    "`token-validity-too-short` when the token validity does not outlast the lineup's total "
+    "delay (`total_delay` tells it)."
+)
 
 
-@router.get("", response_model=list[DispatchOut])
+@router.get(
+    "",
+    response_model=list[DispatchOut],
+    summary="List dispatches",
+    description="The account's dispatches with their status, pause reason and templates "
+    "(`missing_templates` lists lineup messages still without one). Any key that can see "
+    "the account.",
+    responses=problems(401, 404, 422),
+)
 async def list_dispatches(
     account_id: str, actor: ReadActor, session: SessionDep
 ) -> list[DispatchOut]:
@@ -40,7 +52,23 @@ async def list_dispatches(
         ]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=DispatchOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=DispatchOut,
+    summary="Create a dispatch",
+    description=doc(
+        """
+        Sends one questionnaire through one policy: the `questionnaire_id`, the
+        `policy_id`, the `token_validity` (how long each invite's survey link stays valid;
+        it must be longer than the lineup's total delay, so the link still works after the
+        last message) and a `message_templates` entry (an id the vendor understands) for
+        every lineup message. Contacts are then posted to it. Answers 201 with `ETag` and
+        `Location`. `backend` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(401, 403, 404, *BODY, notes={422: "Also " + VALIDITY}),
+)
 async def create_dispatch(
     account_id: str,
     body: DispatchCreate,
@@ -65,7 +93,15 @@ async def create_dispatch(
     return out
 
 
-@router.get("/{dispatch_id}", response_model=DispatchOut)
+@router.get(
+    "/{dispatch_id}",
+    response_model=DispatchOut,
+    summary="Get a dispatch",
+    description="The dispatch with its status (`active` or `paused`, with the reason), "
+    "templates and `missing_templates`; the `ETag` header is the version for `If-Match`. "
+    "Any key that can see the account.",
+    responses=problems(401, 404, 422),
+)
 async def get_dispatch(
     account_id: str, dispatch_id: str, actor: ReadActor, session: SessionDep, response: Response
 ) -> DispatchOut:
@@ -76,7 +112,21 @@ async def get_dispatch(
     return out
 
 
-@router.patch("/{dispatch_id}", response_model=DispatchOut)
+@router.patch(
+    "/{dispatch_id}",
+    response_model=DispatchOut,
+    summary="Edit a dispatch",
+    description=doc(
+        """
+        Moves the dispatch to another policy, changes its token validity, or adds and
+        removes message templates (`message_templates` merges; a `null` value removes that
+        entry). This is how a dispatch paused by a lineup change or a deleted policy gets
+        what it needs before it is resumed. Conditional with `If-Match` (412 when stale).
+        `backend` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(401, 403, 404, 412, *BODY, notes={422: "Also " + VALIDITY}),
+)
 async def patch_dispatch(
     account_id: str,
     dispatch_id: str,
@@ -108,27 +158,28 @@ async def patch_dispatch(
     return out
 
 
-@router.get("/{dispatch_id}/stats", response_model=DispatchStats)
+@router.get(
+    "/{dispatch_id}/stats",
+    response_model=DispatchStats,
+    summary="Count a dispatch's outcomes",
+    description="Invites by state and messages by state, each with a `total`, and for "
+    "messages not sent the count per reason (`responded`, `unsubscribed`, "
+    "`fatigue_pending_token`, `deferred_business_hours`, …). Any key that can see the "
+    "account.",
+    responses=problems(401, 404, 422),
+)
 async def dispatch_stats(
     account_id: str, dispatch_id: str, actor: ReadActor, session: SessionDep
 ) -> DispatchStats:
     """Counts by outcome, from indexed aggregates (index-only scans on PostgreSQL)."""
     async with session.begin():
         await service.get_dispatch(session, account_id, dispatch_id)
-        invite_rows = await session.execute(
-            select(Invite.state, func.count())
-            .where(Invite.dispatch_id == dispatch_id)
-            .group_by(Invite.state)
-        )
-        message_rows = await session.execute(
-            select(Message.state, Message.reason, func.count())
-            .where(Message.dispatch_id == dispatch_id)
-            .group_by(Message.state, Message.reason)
-        )
-    invites = {state: count for state, count in invite_rows.all()}
+        invite_rows = await invite_state_counts(session, dispatch_id)
+        message_rows = await message_outcome_counts(session, dispatch_id)
+    invites = {state: count for state, count in invite_rows}
     messages: dict[str, int] = {}
     reasons: dict[str, dict[str, int]] = {}
-    for state, reason, count in message_rows.all():
+    for state, reason, count in message_rows:
         messages[state] = messages.get(state, 0) + count
         if reason:
             reasons.setdefault(state, {})[reason] = count
@@ -137,7 +188,22 @@ async def dispatch_stats(
     return DispatchStats(dispatch=dispatch_id, invites=invites, messages=messages, reasons=reasons)
 
 
-@router.post("/{dispatch_id}/pause", response_model=DispatchOut)
+@router.post(
+    "/{dispatch_id}/pause",
+    response_model=DispatchOut,
+    summary="Pause a dispatch",
+    description=doc(
+        """
+        Pauses this dispatch only (other dispatches of its policy go on): its messages are
+        held, not dropped, until it is resumed. The optional body's `reason` is shown as the
+        pause reason and, with `incident` (an id from `/v1/incidents`), kept in the audit
+        log. Any key that can see the account.
+        """
+    ),
+    responses=problems(
+        401, 404, *BODY, notes={422: "Also an `incident` that is not a known incident id."}
+    ),
+)
 async def pause_dispatch(
     account_id: str,
     dispatch_id: str,
@@ -165,7 +231,30 @@ async def pause_dispatch(
         return service.dispatch_out(dispatch, await live_lineup(session, dispatch.policy_id))
 
 
-@router.post("/{dispatch_id}/resume", response_model=DispatchOut)
+@router.post(
+    "/{dispatch_id}/resume",
+    response_model=DispatchOut,
+    summary="Resume a dispatch",
+    description=doc(
+        """
+        Re-enables the dispatch, whatever paused it (an operator, a lineup change, a deleted
+        policy, a validity too short): held messages go out subject to the rules at this
+        time. Refused while it still cannot run. Optional `reason` and `incident` as for
+        pause. Any key that can see the account.
+        """
+    ),
+    responses=problems(
+        401,
+        404,
+        409,
+        *BODY,
+        notes={
+            409: "`dispatch-not-resumable`: its policy was deleted (move it first), or "
+            "`missing_templates` lists lineup messages without a template.",
+            422: "Also " + VALIDITY + " Or an `incident` that is not a known incident id.",
+        },
+    ),
+)
 async def resume_dispatch(
     account_id: str,
     dispatch_id: str,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from dispatch_engine.api.deps import ConfigActor, OperatorActor, SessionDep
+from dispatch_engine.api.openapi import BODY, doc, problems
 from dispatch_engine.context import AppContext
 from dispatch_engine.errors import ValidationFailed
 from dispatch_engine.models import Invite
@@ -15,7 +16,25 @@ from dispatch_engine.store.accounts import get_account
 router = APIRouter(prefix="/v1/accounts/{account_id}", tags=["events"])
 
 
-@router.post("/events", response_model=EventResult)
+@router.post(
+    "/events",
+    response_model=EventResult,
+    summary="Record a response or an unsubscribe",
+    description=doc(
+        """
+        EM reports what a recipient did. `response` (by the invite's `token`): no further
+        message of that invite goes out (`messages_stopped` counts them). `unsubscribe`, by
+        `token` (every channel the invite has an address for, or only `channel`) or by
+        `channel` + `address`: that address gets no message on that channel from this
+        account again, until an operator re-subscribes it; kept as a keyed hash only, and it
+        works after the contact's details were erased. Replaying an event is harmless
+        (`applied: false`). `backend` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(
+        401, 403, 404, *BODY, notes={404: "Also when no invite of the account has this token."}
+    ),
+)
 async def post_event(
     account_id: str, body: EventIn, actor: ConfigActor, session: SessionDep
 ) -> EventResult:
@@ -81,7 +100,19 @@ def _invite_blocks(
     return {c: hashes for c, hashes in blocks.items() if hashes}
 
 
-@router.delete("/unsubscribes", response_model=EventResult)
+@router.delete(
+    "/unsubscribes",
+    response_model=EventResult,
+    summary="Re-subscribe an address",
+    description=doc(
+        """
+        An operator lifts an unsubscribe: the address may receive messages on that channel
+        from this account again (`applied: false` when it was not unsubscribed). The body
+        names the `channel` and the `address`. `operator` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(401, 403, 404, *BODY),
+)
 async def resubscribe(
     account_id: str, body: ResubscribeIn, actor: OperatorActor, session: SessionDep
 ) -> EventResult:

@@ -10,9 +10,10 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.api.deps import Actor, ContextDep, OperatorActor, SessionDep
+from dispatch_engine.api.openapi import BODY, ResendRefusedProblem, doc, problems
+from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.incidents import communications, notices, postmortem, resends, service
 from dispatch_engine.incidents.impacted import (
     ImpactedPage,
@@ -56,7 +57,23 @@ async def _snapshot(session: AsyncSession, incident: Incident, actor: Actor) -> 
     return out.model_dump(mode="json", exclude={"clocks", "overdue"})
 
 
-@router.post(BASE, status_code=status.HTTP_201_CREATED, response_model=IncidentOut)
+@router.post(
+    BASE,
+    status_code=status.HTTP_201_CREATED,
+    response_model=IncidentOut,
+    summary="Report an incident",
+    description=doc(
+        """
+        Opens an incident in state `reported` with its title and the service impacted, and
+        optionally the other fields (description, impact, severity, start time, symptoms,
+        evidence links, impacted accounts, commander, communicator, customer tickets…).
+        The 15-minute acknowledgement clock starts; the notification webhooks get
+        `incident.created`. Answers 201 with `ETag` and `Location`. `operator` and `admin`
+        keys. Audited.
+        """
+    ),
+    responses=problems(401, 403, *BODY),
+)
 async def create_incident(
     body: IncidentCreate, actor: OperatorActor, session: SessionDep, response: Response
 ) -> IncidentOut:
@@ -84,7 +101,20 @@ async def create_incident(
     return out
 
 
-@router.get(BASE, response_model=IncidentPage)
+@router.get(
+    BASE,
+    response_model=IncidentPage,
+    summary="List incidents",
+    description=doc(
+        """
+        Incidents, newest first, each with its clocks (due times, whether overdue). Filters
+        combine: `state`, `severity`, `account` (incidents impacting it), `open` (true: not
+        closed), `overdue` (any clock, or the one named by `clock`). Paged: pass
+        `next_cursor` back as `cursor`. `operator` and `admin` keys.
+        """
+    ),
+    responses=problems(401, 403, 422),
+)
 async def list_incidents(
     actor: OperatorActor,
     session: SessionDep,
@@ -106,7 +136,16 @@ async def list_incidents(
     return IncidentPage(items=items, next_cursor=next_cursor)
 
 
-@router.get(ITEM, response_model=IncidentOut)
+@router.get(
+    ITEM,
+    response_model=IncidentOut,
+    summary="Get an incident",
+    description="The incident with its fields, state and the time it entered each state, "
+    "its clocks (`ack` 15 minutes, `update` every 30 minutes, `postmortem` for P1/P2) and "
+    "whether one is overdue. The `ETag` header is the version for `If-Match`. `operator` "
+    "and `admin` keys.",
+    responses=problems(401, 403, 404, 422),
+)
 async def get_incident(
     incident_id: str, actor: OperatorActor, session: SessionDep, response: Response
 ) -> IncidentOut:
@@ -117,7 +156,27 @@ async def get_incident(
     return out
 
 
-@router.patch(ITEM, response_model=IncidentOut)
+@router.patch(
+    ITEM,
+    response_model=IncidentOut,
+    summary="Edit an incident",
+    description=doc(
+        """
+        Changes the fields sent (the state changes through transitions). The severity is
+        agreed at acknowledgement; afterwards it may be changed here but not cleared.
+        Conditional with `If-Match` (412 when stale). `operator` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(
+        401,
+        403,
+        404,
+        409,
+        412,
+        *BODY,
+        notes={409: "`incident-closed`: a closed incident cannot change."},
+    ),
+)
 async def patch_incident(
     incident_id: str,
     body: IncidentFields,
@@ -147,7 +206,31 @@ async def patch_incident(
     return out
 
 
-@router.post(ITEM + "/acknowledge", response_model=IncidentOut)
+@router.post(
+    ITEM + "/acknowledge",
+    response_model=IncidentOut,
+    summary="Acknowledge an incident",
+    description=doc(
+        """
+        `reported` → `acknowledged`: stops the 15-minute acknowledgement clock and starts
+        the 30-minute status-update clock. The severity (P1–P4; P1 and P2 are major) is
+        agreed here: required unless the incident already has one. The same as a
+        transition to `acknowledged`. `operator` and `admin` keys. Audited; the
+        notification webhooks get `incident.state_changed`.
+        """
+    ),
+    responses=problems(
+        401,
+        403,
+        404,
+        409,
+        *BODY,
+        notes={
+            409: "`illegal-transition`: the incident is not `reported` (`current_state`, "
+            "`allowed`)."
+        },
+    ),
+)
 async def acknowledge_incident(
     incident_id: str,
     actor: OperatorActor,
@@ -162,7 +245,32 @@ async def acknowledge_incident(
     return await _transition(incident_id, move, actor, session)
 
 
-@router.post(ITEM + "/transitions", response_model=IncidentOut)
+@router.post(
+    ITEM + "/transitions",
+    response_model=IncidentOut,
+    summary="Change an incident's state",
+    description=doc(
+        """
+        Moves the incident one step along reported → acknowledged → investigating →
+        identified → resolved → closed (identified → investigating is the one way back),
+        stamping the time it entered the state. Acknowledging needs a severity unless the
+        incident has one; resolving starts the post-mortem clock of a P1/P2. `operator`
+        and `admin` keys. Audited; the notification webhooks get `incident.state_changed`.
+        """
+    ),
+    responses=problems(
+        401,
+        403,
+        404,
+        409,
+        *BODY,
+        notes={
+            409: "`illegal-transition`: not a move the graph allows (`current_state`, "
+            "`allowed`); `postmortem-required`: a P1/P2 closes only once its post-mortem "
+            "is recorded."
+        },
+    ),
+)
 async def transition_incident(
     incident_id: str, body: TransitionIn, actor: OperatorActor, session: SessionDep
 ) -> IncidentOut:
@@ -202,7 +310,33 @@ async def _transition(
 
 
 @router.post(
-    ITEM + "/status-updates", status_code=status.HTTP_201_CREATED, response_model=StatusUpdateOut
+    ITEM + "/status-updates",
+    status_code=status.HTTP_201_CREATED,
+    response_model=StatusUpdateOut,
+    summary="Post a status notice",
+    description=doc(
+        """
+        Posts a public notice from a template: `investigating` (symptoms; ETA unknown),
+        `identified` (symptoms and an ETA: fix in progress) or `resolved` (only once the
+        incident is resolved; the notice then expires an hour after posting). Optional
+        `message` text, and `accounts` whose names the notice shows (none unless listed).
+        It counts as the 30-minute status update and appears in the public status feed.
+        `operator` and `admin` keys. Audited; the notification webhooks get
+        `incident.status_update`.
+        """
+    ),
+    responses=problems(
+        401,
+        403,
+        404,
+        409,
+        *BODY,
+        notes={
+            409: "`incident-closed`; `incident-not-resolved`: a `resolved` notice before "
+            "the incident is; `incident-resolved`: a resolved incident takes only a "
+            "`resolved` notice."
+        },
+    ),
 )
 async def post_status_update(
     incident_id: str, body: StatusUpdateIn, actor: OperatorActor, session: SessionDep
@@ -235,7 +369,14 @@ async def post_status_update(
     return out
 
 
-@router.get(ITEM + "/status-updates", response_model=list[StatusUpdateOut])
+@router.get(
+    ITEM + "/status-updates",
+    response_model=list[StatusUpdateOut],
+    summary="List an incident's status notices",
+    description="Every notice posted for the incident, with its text and when it expires. "
+    "`operator` and `admin` keys.",
+    responses=problems(401, 403, 404, 422),
+)
 async def list_status_updates(
     incident_id: str, actor: OperatorActor, session: SessionDep
 ) -> list[StatusUpdateOut]:
@@ -244,7 +385,19 @@ async def list_status_updates(
         return [notices.notice_out(n) for n in await notices.list_notices(session, incident_id)]
 
 
-@router.get("/v1/status-feed", response_model=StatusFeed)
+@router.get(
+    "/v1/status-feed",
+    response_model=StatusFeed,
+    summary="Public status feed",
+    description=doc(
+        """
+        For a status page, **no key needed**: the live notices only, the newest of each
+        incident (a `resolved` notice lives one hour). It shows the notices' own words only:
+        no incident titles, and no account names unless a notice names them. Cacheable for
+        30 seconds.
+        """
+    ),
+)
 async def status_feed(context: ContextDep, response: Response) -> StatusFeed:
     """Public (no API key): the live notices only — each incident's newest, unless expired
     (a Resolved notice lives one hour). Shows the notices' own words only: no incident
@@ -286,7 +439,29 @@ def prefers_csv(accept: str) -> bool:
 @router.get(
     ITEM + "/impacted-sendings",
     response_model=ImpactedPage,
-    responses={200: {"content": {"text/csv": {}}}},
+    summary="List the sendings an incident impacted",
+    description=doc(
+        """
+        The `failed` and `delayed` sendings scheduled from the incident's start to its
+        resolution (or now), grouped by account, with each sending's id, dispatch, channel,
+        state, reason and scheduled time, and its resend if any; filter by `account` and
+        `channel`. JSON in pages (`limit`, then `cursor` = `next_cursor`), or the whole
+        list as streamed CSV with `Accept: text/csv` or `format=csv`. These are the ids to
+        approve and resend. `operator` and `admin` keys.
+        """
+    ),
+    responses={
+        200: {
+            "content": {
+                "text/csv": {
+                    "schema": {"type": "string"},
+                    "example": "account,account_name,sending,dispatch,channel,state,reason,"
+                    "scheduled_at,invite,resend_of,resent_as\r\n",
+                }
+            }
+        },
+        **problems(401, 403, 404, 422),
+    },
 )
 async def impacted_sendings(
     incident_id: str,
@@ -322,6 +497,19 @@ async def impacted_sendings(
     ITEM + "/approvals",
     status_code=status.HTTP_201_CREATED,
     response_model=resends.ApprovalOut,
+    summary="Record a resend approval",
+    description=doc(
+        """
+        Records that an account's owner or admin (as recorded on the account, matched by
+        email; the `role` is derived) approved resending its impacted sendings: who, by
+        which channel, when (not in the future), an optional note, and the `sendings`
+        covered (each an impacted sending of that account in this incident), or, without
+        them, all of the account's impacted sendings at this moment. Needed to resend a
+        sending more than 60 minutes (the configured threshold) past its scheduled time.
+        `operator` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(401, 403, 404, *BODY),
 )
 async def record_approval(
     incident_id: str, body: resends.ApprovalIn, actor: OperatorActor, session: SessionDep
@@ -351,7 +539,14 @@ async def record_approval(
     return out
 
 
-@router.get(ITEM + "/approvals", response_model=list[resends.ApprovalOut])
+@router.get(
+    ITEM + "/approvals",
+    response_model=list[resends.ApprovalOut],
+    summary="List resend approvals",
+    description="The approvals recorded for the incident, with the sendings each covers. "
+    "`operator` and `admin` keys.",
+    responses=problems(401, 403, 404, 422),
+)
 async def list_approvals(
     incident_id: str, actor: OperatorActor, session: SessionDep
 ) -> list[resends.ApprovalOut]:
@@ -363,7 +558,34 @@ async def list_approvals(
 @router.post(
     ITEM + "/resends",
     response_model=resends.ResendOut,
-    responses={409: {"description": "Nothing was re-sent: every sending was refused."}},
+    summary="Resend impacted sendings",
+    description=doc(
+        """
+        Re-sends failed or delayed sendings of the incident under the window rule: a
+        sending whose scheduled time is at most 60 minutes ago (the configured threshold)
+        may be re-sent by an operator; an older one only under an approval that covers it.
+        A resend is a new message that goes through every check again (pauses, responded,
+        expiry, unsubscribes, business hours, DND); a delayed original is withdrawn.
+        `dry_run` answers what would happen and writes nothing. Each sending gets an
+        `outcome`: `resent` / `allowed`, `needs_approval`, `not_resendable` or
+        `already_resent`. **Safe to retry**: a sending is re-sent at most once per approval
+        (or once within the threshold); a retry answers `already_resent` with the same new
+        id. A real run that refuses every sending sends nothing and answers 409.
+        `operator` and `admin` keys. Audited, refusals included.
+        """
+    ),
+    responses=problems(
+        401,
+        403,
+        404,
+        409,
+        *BODY,
+        notes={
+            409: "`resend-refused`: every sending was refused; `errors` gives each one's "
+            "reason and the body carries the usual `results` and `counts`."
+        },
+        models={409: ResendRefusedProblem},
+    ),
 )
 async def resend_sendings(
     incident_id: str, body: resends.ResendIn, actor: OperatorActor, session: SessionDep
@@ -422,7 +644,15 @@ def _audit_resends(
         )
 
 
-@router.get(ITEM + "/resends", response_model=list[resends.ResendRecord])
+@router.get(
+    ITEM + "/resends",
+    response_model=list[resends.ResendRecord],
+    summary="List resends",
+    description="The resends made under the incident: original and new message ids, the "
+    "approval used (null within the threshold) and how late the sending was. `operator` "
+    "and `admin` keys.",
+    responses=problems(401, 403, 404, 422),
+)
 async def list_resends(
     incident_id: str, actor: OperatorActor, session: SessionDep
 ) -> list[resends.ResendRecord]:
@@ -435,6 +665,16 @@ async def list_resends(
     ITEM + "/communications",
     status_code=status.HTTP_201_CREATED,
     response_model=CommunicationOut,
+    summary="Log a customer communication",
+    description=doc(
+        """
+        Records that an account was told about the incident: by `direct_email`, `in_app`
+        notification or `phone`, to whom, what, by whom (default: the API key) and when
+        (default: now; never in the future). The recipient is stored encrypted; the audit
+        log keeps only a keyed hash of it. `operator` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(401, 403, 404, *BODY),
 )
 async def record_communication(
     incident_id: str, body: CommunicationIn, actor: OperatorActor, session: SessionDep
@@ -457,7 +697,14 @@ async def record_communication(
     return out
 
 
-@router.get(ITEM + "/communications", response_model=list[CommunicationOut])
+@router.get(
+    ITEM + "/communications",
+    response_model=list[CommunicationOut],
+    summary="List customer communications",
+    description="The incident's communication log by account and time; `account` limits "
+    "it to one account. `operator` and `admin` keys.",
+    responses=problems(401, 403, 404, 422),
+)
 async def list_communications(
     incident_id: str, actor: OperatorActor, session: SessionDep, account: str | None = None
 ) -> list[CommunicationOut]:
@@ -468,7 +715,31 @@ async def list_communications(
         )
 
 
-@router.put(ITEM + "/postmortem", response_model=PostmortemOut)
+@router.put(
+    ITEM + "/postmortem",
+    response_model=PostmortemOut,
+    summary="Record the post-mortem",
+    description=doc(
+        """
+        Records (201) or revises (200) the post-mortem of a resolved incident: findings,
+        improvement actions, an optional link to the full write-up, and the service credits
+        due per account. The answer adds the time to resolution (start to resolved). It
+        stops the post-mortem clock; a P1/P2 incident cannot close without one. `operator`
+        and `admin` keys. Audited.
+        """
+    ),
+    responses={
+        201: {"model": PostmortemOut, "description": "Recorded for the first time."},
+        **problems(
+            401,
+            403,
+            404,
+            409,
+            *BODY,
+            notes={409: "`incident-not-resolved`: only a resolved incident takes one."},
+        ),
+    },
+)
 async def put_postmortem(
     incident_id: str,
     body: PostmortemIn,
@@ -505,7 +776,14 @@ async def put_postmortem(
     return out
 
 
-@router.get(ITEM + "/postmortem", response_model=PostmortemOut)
+@router.get(
+    ITEM + "/postmortem",
+    response_model=PostmortemOut,
+    summary="Get the post-mortem",
+    description="The incident's post-mortem with its time to resolution; 404 until one is "
+    "recorded. `operator` and `admin` keys.",
+    responses=problems(401, 403, 404, 422),
+)
 async def get_postmortem(
     incident_id: str, actor: OperatorActor, session: SessionDep
 ) -> PostmortemOut:

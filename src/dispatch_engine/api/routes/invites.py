@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections import defaultdict
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
 
 from dispatch_engine.api.deps import ReadActor, SessionDep
+from dispatch_engine.api.openapi import doc, problems
 from dispatch_engine.errors import NotFound, ValidationFailed
 from dispatch_engine.models import Invite, Message
 from dispatch_engine.schemas.invites import InviteOut, MessageOut
 from dispatch_engine.services.dispatches import get_dispatch
 from dispatch_engine.store.accounts import get_account
+from dispatch_engine.store.invites import find_invite, invites_matching, messages_of_invites
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/invites", tags=["invites"])
 
@@ -58,28 +59,52 @@ def _invite_out(invite: Invite, messages: list[Message]) -> InviteOut:
 async def _with_messages(session: SessionDep, invites: list[Invite]) -> list[InviteOut]:
     by_invite: dict[str, list[Message]] = defaultdict(list)
     if invites:
-        rows = await session.execute(
-            select(Message)
-            .where(Message.invite_id.in_([i.id for i in invites]))
-            .order_by(Message.created_at, Message.position, Message.id)
-        )
-        for message in rows.scalars():
+        for message in await messages_of_invites(session, [i.id for i in invites]):
             by_invite[message.invite_id].append(message)
     return [_invite_out(i, by_invite[i.id]) for i in invites]
 
 
-@router.get("/{invite_id}", response_model=InviteOut)
+@router.get(
+    "/{invite_id}",
+    response_model=InviteOut,
+    summary="Get an invite",
+    description=doc(
+        """
+        One invite (a contact of a dispatch) with its token, state and times, and every
+        message of its lineup: state, due and scheduled times, when it was sent or decided,
+        push attempts, and for a message not sent the `rule` and `reason` (`responded`,
+        `unsubscribed`, `dnd`, `fatigue_pending_token`, `fatigue_max_invites`,
+        `token_expired`, `step_deleted`, `deferred_business_hours`, `paused`, …; see
+        docs/rule-pipeline.md). `contact_erased` tells whether the contact's details were
+        erased (once the invite can send nothing more). Any key that can see the account.
+        """
+    ),
+    responses=problems(401, 404, 422),
+)
 async def get_invite(
     account_id: str, invite_id: str, actor: ReadActor, session: SessionDep
 ) -> InviteOut:
     async with session.begin():
-        invite = await session.get(Invite, invite_id)
+        invite = await find_invite(session, invite_id)
         if invite is None or invite.account_id != account_id:
             raise NotFound(f"invite '{invite_id}'")
         return (await _with_messages(session, [invite]))[0]
 
 
-@router.get("", response_model=list[InviteOut])
+@router.get(
+    "",
+    response_model=list[InviteOut],
+    summary="Find invites",
+    description=doc(
+        """
+        Invites by `token`, or by `external_id` (the id EM gave the contact), optionally
+        within one `dispatch`; oldest first, at most `limit`. Each comes with its messages,
+        as in the single invite. One of `token` or `external_id` is required. Any key that
+        can see the account.
+        """
+    ),
+    responses=problems(401, 404, 422),
+)
 async def find_invites(
     account_id: str,
     actor: ReadActor,
@@ -92,20 +117,16 @@ async def find_invites(
     """Find invites by token, or by external id (optionally within one dispatch)."""
     if not token and not external_id:
         raise ValidationFailed("token", "give token or external_id")
-    query = select(Invite).where(Invite.account_id == account_id)
-    if token:
-        query = query.where(Invite.token == token)
-    if external_id:
-        query = query.where(Invite.external_id == external_id)
-    if dispatch:
-        query = query.where(Invite.dispatch_id == dispatch)
     async with session.begin():
         await get_account(session, account_id)  # an unknown account is 404, not "no invites"
         if dispatch:
             await get_dispatch(session, account_id, dispatch)
-        invites = list(
-            (
-                await session.execute(query.order_by(Invite.created_at, Invite.id).limit(limit))
-            ).scalars()
+        invites = await invites_matching(
+            session,
+            account_id,
+            token=token,
+            external_id=external_id,
+            dispatch_id=dispatch,
+            limit=limit,
         )
         return await _with_messages(session, invites)

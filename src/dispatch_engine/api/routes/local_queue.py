@@ -8,6 +8,7 @@ import orjson
 from fastapi import APIRouter, Query
 
 from dispatch_engine.api.deps import ConfigActor, SessionDep
+from dispatch_engine.api.openapi import BODY, doc, problems
 from dispatch_engine.queues import local
 from dispatch_engine.schemas.local_queue import AckRequest, AckResult, QueuedMessage
 from dispatch_engine.services.integrations import require_local_queue
@@ -15,7 +16,31 @@ from dispatch_engine.services.integrations import require_local_queue
 router = APIRouter(prefix="/v1/accounts/{account_id}/queue", tags=["local queue"])
 
 
-@router.get("/messages", response_model=list[QueuedMessage])
+@router.get(
+    "/messages",
+    response_model=list[QueuedMessage],
+    summary="Receive queued messages",
+    description=doc(
+        """
+        The message vendor's side of the `local` queue: up to `max` visible messages, in
+        order, each with a `receipt` and its body (the `dispatch-engine.invitation/v1`
+        queue message). Received messages stay invisible for `visibility` seconds; ack the
+        handled ones with their receipts, the others reappear (delivery is at least once:
+        de-duplicate on `message_id`). `backend` and `admin` keys (an operator reads the
+        messages' states on the invites instead: receiving hides them from the vendor).
+        """
+    ),
+    responses=problems(
+        401,
+        403,
+        404,
+        409,
+        422,
+        notes={
+            409: "`not-local-queue`: the account has no queue integration, or not a `local` one."
+        },
+    ),
+)
 async def receive(
     account_id: str,
     actor: ConfigActor,
@@ -47,7 +72,28 @@ async def receive(
         ]
 
 
-@router.post("/ack", response_model=AckResult)
+@router.post(
+    "/ack",
+    response_model=AckResult,
+    summary="Acknowledge queued messages",
+    description=doc(
+        """
+        Deletes the messages handled, by the receipts of the latest receive; `unknown`
+        lists receipts that matched nothing (already acked, or from an earlier receive of
+        a message that has been received again since). `backend` and `admin` keys.
+        """
+    ),
+    responses=problems(
+        401,
+        403,
+        404,
+        409,
+        *BODY,
+        notes={
+            409: "`not-local-queue`: the account has no queue integration, or not a `local` one."
+        },
+    ),
+)
 async def ack(
     account_id: str, body: AckRequest, actor: ConfigActor, session: SessionDep
 ) -> AckResult:

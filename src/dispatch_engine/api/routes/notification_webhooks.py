@@ -8,16 +8,33 @@ URL is itself the credential.
 from __future__ import annotations
 
 from fastapi import APIRouter, Response, status
-from sqlalchemy import delete
 
 from dispatch_engine.api.deps import OperatorActor, SessionDep
+from dispatch_engine.api.openapi import BODY, doc, problems
 from dispatch_engine.incidents import notifications as service
-from dispatch_engine.models import IncidentNotification
+from dispatch_engine.store.notification_webhooks import drop_notifications_of_webhook
 
-router = APIRouter(prefix="/v1/admin/notification-webhooks", tags=["admin"])
+router = APIRouter(prefix="/v1/admin/notification-webhooks", tags=["notification webhooks"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=service.WebhookOut)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=service.WebhookOut,
+    summary="Add a notification webhook",
+    description=doc(
+        """
+        Adds an outbound webhook (e.g. a Slack incoming webhook) that receives incident
+        events: `incident.created`, `incident.state_changed`, `incident.status_update`,
+        `incident.clock_overdue` (`events` limits them; empty means all). The worker posts
+        them (Slack-compatible `text` plus structured fields) with retries; a request never
+        waits for it. The URL must pass the outgoing-URL rules (https, no private or
+        loopback address unless allow-listed, no credentials); it is stored encrypted and
+        only its origin is ever shown. `operator` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(401, 403, *BODY),
+)
 async def create_webhook(
     body: service.WebhookIn, actor: OperatorActor, session: SessionDep
 ) -> service.WebhookOut:
@@ -42,21 +59,33 @@ async def create_webhook(
     return out
 
 
-@router.get("", response_model=list[service.WebhookOut])
+@router.get(
+    "",
+    response_model=list[service.WebhookOut],
+    summary="List notification webhooks",
+    description="The configured webhooks with the events each receives; URLs are shown by "
+    "origin only (the path may hold a token). `operator` and `admin` keys.",
+    responses=problems(401, 403),
+)
 async def list_webhooks(actor: OperatorActor, session: SessionDep) -> list[service.WebhookOut]:
     async with session.begin():
         return [service.webhook_out(w) for w in await service.list_webhooks(session)]
 
 
-@router.delete("/{webhook_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/{webhook_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Remove a notification webhook",
+    description="Removes the webhook; its notifications not yet delivered are dropped with "
+    "it. `operator` and `admin` keys. Audited.",
+    responses=problems(401, 403, 404, 422),
+)
 async def delete_webhook(webhook_id: str, actor: OperatorActor, session: SessionDep) -> Response:
     """Remove a webhook; its undelivered notifications are dropped with it."""
     async with session.begin():
         webhook = await service.get_webhook(session, webhook_id)
         before = service.webhook_out(webhook).model_dump(mode="json")
-        await session.execute(
-            delete(IncidentNotification).where(IncidentNotification.webhook_id == webhook.id)
-        )
+        await drop_notifications_of_webhook(session, webhook.id)
         await session.delete(webhook)
         actor.audit(
             session,

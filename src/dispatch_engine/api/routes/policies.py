@@ -13,6 +13,7 @@ from dispatch_engine.api.deps import (
     ReadActor,
     SessionDep,
 )
+from dispatch_engine.api.openapi import BODY, doc, problems
 from dispatch_engine.incidents.service import check_incident_reference
 from dispatch_engine.models import Policy
 from dispatch_engine.schemas.dispatches import PauseRequest
@@ -27,6 +28,7 @@ from dispatch_engine.schemas.policies import (
 from dispatch_engine.services import policies as service
 from dispatch_engine.services.etags import check_if_match, check_version, etag
 from dispatch_engine.store.accounts import get_account
+from dispatch_engine.store.policies import live_lineup, live_lineups, live_policies_of_account
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/policies", tags=["policies"])
 IfMatch = Header(default=None, description='The policy\'s current ETag, e.g. "3".')
@@ -35,7 +37,7 @@ IfMatch = Header(default=None, description='The policy\'s current ETag, e.g. "3"
 async def _out(
     session: SessionDep, policy: Policy, response: Response, paused: list[str] | None = None
 ) -> PolicyOut:
-    out = service.policy_out(policy, await service.live_lineup(session, policy.id), paused)
+    out = service.policy_out(policy, await live_lineup(session, policy.id), paused)
     response.headers["ETag"] = etag(policy.version)
     return out
 
@@ -43,7 +45,7 @@ async def _out(
 async def _audit(
     actor: Actor, session: SessionDep, action: str, policy: Policy, before: dict[str, object] | None
 ) -> None:
-    after = service.policy_snapshot(policy, await service.live_lineup(session, policy.id))
+    after = service.policy_snapshot(policy, await live_lineup(session, policy.id))
     actor.audit(
         session,
         action,
@@ -56,16 +58,25 @@ async def _audit(
 
 
 async def _snapshot(session: SessionDep, policy: Policy) -> dict[str, object]:
-    return service.policy_snapshot(policy, await service.live_lineup(session, policy.id))
+    return service.policy_snapshot(policy, await live_lineup(session, policy.id))
 
 
-@router.get("", response_model=list[PolicyOut], response_model_exclude_none=True)
+@router.get(
+    "",
+    response_model=list[PolicyOut],
+    response_model_exclude_none=True,
+    summary="List policies",
+    description="The account's live (not deleted) policies, each with its lineup and the "
+    "checks that apply to every lineup message; the sandbox policy comes first. Any key "
+    "that can see the account.",
+    responses=problems(401, 404, 422),
+)
 async def list_policies(account_id: str, actor: ReadActor, session: SessionDep) -> list[PolicyOut]:
     """Live policies; the sandbox policy comes first."""
     async with session.begin():
         await get_account(session, account_id)
-        policies = await service.list_policies(session, account_id)
-        lineups = await service.live_lineups(session, [p.id for p in policies])
+        policies = await live_policies_of_account(session, account_id)
+        lineups = await live_lineups(session, [p.id for p in policies])
         return [service.policy_out(p, lineups[p.id]) for p in policies]
 
 
@@ -74,6 +85,31 @@ async def list_policies(account_id: str, actor: ReadActor, session: SessionDep) 
     status_code=status.HTTP_201_CREATED,
     response_model=PolicyOut,
     response_model_exclude_none=True,
+    summary="Create a policy",
+    description=doc(
+        """
+        Creates a Delivery Policy: a name unique in the account (case-insensitive), the
+        **lineup** (message 1's delay counts from when the contact file arrives, 0 allowed;
+        each later one's from the previous message, between 1 hour and 30 days), **fatigue**
+        rules keyed by a UUID field (rule 1, on by default: no new invite while the person
+        holds a valid, unanswered token of this policy; rule 2: at most N invites in D
+        days), **business rules** (open hours per weekday in an IANA time zone; default
+        Monday to Friday, all day, UTC) and optional **DND webhooks** per channel. The
+        account needs a queue integration first. Answers 201 with `ETag` and `Location`.
+        `backend` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(
+        401,
+        403,
+        404,
+        409,
+        *BODY,
+        notes={
+            409: "`queue-integration-required`: set the account's queue integration first; "
+            "`policy-name-taken`: another live policy has this name."
+        },
+    ),
 )
 async def create_policy(
     account_id: str, body: PolicyCreate, actor: ConfigActor, session: SessionDep, response: Response
@@ -88,7 +124,16 @@ async def create_policy(
         return await _out(session, policy, response)
 
 
-@router.get("/{policy_id}", response_model=PolicyOut, response_model_exclude_none=True)
+@router.get(
+    "/{policy_id}",
+    response_model=PolicyOut,
+    response_model_exclude_none=True,
+    summary="Get a policy",
+    description="The policy with its lineup (each message's id, position, channel, delay and "
+    "the checks before it goes out). The `ETag` header is the version for `If-Match`. "
+    "Deleted policies are 404. Any key that can see the account.",
+    responses=problems(401, 404, 422),
+)
 async def get_policy(
     account_id: str, policy_id: str, actor: ReadActor, session: SessionDep, response: Response
 ) -> PolicyOut:
@@ -98,7 +143,31 @@ async def get_policy(
         )
 
 
-@router.patch("/{policy_id}", response_model=PolicyOut, response_model_exclude_none=True)
+@router.patch(
+    "/{policy_id}",
+    response_model=PolicyOut,
+    response_model_exclude_none=True,
+    summary="Edit a policy",
+    description=doc(
+        """
+        Renames it, or edits fatigue, business rules or DND webhooks. Nested objects merge
+        with what is stored, except `business_rules.days`, which replaces the whole week (a
+        missing day is closed). Every edit takes effect at once for messages not yet sent:
+        new business rules re-time deferred messages; a new fatigue `uuid_field` resets this
+        policy's fatigue history. Conditional with `If-Match` or a `version` field (412 when
+        stale). `backend` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(
+        401,
+        403,
+        404,
+        409,
+        412,
+        *BODY,
+        notes={409: "`policy-name-taken`: another live policy has this name."},
+    ),
+)
 async def patch_policy(
     account_id: str,
     policy_id: str,
@@ -126,7 +195,29 @@ async def patch_policy(
         return await _out(session, policy, response)
 
 
-@router.delete("/{policy_id}", response_model=PolicyOut, response_model_exclude_none=True)
+@router.delete(
+    "/{policy_id}",
+    response_model=PolicyOut,
+    response_model_exclude_none=True,
+    summary="Delete a policy",
+    description=doc(
+        """
+        Deletes the policy; this cannot be undone (its name may be reused). Every dispatch
+        using it pauses at once (`policy_deleted`) until it is moved to another policy;
+        `paused_dispatches` lists them. The sandbox policy cannot be deleted. Conditional
+        with `If-Match`. `backend` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(
+        401,
+        403,
+        404,
+        409,
+        412,
+        422,
+        notes={409: "`sandbox-not-deletable`: this is the account's sandbox policy."},
+    ),
+)
 async def delete_policy(
     account_id: str,
     policy_id: str,
@@ -184,7 +275,23 @@ async def _set_status(
         return await _out(session, policy, response)
 
 
-@router.post("/{policy_id}/pause", response_model=PolicyOut, response_model_exclude_none=True)
+@router.post(
+    "/{policy_id}/pause",
+    response_model=PolicyOut,
+    response_model_exclude_none=True,
+    summary="Pause a policy",
+    description=doc(
+        """
+        No message of any dispatch using the policy goes out until it is resumed: messages
+        that come due meanwhile are held (state `held`), not dropped. The optional body's
+        `reason` and `incident` (an id from `/v1/incidents`) are kept in the audit log.
+        Pausing a paused policy changes nothing. Any key that can see the account.
+        """
+    ),
+    responses=problems(
+        401, 404, *BODY, notes={422: "Also an `incident` that is not a known incident id."}
+    ),
+)
 async def pause_policy(
     account_id: str,
     policy_id: str,
@@ -198,7 +305,22 @@ async def pause_policy(
     return await _set_status(account_id, policy_id, "paused", actor, session, response, body)
 
 
-@router.post("/{policy_id}/resume", response_model=PolicyOut, response_model_exclude_none=True)
+@router.post(
+    "/{policy_id}/resume",
+    response_model=PolicyOut,
+    response_model_exclude_none=True,
+    summary="Resume a policy",
+    description=doc(
+        """
+        Lets the policy's messages go again: those that came due while it was paused go out
+        now, subject to the rules at this time (business hours, fatigue, unsubscribes, DND).
+        Optional `reason` and `incident` as for pause. Any key that can see the account.
+        """
+    ),
+    responses=problems(
+        401, 404, *BODY, notes={422: "Also an `incident` that is not a known incident id."}
+    ),
+)
 async def resume_policy(
     account_id: str,
     policy_id: str,
@@ -211,7 +333,28 @@ async def resume_policy(
 
 
 @router.post(
-    "/{policy_id}/copy-to-sandbox", response_model=PolicyOut, response_model_exclude_none=True
+    "/{policy_id}/copy-to-sandbox",
+    response_model=PolicyOut,
+    response_model_exclude_none=True,
+    summary="Copy a policy's settings to the sandbox",
+    description=doc(
+        """
+        Copies the lineup (with new message ids), fatigue, business rules and DND webhooks
+        of this policy onto the account's sandbox policy and returns the sandbox. Sandbox
+        messages skip ahead of any backlog, are flagged `sandbox: true` on the queue, and
+        keep a fatigue history of their own. The sandbox's active dispatches pause
+        (`lineup_changed`) until they have templates for the new messages. `backend` and
+        `admin` keys. Audited.
+        """
+    ),
+    responses=problems(
+        401,
+        403,
+        404,
+        409,
+        422,
+        notes={409: "`already-sandbox`: this policy is the sandbox."},
+    ),
 )
 async def copy_to_sandbox(
     account_id: str, policy_id: str, actor: ConfigActor, session: SessionDep, response: Response
@@ -229,6 +372,17 @@ async def copy_to_sandbox(
     status_code=status.HTTP_201_CREATED,
     response_model=PolicyOut,
     response_model_exclude_none=True,
+    summary="Add a lineup message",
+    description=doc(
+        """
+        Inserts a message (`channel`, `delay`) at `position` (1-based; default: at the end)
+        and returns the policy, with `Location` naming the new message. Every active
+        dispatch of the policy pauses (`lineup_changed`) until it has a message template
+        for the new message; `paused_dispatches` lists them. Conditional with `If-Match`.
+        `backend` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(401, 403, 404, 412, *BODY),
 )
 async def insert_lineup_message(
     account_id: str,
@@ -256,7 +410,20 @@ async def insert_lineup_message(
 
 
 @router.patch(
-    "/{policy_id}/lineup/{message_id}", response_model=PolicyOut, response_model_exclude_none=True
+    "/{policy_id}/lineup/{message_id}",
+    response_model=PolicyOut,
+    response_model_exclude_none=True,
+    summary="Edit a lineup message",
+    description=doc(
+        """
+        Changes a message's channel or delay. It takes effect at once for messages not yet
+        sent: pending ones are re-timed. A dispatch whose token validity would no longer
+        outlast the lineup pauses (`validity_too_short`, listed in `paused_dispatches`)
+        rather than the edit being refused. Conditional with `If-Match` or a `version`
+        field (412 when stale). `backend` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(401, 403, 404, 412, *BODY),
 )
 async def edit_lineup_message(
     account_id: str,
@@ -285,7 +452,19 @@ async def edit_lineup_message(
 
 
 @router.delete(
-    "/{policy_id}/lineup/{message_id}", response_model=PolicyOut, response_model_exclude_none=True
+    "/{policy_id}/lineup/{message_id}",
+    response_model=PolicyOut,
+    response_model_exclude_none=True,
+    summary="Delete a lineup message",
+    description=doc(
+        """
+        Deletes a step; this cannot be undone. From now on every invite skips it (reason
+        `step_deleted`) and moves on to the next message; later messages move up one
+        position. Refused (422) when the remaining delays would break the lineup's rules.
+        Conditional with `If-Match`. `backend` and `admin` keys. Audited.
+        """
+    ),
+    responses=problems(401, 403, 404, 412, 422),
 )
 async def delete_lineup_message(
     account_id: str,

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fastapi import APIRouter
 
 from dispatch_engine.api.deps import ReadActor, SessionDep
+from dispatch_engine.api.openapi import BODY, doc, problems
 from dispatch_engine.errors import ValidationFailed
 from dispatch_engine.schemas.durations import format_duration, parse_duration
 from dispatch_engine.schemas.policies import BusinessRules
@@ -18,6 +19,7 @@ from dispatch_engine.schemas.preview import (
 )
 from dispatch_engine.services import policies as service
 from dispatch_engine.services.preview import preview_lineup
+from dispatch_engine.store.policies import live_lineup
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/policies", tags=["policies"])
 
@@ -30,7 +32,23 @@ def _valid_zone(name: str) -> bool:
     return True
 
 
-@router.post("/{policy_id}/preview", response_model=PreviewOut)
+@router.post(
+    "/{policy_id}/preview",
+    response_model=PreviewOut,
+    summary="Preview when messages would go out",
+    description=doc(
+        """
+        Answers, without sending or storing anything, when each lineup message of a contact
+        posted at `posted_at` would go out and why: its due time by the delays, its send
+        time after the business window (`deferred`, reason `deferred_business_hours`) and
+        the window it falls in. For the policy as saved, or for proposed settings in
+        `policy` (lineup and business rules), so EM can show the effect before saving.
+        `time_zone` is the contact's, used when the policy evaluates windows in the
+        contact's zone. Any key that can see the account.
+        """
+    ),
+    responses=problems(401, 404, *BODY),
+)
 async def preview_policy(
     account_id: str, policy_id: str, body: PreviewIn, actor: ReadActor, session: SessionDep
 ) -> PreviewOut:
@@ -40,7 +58,7 @@ async def preview_policy(
         raise ValidationFailed("time_zone", "not an IANA time zone")
     async with session.begin():
         policy = await service.get_policy(session, account_id, policy_id)
-        saved = await service.live_lineup(session, policy.id)
+        saved = await live_lineup(session, policy.id)
     ids: list[str | None]
     steps: list[tuple[str, int]]
     if body.policy is not None:

@@ -5,16 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from dispatch_engine.db.rekeying import count_under_old_key, old_key_page, write_unchanged
+from dispatch_engine.db.session import AsyncSession, async_sessionmaker
 from dispatch_engine.security.crypto import DecryptionError, FieldCipher
 from dispatch_engine.services.key_rotation.common import (
     ColumnResult,
     EncryptedColumn,
     in_batches,
-    under_old_key,
-    write_unchanged,
 )
 
 log = structlog.get_logger(__name__)
@@ -31,14 +29,12 @@ async def reencrypt_column(
 ) -> ColumnResult:
     result = ColumnResult(spec.name, "encryption")
     table = spec.table
-    key, column = table.c[spec.key], table.c[spec.column]
     current = cipher.current_key_id
 
     async def step(session: AsyncSession, after: Any) -> Any:
-        query = select(key, column).where(column.is_not(None), under_old_key(column, current))
-        if after is not None:
-            query = query.where(key > after)
-        rows = (await session.execute(query.order_by(key).limit(batch_size))).all()
+        rows = await old_key_page(
+            session, table, spec.key, spec.column, current, after=after, limit=batch_size
+        )
         if not rows:
             return None
         updates: list[dict[str, Any]] = []
@@ -66,6 +62,5 @@ async def reencrypt_column(
 
     await in_batches(sessions, step)
     async with sessions() as session:
-        query = select(func.count()).where(column.is_not(None), under_old_key(column, current))
-        result.remaining = int((await session.execute(query)).scalar_one())
+        result.remaining = await count_under_old_key(session, table, spec.column, current)
     return result

@@ -7,32 +7,21 @@ from collections.abc import Mapping
 from typing import Any
 
 import structlog
-from sqlalchemy import ColumnElement, and_, func, or_, select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from dispatch_engine.db.conditional import relabel, update_unchanged
+from dispatch_engine.db.session import AsyncSession, async_sessionmaker
 from dispatch_engine.ingest.csv_stream import KNOWN_COLUMNS
 from dispatch_engine.ingest.rows import Rejection, parse_contact
-from dispatch_engine.models import (
-    FatigueLedger,
-    Invite,
-    Policy,
-    Unsubscribe,
-)
-from dispatch_engine.models.base import table_of
 from dispatch_engine.rules.fatigue import relabelled_lock
 from dispatch_engine.security.crypto import DecryptionError, FieldCipher
 from dispatch_engine.security.hashing import KeyedHasher, keyed_hash
 from dispatch_engine.security.sealing import open_contact
 from dispatch_engine.services.key_rotation.common import (
     ColumnResult,
-    count_matching,
     in_batches,
     is_current,
     matches,
-    under_old_key,
-    write_unchanged,
 )
+from dispatch_engine.store import key_rotation as store
 from dispatch_engine.store.fatigue_locks import InviteRehash, release_conflicting_locks
 from dispatch_engine.store.unsubscribes import copy_unsubscribes
 
@@ -146,36 +135,9 @@ async def rehash_invites(
     results: Mapping[str, ColumnResult],
 ) -> None:
     current = hasher.current_key_id
-    invites = table_of(Invite)
 
     async def step(session: AsyncSession, after: Any) -> Any:
-        query = (
-            select(
-                Invite.id,
-                Invite.external_id,
-                Invite.time_zone,
-                Invite.uuid_hash,
-                Invite.email_hash,
-                Invite.mobile_hash,
-                Invite.fatigue_lock,
-                Invite.contact,
-                Policy.uuid_field,
-            )
-            .outerjoin(Policy, Policy.id == Invite.policy_id)
-            .where(
-                Invite.contact.is_not(None),
-                or_(
-                    under_old_key(Invite.uuid_hash, current),
-                    and_(Invite.email_hash.is_not(None), under_old_key(Invite.email_hash, current)),
-                    and_(
-                        Invite.mobile_hash.is_not(None), under_old_key(Invite.mobile_hash, current)
-                    ),
-                ),
-            )
-        )
-        if after is not None:
-            query = query.where(Invite.id > after)
-        rows = (await session.execute(query.order_by(Invite.id).limit(batch_size))).all()
+        rows = await store.invites_to_rehash(session, current, after=after, limit=batch_size)
         if not rows:
             return None
         skipped = dict.fromkeys(_HASH_COLUMNS, 0)
@@ -194,7 +156,7 @@ async def rehash_invites(
                     pairs[old_hash] = new_hash
         if dry_run:
             done = {plan.invite_id for plan in plans}
-            ledger = await count_matching(session, FatigueLedger.uuid_hash, list(uuid_pairs))
+            ledger = await store.count_ledger_rows_of(session, list(uuid_pairs))
             copied = await copy_unsubscribes(session, address_pairs, dry_run=True)
         else:
             updates = [
@@ -205,11 +167,9 @@ async def rehash_invites(
                 }
                 for plan in plans
             ]
-            done = await update_unchanged(
-                session, invites, "id", updates, new=_INVITE_COLUMNS, old=_INVITE_COLUMNS
-            )
+            done = await store.rewrite_invites(session, updates, _INVITE_COLUMNS)
             # The pairs hold whoever wrote the invite meanwhile: HMAC(value) is HMAC(value).
-            ledger = await relabel(session, table_of(FatigueLedger), "uuid_hash", uuid_pairs)
+            ledger = await store.relabel_ledger(session, uuid_pairs)
             copied = await copy_unsubscribes(session, address_pairs)
         for plan in plans:
             if plan.invite_id in done:
@@ -225,12 +185,6 @@ async def rehash_invites(
     await in_batches(sessions, step)
 
 
-def _lock_suffix_differs() -> ColumnElement[bool]:
-    """The lock does not end with the invite's own uuid hash."""
-    start = func.length(Invite.fatigue_lock) - func.length(Invite.uuid_hash) + 1
-    return func.substr(Invite.fatigue_lock, start) != Invite.uuid_hash
-
-
 async def repair_locks(
     sessions: async_sessionmaker[AsyncSession],
     hasher: KeyedHasher,
@@ -243,14 +197,7 @@ async def repair_locks(
     current = hasher.current_key_id
 
     async def step(session: AsyncSession, after: Any) -> Any:
-        query = select(Invite.id, Invite.fatigue_lock, Invite.uuid_hash).where(
-            Invite.fatigue_lock.is_not(None),
-            ~under_old_key(Invite.uuid_hash, current),
-            _lock_suffix_differs(),
-        )
-        if after is not None:
-            query = query.where(Invite.id > after)
-        rows = (await session.execute(query.order_by(Invite.id).limit(batch_size))).all()
+        rows = await store.invites_with_stale_locks(session, current, after=after, limit=batch_size)
         if not rows:
             return None
         plans = []
@@ -271,15 +218,7 @@ async def repair_locks(
             }
             for p in plans
         ]
-        result.changed += await write_unchanged(
-            session,
-            table_of(Invite),
-            "id",
-            updates,
-            new=["fatigue_lock"],
-            old=["fatigue_lock"],
-            dry_run=dry_run,
-        )
+        result.changed += await store.rewrite_invite_locks(session, updates, dry_run=dry_run)
         return rows[-1][0]
 
     await in_batches(sessions, step)
@@ -298,31 +237,15 @@ async def repair_ledger(
     current = hasher.current_key_id
 
     async def step(session: AsyncSession, after: Any) -> Any:
-        query = (
-            select(FatigueLedger.id, FatigueLedger.uuid_hash, Invite.uuid_hash)
-            .join(Invite, Invite.id == FatigueLedger.invite_id)
-            .where(
-                under_old_key(FatigueLedger.uuid_hash, current),
-                ~under_old_key(Invite.uuid_hash, current),
-            )
+        rows = await store.ledger_rows_behind_invites(
+            session, current, after=after, limit=batch_size
         )
-        if after is not None:
-            query = query.where(FatigueLedger.id > after)
-        rows = (await session.execute(query.order_by(FatigueLedger.id).limit(batch_size))).all()
         if not rows:
             return None
         updates = [
             {"k": row_id, "new_uuid_hash": new, "old_uuid_hash": old} for row_id, old, new in rows
         ]
-        result.changed += await write_unchanged(
-            session,
-            table_of(FatigueLedger),
-            "id",
-            updates,
-            new=["uuid_hash"],
-            old=["uuid_hash"],
-            dry_run=dry_run,
-        )
+        result.changed += await store.rewrite_ledger_hashes(session, updates, dry_run=dry_run)
         return rows[-1][0]
 
     await in_batches(sessions, step)
@@ -333,33 +256,7 @@ async def hmac_remaining(
     hasher: KeyedHasher,
     results: Mapping[str, ColumnResult],
 ) -> None:
-    current = hasher.current_key_id
-
-    def stale(column: Any) -> ColumnElement[bool]:
-        return and_(column.is_not(None), under_old_key(column, current))
-
-    live = Invite.contact.is_not(None)
-    erased = Invite.contact.is_(None)
-    counts: dict[str, ColumnElement[bool]] = {
-        "invites.uuid_hash": and_(live, stale(Invite.uuid_hash)),
-        "invites.email_hash": and_(live, stale(Invite.email_hash)),
-        "invites.mobile_hash": and_(live, stale(Invite.mobile_hash)),
-        "invites.fatigue_lock": and_(
-            Invite.fatigue_lock.is_not(None),
-            or_(under_old_key(Invite.uuid_hash, current), _lock_suffix_differs()),
-        ),
-        "invites (erased)": and_(
-            erased,
-            or_(stale(Invite.uuid_hash), stale(Invite.email_hash), stale(Invite.mobile_hash)),
-        ),
-    }
     async with sessions() as session:
-        for name, condition in counts.items():
-            query = select(func.count()).select_from(Invite).where(condition)
-            results[name].remaining = int((await session.execute(query)).scalar_one())
-        for name, column in (
-            ("fatigue_ledger.uuid_hash", FatigueLedger.uuid_hash),
-            ("unsubscribes.address_hash", Unsubscribe.address_hash),
-        ):
-            query = select(func.count()).where(stale(column))
-            results[name].remaining = int((await session.execute(query)).scalar_one())
+        remaining = await store.count_stale_hashes(session, hasher.current_key_id)
+    for name, count in remaining.items():
+        results[name].remaining = count

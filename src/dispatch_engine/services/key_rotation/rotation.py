@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import structlog
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from dispatch_engine.db.engine import session_factory
+from dispatch_engine.db.session import AsyncEngine
 from dispatch_engine.security.crypto import FieldCipher
 from dispatch_engine.security.hashing import KeyedHasher
 from dispatch_engine.services.key_rotation.common import (

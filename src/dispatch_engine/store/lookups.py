@@ -1,4 +1,7 @@
-"""Batch lookups for the rule pipeline: one query per kind of fact per batch, never per message."""
+"""Batch lookups for the rule pipeline: one query per kind of fact per batch, never per message.
+
+The delivery engine (`delivery/engine.py`) reads every fact a claimed batch needs through
+these functions; `delivery/facts.py` turns them into each message's `MessageFacts`."""
 
 from __future__ import annotations
 
@@ -275,12 +278,16 @@ __all__ = [
     "MESSAGE_FACT_COLUMNS",
     "BatchFacts",
     "core_rows",
+    "dnd_webhooks_of_dispatches",
+    "dnd_webhooks_of_messages",
     "fact_columns",
+    "invites_with_later_steps",
     "load_batch_facts",
     "load_ledger",
     "load_lock_holders",
     "load_unsubscribes",
     "lock_people",
+    "person_lock_id",
 ]
 
 
@@ -302,3 +309,22 @@ async def invites_with_later_steps(session: AsyncSession, resends: Sequence[Mess
         if latest.get(message.invite_id, 0) > message.position:
             found.add(message.invite_id)
     return found
+
+
+async def dnd_webhooks_of_dispatches(session: AsyncSession, dispatch_ids: set[str]) -> bool:
+    """One cheap query: does the policy of any of these dispatches have a DND webhook?"""
+    return await _any_dnd_webhook(session, member_of(session, Dispatch.id, dispatch_ids))
+
+
+async def dnd_webhooks_of_messages(session: AsyncSession, message_ids: list[str]) -> bool:
+    """The same question for the dispatches of these messages (one query, a subquery)."""
+    dispatch_ids = select(Message.dispatch_id).where(member_of(session, Message.id, message_ids))
+    return await _any_dnd_webhook(session, Dispatch.id.in_(dispatch_ids))
+
+
+async def _any_dnd_webhook(session: AsyncSession, of_dispatches: Any) -> bool:
+    policy_ids = select(Dispatch.policy_id).where(of_dispatches)
+    webhooks = await session.execute(
+        select(Policy.dnd_webhooks).where(Policy.id.in_(policy_ids.distinct()))
+    )
+    return any(any(hooks.values()) for hooks in webhooks.scalars() if hooks)

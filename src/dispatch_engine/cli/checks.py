@@ -14,14 +14,11 @@ import socket
 from pathlib import Path
 
 import typer
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
 
+from dispatch_engine.db.urls import describe_database, sqlite_file
 from dispatch_engine.settings import Settings
 
 __all__ = ["describe_store", "missing_sqlite_file", "require_free_port", "require_store", "say"]
-
-_DEFAULT_PG_PORT = 5432
 
 
 def say(line: str) -> None:
@@ -32,38 +29,13 @@ def say(line: str) -> None:
 def describe_store(url: str) -> str:
     """The store, without secrets: `sqlite:////abs/path.db` (the file, absolute) or
     `postgresql://host:port/dbname` (never the user or password)."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return "(DISPATCH_DATABASE_URL is not a database URL)"
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        database = parsed.database
-        if not database or database == ":memory:":
-            return "sqlite:// (in memory)"
-        return f"sqlite:///{Path(database).expanduser().resolve()}"
-    host = parsed.host or parsed.query.get("host") or "localhost"
-    if isinstance(host, tuple):  # several hosts given in the query
-        host = ",".join(host)
-    port = parsed.port or _DEFAULT_PG_PORT
-    if host.startswith("/"):  # a Unix-domain socket directory
-        return f"{backend}://localhost:{port}/{parsed.database or ''} (socket in {host})"
-    return f"{backend}://{host}:{port}/{parsed.database or ''}"
+    return describe_database(url)
 
 
 def missing_sqlite_file(url: str) -> Path | None:
     """The SQLite file `url` names when it does not exist (None: it does, or not SQLite)."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        return None
-    if parsed.get_backend_name() != "sqlite":
-        return None
-    database = parsed.database
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    path = Path(database).expanduser().resolve()
-    return None if path.exists() else path
+    path = sqlite_file(url)
+    return None if path is None or path.exists() else path
 
 
 def require_store(settings: Settings) -> None:

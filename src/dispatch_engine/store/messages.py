@@ -1,26 +1,32 @@
-"""Claiming due messages: exactly one worker handles each (R-SCH-1).
+"""Messages: claiming due messages (exactly one worker handles each, R-SCH-1) and writing a
+decided batch back, set-based, in the caller's transaction (no commit here).
 
 The messages' lease description (`MESSAGES`) for the shared mechanism in `db/leases.py`:
 PostgreSQL's `FOR UPDATE SKIP LOCKED` picks rows no other transaction holds, a lease makes a
 crashed worker's claims come back, and a claim token fences the write-back (a worker whose
 lease was taken over cannot write). SQLite: one writer at a time (BEGIN IMMEDIATE).
+
+The write-back (`delivery/engine.py`) is a handful of statements for the whole batch:
+messages marked, next steps and first messages inserted (COPY on PostgreSQL), fatigue ledger
+rows of the sends, and the invites' fatigue locks and states.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import Select, and_, bindparam, or_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.db import leases
+from dispatch_engine.db.bulk import insert_rows, member_of, update_rows
 from dispatch_engine.db.dialect import has_row_locks
-from dispatch_engine.delivery.lookups import DUE_ORDER, MESSAGE_FACT_COLUMNS, fact_columns
-from dispatch_engine.models import Message
+from dispatch_engine.models import FatigueLedger, Invite, Message
 from dispatch_engine.models.base import table_of
 from dispatch_engine.models.invite import CLAIMABLE_STATES, UNDECIDED_DELAY
+from dispatch_engine.store.lookups import DUE_ORDER, MESSAGE_FACT_COLUMNS, fact_columns
 
 # Due: claimable (the claim index's predicate, `CLAIMABLE_PREDICATE`) and not before now;
 # sandbox first, then in due order (the index's columns).
@@ -90,3 +96,62 @@ async def still_owned(session: AsyncSession, ids: list[str], token: str) -> set[
 async def release_claims(session: AsyncSession, ids: list[str], token: str) -> None:
     """Give claims back (graceful shutdown): the next round takes them at once."""
     await leases.release(session, MESSAGES, ids, token)
+
+
+async def update_messages(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Each message of `rows` (by `id`) gets its own values; all rows have the same keys."""
+    await update_rows(session, table_of(Message), "id", rows)
+
+
+async def insert_messages(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """New messages (first messages of an upload, next lineup steps): COPY on PostgreSQL."""
+    await insert_rows(session, table_of(Message), rows)
+
+
+async def insert_ledger(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Fatigue ledger rows of a batch's first sends (written with the sends, R-RUL-2)."""
+    await insert_rows(session, table_of(FatigueLedger), rows)
+
+
+async def release_invite_locks(session: AsyncSession, invite_ids: list[str]) -> None:
+    """Clear the pending-token locks of these invites (stale holders whose lock a send of
+    this batch takes over): run before any invite of the batch takes a lock."""
+    invites = table_of(Invite)
+    await session.execute(
+        update(invites)
+        .where(member_of(session, invites.c.id, invite_ids))
+        .values(fatigue_lock=None)
+    )
+
+
+async def update_invites(session: AsyncSession, rows: Iterable[dict[str, Any]]) -> None:
+    """Each invite of `rows` (by `id`) gets its own values: one statement per set of
+    columns changed."""
+    invites = table_of(Invite)
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for values in rows:
+        groups.setdefault(tuple(sorted(values)), []).append(values)
+    for group in groups.values():
+        await update_rows(session, invites, "id", group)
+
+
+async def mark_sent_again(session: AsyncSession, message_ids: list[str]) -> None:
+    """Messages marked `delayed` whose push went through after all read `sent` again."""
+    await session.execute(
+        update(Message)
+        .where(member_of(session, Message.id, message_ids), Message.state == "delayed")
+        .values(state="sent", rule=None, reason=None)
+        .execution_options(synchronize_session=False)
+    )
+
+
+async def mark_failed(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    """Messages whose queue push was given up: `failed`, each with its reason (`rows`: the
+    message id as `b_id` and `reason`)."""
+    messages = table_of(Message)
+    await session.execute(
+        update(messages)
+        .where(messages.c.id == bindparam("b_id"))
+        .values(state="failed", rule="queue", reason=bindparam("reason")),
+        list(rows),
+    )
