@@ -11,9 +11,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from dispatch_engine.incidents import clocks
-from dispatch_engine.incidents.impacted import _csv_line, safe_cell
 from dispatch_engine.incidents.notices import render
 from dispatch_engine.rules import incident_states as states
+from dispatch_engine.security.spreadsheet import csv_line, safe_cell
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 MIN = timedelta(minutes=1)
@@ -119,7 +119,7 @@ def test_notice_templates() -> None:
 @pytest.mark.parametrize("risky", ["=1+1", "+1", "-1", "@SUM(A1)", "\tx", "\rx"])
 def test_csv_cells_never_start_a_formula(risky: str) -> None:
     assert safe_cell(risky) == "'" + risky
-    line = _csv_line(["ok", risky, 'say "hi", then, go'])
+    line = csv_line(["ok", risky, 'say "hi", then, go'])
     assert line.endswith("\r\n")
     assert next(csv.reader(io.StringIO(line))) == ["ok", "'" + risky, 'say "hi", then, go']
 

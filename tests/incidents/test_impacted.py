@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dispatch_engine.api.routes.incidents import prefers_csv
+from dispatch_engine.api.content_type import prefers_csv
 from dispatch_engine.clock import FrozenClock
 from dispatch_engine.incidents import impacted
 from dispatch_engine.scheduler.worker import Worker

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from dispatch_engine.api.problems import problem_response
@@ -57,3 +58,31 @@ class JsonBodiesOnly:
             errors=[FieldError("Content-Type", "must be application/json")],
         )
         await response(scope, receive, send)
+
+
+def wants_csv(request: Request, format: str | None) -> bool:
+    """CSV when `format` says so, else when the Accept header prefers it."""
+    if format is not None:
+        return format == "csv"
+    return prefers_csv(request.headers.get("accept", ""))
+
+
+def prefers_csv(accept: str) -> bool:
+    """Content negotiation between JSON (the default) and CSV: CSV when the Accept header
+    rates `text/csv` above every JSON type it lists (q-values, RFC 9110 §12.5.1), or as high
+    and listed first."""
+    ranked: dict[str, tuple[float, int]] = {}  # media type → (quality, -position)
+    for position, item in enumerate(accept.lower().split(",")):
+        media, *params = (part.strip() for part in item.split(";"))
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        ranked[media] = max(ranked.get(media, (0.0, 0)), (quality, -position))
+    csv = ranked.get("text/csv", (0.0, 0))
+    json = max(ranked.get("application/json", (0.0, 0)), ranked.get("application/*", (0.0, 0)))
+    return csv[0] > 0 and csv > json

@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
+from dispatch_engine.api.paging import NEXT_PAGE_HEADERS
 from dispatch_engine.api.problems import PROBLEM_MEDIA_TYPE
 from dispatch_engine.incidents.resends import ResendItem
 from dispatch_engine.schemas.problems import ContactFileProblem, Problem
@@ -198,11 +199,16 @@ def finish(spec: dict[str, Any]) -> dict[str, Any]:
       route's own media type, `application/json`);
     - account-scoped operations say that another account's id answers 404;
     - FastAPI's `HTTPValidationError` (a 422 body this API never sends) is gone: every 422
-      is declared by its route as a problem.
+      is declared by its route as a problem;
+    - every paged list (it takes a `cursor`) names the headers of its next page.
     """
     problem_refs = {f"#/components/schemas/{model.__name__}" for model in _PROBLEM_MODELS}
     for path, operations in spec.get("paths", {}).items():
         for operation in operations.values():
+            if any(p.get("name") == "cursor" for p in operation.get("parameters", [])):
+                ok = operation.get("responses", {}).get("200")
+                if ok is not None:
+                    ok.setdefault("headers", {}).update(NEXT_PAGE_HEADERS)
             for status, response in operation.get("responses", {}).items():
                 content = response.get("content", {})
                 json_body = content.get("application/json")

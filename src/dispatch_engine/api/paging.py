@@ -8,11 +8,12 @@ not break; the two lists that were pages from the start (audit, incidents) also 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Query, Request, Response
+from fastapi import Depends, Query, Request, Response
 
-from dispatch_engine.store.paging import DEFAULT_LIMIT, MAX_LIMIT
+from dispatch_engine.store.paging import DEFAULT_LIMIT, MAX_LIMIT, PageRequest
 
 Limit = Annotated[
     int,
@@ -25,7 +26,6 @@ Cursor = Annotated[
         "cursor in its `Link` header). Opaque; omit it for the first page."
     ),
 ]
-DEFAULT = DEFAULT_LIMIT
 
 NEXT_PAGE_HEADERS = {
     "Link": {
@@ -47,3 +47,24 @@ def link_next(request: Request, response: Response, next_cursor: str | None) -> 
     # a relative reference: right behind any proxy, whatever host the client used
     response.headers["Link"] = f'<{url.path}?{url.query}>; rel="next"'
     response.headers["X-Next-Cursor"] = next_cursor
+
+
+@dataclass(frozen=True)
+class Pager:
+    """A list endpoint's page: what to read (`page`), and where to say what comes next."""
+
+    page: PageRequest
+    request: Request
+    response: Response
+
+    def next_page(self, next_cursor: str | None) -> None:
+        link_next(self.request, self.response, next_cursor)
+
+
+def _pager(
+    request: Request, response: Response, limit: Limit = DEFAULT_LIMIT, cursor: Cursor = None
+) -> Pager:
+    return Pager(PageRequest(limit, cursor), request, response)
+
+
+PagerDep = Annotated[Pager, Depends(_pager)]

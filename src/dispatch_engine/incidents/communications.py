@@ -20,6 +20,7 @@ from dispatch_engine.security.hashing import KeyedHasher, keyed_hash
 from dispatch_engine.security.sealing import communication_recipient_aad
 from dispatch_engine.store.accounts import find_account
 from dispatch_engine.store.incidents import communications_of
+from dispatch_engine.store.paging import PageRequest
 
 
 def seal_recipient(cipher: FieldCipher, communication_id: str, recipient: str) -> str:
@@ -89,7 +90,11 @@ def audit_view(out: CommunicationOut, hasher: KeyedHasher) -> dict[str, Any]:
 
 
 async def list_communications(
-    session: AsyncSession, incident_id: str, account: str | None, cipher: FieldCipher
-) -> list[CommunicationOut]:
-    entries = await communications_of(session, incident_id, account)
-    return [communication_out(e, cipher) for e in entries]
+    session: AsyncSession,
+    incident_id: str,
+    account: str | None,
+    cipher: FieldCipher,
+    page: PageRequest,
+) -> tuple[list[CommunicationOut], str | None]:
+    entries, next_cursor = await communications_of(session, incident_id, account, page)
+    return [communication_out(e, cipher) for e in entries], next_cursor

@@ -7,17 +7,15 @@ cannot go out twice; it stays on this list, with the id it was re-sent as.
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Any
 
 from pydantic import BaseModel
 
 from dispatch_engine.db.session import AsyncSession, async_sessionmaker
 from dispatch_engine.models import Incident, Message
 from dispatch_engine.schemas.cursor import decode_keys, encode_keys, parse_time
+from dispatch_engine.security.spreadsheet import csv_line, csv_time
 from dispatch_engine.store.accounts import account_names
 from dispatch_engine.store.resends import (
     IMPACTED_STATES,
@@ -42,7 +40,6 @@ CSV_COLUMNS = (
     "resend_of",
     "resent_as",
 )
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class SendingOut(BaseModel):
@@ -145,27 +142,11 @@ async def impacted_page(
     )
 
 
-def safe_cell(value: Any) -> str:
-    """A spreadsheet must not run a cell as a formula: prefix risky starts with a quote."""
-    text = "" if value is None else str(value)
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
-
-
-def _time(at: datetime) -> str:
-    return at.isoformat().replace("+00:00", "Z")
-
-
-def _csv_line(values: Sequence[Any]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\r\n").writerow([safe_cell(v) for v in values])
-    return buffer.getvalue()
-
-
 async def stream_csv(
     sessions: async_sessionmaker[AsyncSession], q: ImpactedQuery
 ) -> AsyncIterator[str]:
     """RFC 4180 CSV (CRLF, quoted where needed), one short transaction per page."""
-    yield _csv_line(CSV_COLUMNS)
+    yield csv_line(CSV_COLUMNS)
     after: tuple[str, datetime, str] | None = None
     while True:
         async with sessions() as session, session.begin():
@@ -174,7 +155,7 @@ async def stream_csv(
         if not rows:
             return
         chunk = [
-            _csv_line(
+            csv_line(
                 (
                     row.account_id,
                     names.get(row.account_id, ""),
@@ -183,7 +164,7 @@ async def stream_csv(
                     row.channel,
                     row.state,
                     row.reason or "",
-                    _time(row.due_at),
+                    csv_time(row.due_at),
                     row.invite_id,
                     row.resend_of or "",
                     " ".join(resent.get(row.id, [])),

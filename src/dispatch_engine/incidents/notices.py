@@ -16,6 +16,7 @@ from dispatch_engine.models import Incident, IncidentStatusUpdate, new_id
 from dispatch_engine.schemas.incidents import FeedNotice, StatusUpdateIn, StatusUpdateOut
 from dispatch_engine.store.accounts import account_names
 from dispatch_engine.store.notices import live_notices, notices_of_incident
+from dispatch_engine.store.paging import PageRequest
 
 RESOLVED_LIVES = timedelta(hours=1)
 TITLES = {
@@ -145,8 +146,10 @@ def notice_out(notice: IncidentStatusUpdate) -> StatusUpdateOut:
     )
 
 
-async def list_notices(session: AsyncSession, incident_id: str) -> list[IncidentStatusUpdate]:
-    return await notices_of_incident(session, incident_id)
+async def list_notices(
+    session: AsyncSession, incident_id: str, page: PageRequest
+) -> tuple[list[IncidentStatusUpdate], str | None]:
+    return await notices_of_incident(session, incident_id, page)
 
 
 async def live_feed(session: AsyncSession, now: datetime) -> list[FeedNotice]:

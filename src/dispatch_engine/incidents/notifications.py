@@ -29,6 +29,7 @@ from dispatch_engine.security.sealing import webhook_url_aad
 from dispatch_engine.security.ssrf import GuardedHttpError, UnsafeUrlError, UrlPolicy, validate_url
 from dispatch_engine.store import notifications as store
 from dispatch_engine.store.notifications import ClaimedNotification
+from dispatch_engine.store.paging import PageRequest
 
 log = structlog.get_logger(__name__)
 
@@ -123,8 +124,10 @@ async def create_webhook(
     return webhook
 
 
-async def list_webhooks(session: AsyncSession) -> list[NotificationWebhook]:
-    return await store.all_webhooks(session)
+async def list_webhooks(
+    session: AsyncSession, page: PageRequest
+) -> tuple[list[NotificationWebhook], str | None]:
+    return await store.webhooks_page(session, page)
 
 
 async def get_webhook(session: AsyncSession, webhook_id: str) -> NotificationWebhook:
@@ -155,7 +158,7 @@ async def enqueue(
     **fields: Any,
 ) -> int:
     """One outbox row per webhook subscribed to `event`, in the caller's transaction."""
-    webhooks = await list_webhooks(session)
+    webhooks = await store.all_webhooks(session)
     payload = {
         "text": text,
         "event": event,

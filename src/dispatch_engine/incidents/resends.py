@@ -30,6 +30,7 @@ from dispatch_engine.schemas.common import AccountId, StrictModel, UtcTime
 from dispatch_engine.security.normalize import InvalidAddress, normalize_email
 from dispatch_engine.store import resends as store
 from dispatch_engine.store.accounts import find_account
+from dispatch_engine.store.paging import PageRequest
 
 THRESHOLD_KEY = "threshold"
 Outcome = Literal["allowed", "needs_approval", "not_resendable", "already_resent", "resent"]
@@ -244,13 +245,16 @@ def approval_out(approval: IncidentApproval, sendings: list[str]) -> ApprovalOut
     )
 
 
-async def list_approvals(session: AsyncSession, incident_id: str) -> list[ApprovalOut]:
-    approvals = await store.approvals_of_incident(session, incident_id)
+async def list_approvals(
+    session: AsyncSession, incident_id: str, page: PageRequest
+) -> tuple[list[ApprovalOut], str | None]:
+    """A page of the incident's approvals, each with the sendings it covers."""
+    approvals, next_cursor = await store.approvals_of_incident(session, incident_id, page)
     covered: dict[str, list[str]] = {a.id: [] for a in approvals}
     if approvals:
         for approval_id, message_id in await store.sendings_of_approvals(session, covered):
             covered[approval_id].append(message_id)
-    return [approval_out(a, covered[a.id]) for a in approvals]
+    return [approval_out(a, covered[a.id]) for a in approvals], next_cursor
 
 
 @dataclass
@@ -439,7 +443,11 @@ async def resend(
     )
 
 
-async def list_resends(session: AsyncSession, incident_id: str) -> list[ResendRecord]:
+async def list_resends(
+    session: AsyncSession, incident_id: str, page: PageRequest
+) -> tuple[list[ResendRecord], str | None]:
+    """A page of the incident's resends, oldest first."""
+    resends, next_cursor = await store.resends_of_incident(session, incident_id, page)
     return [
         ResendRecord(
             id=r.id,
@@ -450,5 +458,5 @@ async def list_resends(session: AsyncSession, incident_id: str) -> list[ResendRe
             window_minutes=round(r.window_seconds / 60, 2),
             created_at=r.created_at,
         )
-        for r in await store.resends_of_incident(session, incident_id)
-    ]
+        for r in resends
+    ], next_cursor

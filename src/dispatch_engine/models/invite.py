@@ -31,6 +31,7 @@ class Invite(Base):
             postgresql_where=text("external_id IS NOT NULL"),
         ),
         Index("ix_invites_dispatch_state", "dispatch_id", "state"),
+        Index("ix_invites_dispatch_id", "dispatch_id", "id"),  # a dispatch's invites, paged
     )
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

@@ -22,6 +22,7 @@ from dispatch_engine.schemas.durations import format_duration, parse_duration
 from dispatch_engine.services.dispatch_pauses import VALIDITY_TOO_SHORT
 from dispatch_engine.store.accounts import get_account
 from dispatch_engine.store.dispatches import dispatches_of_account, find_dispatch
+from dispatch_engine.store.paging import PageRequest
 from dispatch_engine.store.pauses import release_held_of_dispatches
 from dispatch_engine.store.policies import find_policy, live_lineup, live_lineups
 
@@ -65,11 +66,12 @@ async def get_dispatch(
 
 
 async def list_dispatches(
-    session: AsyncSession, account_id: str
-) -> list[tuple[Dispatch, list[LineupMessage]]]:
-    dispatches = await dispatches_of_account(session, account_id)
+    session: AsyncSession, account_id: str, page: PageRequest
+) -> tuple[list[tuple[Dispatch, list[LineupMessage]]], str | None]:
+    """A page of the account's dispatches, each with its policy's live lineup."""
+    dispatches, next_cursor = await dispatches_of_account(session, account_id, page)
     lineups = await live_lineups(session, sorted({d.policy_id for d in dispatches}))
-    return [(d, lineups[d.policy_id]) for d in dispatches]
+    return [(d, lineups[d.policy_id]) for d in dispatches], next_cursor
 
 
 async def _usable_policy(session: AsyncSession, account_id: str, policy_id: str) -> Policy:

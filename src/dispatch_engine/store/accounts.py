@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.errors import NotFound
 from dispatch_engine.models import Account
+from dispatch_engine.store.paging import Key, Page, PageRequest, page_of
 
 
 async def get_account(session: AsyncSession, account_id: str, *, lock: bool = False) -> Account:
@@ -24,12 +25,12 @@ async def find_account(session: AsyncSession, account_id: str) -> Account | None
     return await session.get(Account, account_id)
 
 
-async def accounts_by_id(session: AsyncSession, only: str | None = None) -> list[Account]:
-    """Every account (or only the one `only` names), by id."""
-    query = select(Account).order_by(Account.id)
+async def accounts_by_id(session: AsyncSession, page: PageRequest, only: str | None = None) -> Page:
+    """A page of the accounts (or only the one `only` names), by id."""
+    query = select(Account)
     if only is not None:
         query = query.where(Account.id == only)
-    return list((await session.execute(query)).scalars())
+    return await page_of(session, query, (Key(Account.id),), page)
 
 
 async def known_account_ids(session: AsyncSession, account_ids: Collection[str]) -> set[str]:

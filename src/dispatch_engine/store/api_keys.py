@@ -7,6 +7,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.models import ApiKey
+from dispatch_engine.store.paging import Key, Page, PageRequest, page_of
 
 
 async def api_key_by_prefix(session: AsyncSession, prefix: str) -> ApiKey | None:
@@ -16,10 +17,9 @@ async def api_key_by_prefix(session: AsyncSession, prefix: str) -> ApiKey | None
     ).scalar_one_or_none()
 
 
-async def all_api_keys(session: AsyncSession) -> list[ApiKey]:
-    """Every key, revoked ones too, oldest first."""
-    rows = await session.execute(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id))
-    return list(rows.scalars())
+async def all_api_keys(session: AsyncSession, page: PageRequest) -> Page:
+    """A page of the keys, revoked ones too, oldest first."""
+    return await page_of(session, select(ApiKey), (Key(ApiKey.created_at), Key(ApiKey.id)), page)
 
 
 async def find_api_key(session: AsyncSession, key_id: str) -> ApiKey | None:

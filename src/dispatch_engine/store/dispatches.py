@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.models import Dispatch, Invite, Message
+from dispatch_engine.store.paging import Key, Page, PageRequest, page_of
 
 
 async def find_dispatch(
@@ -19,14 +20,10 @@ async def find_dispatch(
     return await session.get(Dispatch, dispatch_id, with_for_update=lock or None)
 
 
-async def dispatches_of_account(session: AsyncSession, account_id: str) -> list[Dispatch]:
-    """The account's dispatches, oldest first."""
-    rows = await session.execute(
-        select(Dispatch)
-        .where(Dispatch.account_id == account_id)
-        .order_by(Dispatch.created_at, Dispatch.id)
-    )
-    return list(rows.scalars())
+async def dispatches_of_account(session: AsyncSession, account_id: str, page: PageRequest) -> Page:
+    """A page of the account's dispatches, oldest first."""
+    query = select(Dispatch).where(Dispatch.account_id == account_id)
+    return await page_of(session, query, (Key(Dispatch.created_at), Key(Dispatch.id)), page)
 
 
 async def dispatches_of_policy(session: AsyncSession, policy_id: str) -> list[Dispatch]:

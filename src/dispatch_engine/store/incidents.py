@@ -21,6 +21,7 @@ from dispatch_engine.models import (
     IncidentPostmortem,
 )
 from dispatch_engine.models.base import table_of
+from dispatch_engine.store.paging import Key, Page, PageRequest, page_of
 
 # Each clock's stored due time (NULL when stopped): what `?overdue` and the clock job read.
 DUE_COLUMNS = {"ack": "ack_due_at", "update": "update_due_at", "postmortem": "postmortem_due_at"}
@@ -147,14 +148,19 @@ async def record_clock_alert(
     return bool(inserted.rowcount)  # type: ignore[attr-defined]
 
 
+COMMUNICATION_ORDER = (
+    Key(IncidentCommunication.account_id),
+    Key(IncidentCommunication.at),
+    Key(IncidentCommunication.id),
+)
+
+
 async def communications_of(
-    session: AsyncSession, incident_id: str, account: str | None
-) -> list[IncidentCommunication]:
-    """The incident's communication log (one account's, when given), by account and time."""
+    session: AsyncSession, incident_id: str, account: str | None, page: PageRequest
+) -> Page:
+    """A page of the incident's communication log (one account's, when given), by account
+    and time."""
     query = select(IncidentCommunication).where(IncidentCommunication.incident_id == incident_id)
     if account:
         query = query.where(IncidentCommunication.account_id == account)
-    query = query.order_by(
-        IncidentCommunication.account_id, IncidentCommunication.at, IncidentCommunication.id
-    )
-    return list((await session.execute(query)).scalars())
+    return await page_of(session, query, COMMUNICATION_ORDER, page)

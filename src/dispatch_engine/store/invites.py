@@ -4,12 +4,15 @@ were uploaded in (no commit here)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.models import Invite, Message
+from dispatch_engine.store.paging import Key, Page, PageRequest, page_of
 
 PENDING_STATES = ("pending", "deferred", "held")
 
@@ -30,27 +33,51 @@ async def invite_of_token(session: AsyncSession, account_id: str, token: str) ->
     ).scalar_one_or_none()
 
 
-async def invites_matching(
-    session: AsyncSession,
-    account_id: str,
-    *,
-    token: str | None,
-    external_id: str | None,
-    dispatch_id: str | None,
-    limit: int,
-) -> list[Invite]:
-    """The account's invites with this token / external id / dispatch (a falsy value filters
-    nothing), oldest first."""
-    query = select(Invite).where(Invite.account_id == account_id)
-    if token:
-        query = query.where(Invite.token == token)
-    if external_id:
-        query = query.where(Invite.external_id == external_id)
-    if dispatch_id:
-        query = query.where(Invite.dispatch_id == dispatch_id)
-    return list(
-        (await session.execute(query.order_by(Invite.created_at, Invite.id).limit(limit))).scalars()
-    )
+@dataclass(frozen=True)
+class InviteFilter:
+    """What a list of an account's invites narrows by; None means any. `reason` matches the
+    invite's end reason or any of its messages' reasons (why it was not sent); `since` and
+    `until` bound when EM gave the contact (`received_at`, until exclusive)."""
+
+    account_id: str
+    token: str | None = None
+    external_id: str | None = None
+    dispatch_id: str | None = None
+    batch_id: str | None = None
+    state: str | None = None
+    reason: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+INVITE_ORDER = (Key(Invite.id),)  # time-ordered ids: upload by upload (not row by row)
+
+
+def _matching(f: InviteFilter) -> Select[Any]:
+    query = select(Invite).where(Invite.account_id == f.account_id)
+    equal = {
+        Invite.token: f.token,
+        Invite.external_id: f.external_id,
+        Invite.dispatch_id: f.dispatch_id,
+        Invite.batch_id: f.batch_id,
+        Invite.state: f.state,
+    }
+    for column, value in equal.items():
+        if value is not None:
+            query = query.where(column == value)
+    if f.reason is not None:
+        message_said_so = exists().where(Message.invite_id == Invite.id, Message.reason == f.reason)
+        query = query.where(or_(Invite.end_reason == f.reason, message_said_so))
+    if f.since is not None:
+        query = query.where(Invite.received_at >= f.since)
+    if f.until is not None:
+        query = query.where(Invite.received_at < f.until)
+    return query
+
+
+async def invites_page(session: AsyncSession, f: InviteFilter, page: PageRequest) -> Page:
+    """A page of the account's invites that match `f`, in id order."""
+    return await page_of(session, _matching(f), INVITE_ORDER, page)
 
 
 async def messages_of_invites(session: AsyncSession, invite_ids: Sequence[str]) -> list[Message]:

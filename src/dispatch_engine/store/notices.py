@@ -8,18 +8,15 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.models import Incident, IncidentStatusUpdate
+from dispatch_engine.store.paging import Key, Page, PageRequest, page_of
+
+NOTICE_ORDER = (Key(IncidentStatusUpdate.posted_at), Key(IncidentStatusUpdate.id))
 
 
-async def notices_of_incident(
-    session: AsyncSession, incident_id: str
-) -> list[IncidentStatusUpdate]:
-    """The incident's notices, oldest first."""
-    query = (
-        select(IncidentStatusUpdate)
-        .where(IncidentStatusUpdate.incident_id == incident_id)
-        .order_by(IncidentStatusUpdate.posted_at, IncidentStatusUpdate.id)
-    )
-    return list((await session.execute(query)).scalars())
+async def notices_of_incident(session: AsyncSession, incident_id: str, page: PageRequest) -> Page:
+    """A page of the incident's notices, oldest first."""
+    query = select(IncidentStatusUpdate).where(IncidentStatusUpdate.incident_id == incident_id)
+    return await page_of(session, query, NOTICE_ORDER, page)
 
 
 async def live_notices(session: AsyncSession, now: datetime) -> list[IncidentStatusUpdate]:

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dispatch_engine.db import leases
 from dispatch_engine.models import IncidentNotification, NotificationWebhook
 from dispatch_engine.models.base import table_of
+from dispatch_engine.store.paging import Key, Page, PageRequest, page_of
 
 # A claimed notification's columns (id, webhook_id, event, payload, attempts, …).
 ClaimedNotification = Row[Any]
@@ -29,12 +30,18 @@ NOTIFICATIONS = leases.LeasedTable.of(
 )
 
 
+WEBHOOK_ORDER = (Key(NotificationWebhook.created_at), Key(NotificationWebhook.id))
+
+
 async def all_webhooks(session: AsyncSession) -> list[NotificationWebhook]:
-    """Every notification webhook, oldest first."""
-    query = select(NotificationWebhook).order_by(
-        NotificationWebhook.created_at, NotificationWebhook.id
-    )
+    """Every notification webhook, oldest first (an incident event goes to each)."""
+    query = select(NotificationWebhook).order_by(*(k.column for k in WEBHOOK_ORDER))
     return list((await session.execute(query)).scalars())
+
+
+async def webhooks_page(session: AsyncSession, page: PageRequest) -> Page:
+    """A page of the notification webhooks, oldest first."""
+    return await page_of(session, select(NotificationWebhook), WEBHOOK_ORDER, page)
 
 
 async def find_webhook(session: AsyncSession, webhook_id: str) -> NotificationWebhook | None:

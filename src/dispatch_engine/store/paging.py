@@ -25,6 +25,18 @@ DEFAULT_LIMIT = 100
 
 
 @dataclass(frozen=True)
+class PageRequest:
+    """Which page of a list: at most `limit` items after `cursor` (None: the first page)."""
+
+    limit: int = DEFAULT_LIMIT
+    cursor: str | None = None
+
+
+Page = tuple[list[Any], str | None]
+"""A page's rows, and the cursor of the next page (None on the last one)."""
+
+
+@dataclass(frozen=True)
 class Key:
     """One column of a list's order."""
 
@@ -93,7 +105,7 @@ async def keyset_page(
     *,
     limit: int,
     cursor: str | None,
-) -> tuple[list[Any], str | None]:
+) -> Page:
     """Up to `limit` rows of `query` (one ORM entity) in the order of `keys`, after
     `cursor`; and the next page's cursor, None on the last page."""
     if cursor:
@@ -106,3 +118,10 @@ async def keyset_page(
     more = len(rows) > limit
     rows = rows[:limit]
     return rows, cursor_of(keys, rows[-1]) if more and rows else None
+
+
+async def page_of(
+    session: AsyncSession, query: Select[Any], keys: Sequence[Key], page: PageRequest
+) -> Page:
+    """`keyset_page` for a `PageRequest`."""
+    return await keyset_page(session, query, keys, limit=page.limit, cursor=page.cursor)

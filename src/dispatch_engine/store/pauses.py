@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.db.types import UTCDateTime
 from dispatch_engine.models import Dispatch, Message, OperatorPause
+from dispatch_engine.store.paging import Key, Page, PageRequest, page_of
 
 # --- operator pauses ------------------------------------------------------------------------
 
@@ -28,6 +29,9 @@ async def active_pause_of(session: AsyncSession, scope: str, target: str) -> Ope
     ).scalar_one_or_none()
 
 
+PAUSE_ORDER = (Key(OperatorPause.created_at), Key(OperatorPause.id))
+
+
 async def pauses_matching(
     session: AsyncSession,
     *,
@@ -35,9 +39,11 @@ async def pauses_matching(
     scope: str | None,
     target: str | None,
     incident: str | None,
-) -> list[OperatorPause]:
-    """Pauses in force (all of them with `include_lifted`), oldest first; None filters nothing."""
-    query = select(OperatorPause).order_by(OperatorPause.created_at, OperatorPause.id)
+    page: PageRequest,
+) -> Page:
+    """A page of the pauses in force (all of them with `include_lifted`), oldest first; None
+    filters nothing."""
+    query = select(OperatorPause)
     if not include_lifted:
         query = query.where(OperatorPause.lifted_at.is_(None))
     if scope is not None:
@@ -46,7 +52,7 @@ async def pauses_matching(
         query = query.where(OperatorPause.target == target)
     if incident is not None:
         query = query.where(OperatorPause.incident == incident)
-    return list((await session.execute(query)).scalars())
+    return await page_of(session, query, PAUSE_ORDER, page)
 
 
 async def find_pause(session: AsyncSession, pause_id: str) -> OperatorPause | None:

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.models import LineupMessage, Message, Policy
 from dispatch_engine.models.base import table_of
+from dispatch_engine.store.paging import Key, Page, PageRequest, page_of
 
 WAITING = ("pending", "deferred")
 RETIME_CHUNK = 5_000
@@ -28,14 +29,15 @@ async def find_policy(
     return await session.get(Policy, policy_id, with_for_update=lock or None)
 
 
-async def live_policies_of_account(session: AsyncSession, account_id: str) -> list[Policy]:
-    """Live policies, the sandbox first, then by creation."""
-    rows = await session.execute(
-        select(Policy)
-        .where(Policy.account_id == account_id, Policy.deleted_at.is_(None))
-        .order_by(Policy.is_sandbox.desc(), Policy.created_at, Policy.id)
-    )
-    return list(rows.scalars())
+POLICY_ORDER = (Key(Policy.is_sandbox, descending=True), Key(Policy.created_at), Key(Policy.id))
+
+
+async def live_policies_of_account(
+    session: AsyncSession, account_id: str, page: PageRequest
+) -> Page:
+    """A page of the live policies, the sandbox first, then by creation."""
+    query = select(Policy).where(Policy.account_id == account_id, Policy.deleted_at.is_(None))
+    return await page_of(session, query, POLICY_ORDER, page)
 
 
 async def count_live_policies_named(

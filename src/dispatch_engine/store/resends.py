@@ -25,6 +25,7 @@ from dispatch_engine.models import (
     OutboxEntry,
 )
 from dispatch_engine.models.base import table_of
+from dispatch_engine.store.paging import Key, Page, PageRequest, page_of
 
 IMPACTED_STATES = ("failed", "delayed")
 WITHDRAWN_RULE = "incident"
@@ -114,17 +115,13 @@ async def add_approval_sendings(
     )
 
 
-async def approvals_of_incident(session: AsyncSession, incident_id: str) -> list[IncidentApproval]:
-    """The incident's approvals, oldest recorded first."""
-    return list(
-        (
-            await session.execute(
-                select(IncidentApproval)
-                .where(IncidentApproval.incident_id == incident_id)
-                .order_by(IncidentApproval.recorded_at, IncidentApproval.id)
-            )
-        ).scalars()
-    )
+APPROVAL_ORDER = (Key(IncidentApproval.recorded_at), Key(IncidentApproval.id))
+
+
+async def approvals_of_incident(session: AsyncSession, incident_id: str, page: PageRequest) -> Page:
+    """A page of the incident's approvals, oldest recorded first."""
+    query = select(IncidentApproval).where(IncidentApproval.incident_id == incident_id)
+    return await page_of(session, query, APPROVAL_ORDER, page)
 
 
 async def sendings_of_approvals(
@@ -260,11 +257,10 @@ async def withdraw_delayed_message(session: AsyncSession, message_id: str, now: 
     return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
-async def resends_of_incident(session: AsyncSession, incident_id: str) -> list[IncidentResend]:
-    """The incident's resends, oldest first."""
-    rows = await session.execute(
-        select(IncidentResend)
-        .where(IncidentResend.incident_id == incident_id)
-        .order_by(IncidentResend.created_at, IncidentResend.id)
-    )
-    return list(rows.scalars())
+RESEND_ORDER = (Key(IncidentResend.created_at), Key(IncidentResend.id))
+
+
+async def resends_of_incident(session: AsyncSession, incident_id: str, page: PageRequest) -> Page:
+    """A page of the incident's resends, oldest first."""
+    query = select(IncidentResend).where(IncidentResend.incident_id == incident_id)
+    return await page_of(session, query, RESEND_ORDER, page)

@@ -12,6 +12,7 @@ from dispatch_engine.api.deps import (
     require_account,
 )
 from dispatch_engine.api.openapi import BODY, doc, problems
+from dispatch_engine.api.paging import PagerDep
 from dispatch_engine.models import new_id
 from dispatch_engine.queues.factory import build_sender
 from dispatch_engine.schemas.accounts import AccountCreate, AccountOut, AccountPatch
@@ -72,15 +73,17 @@ async def create_account(
     response_model=list[AccountOut],
     tags=["accounts"],
     summary="List accounts",
-    description="The accounts this key can see, by id: all of them, or only its own for a "
-    "backend key limited to one account. Any key.",
-    responses=problems(401),
+    description="The accounts this key can see, by id, a page at a time: all of them, or "
+    "only its own for a backend key limited to one account. Any key.",
+    responses=problems(401, 422),
 )
-async def list_accounts(actor: ReadActor, session: SessionDep) -> list[AccountOut]:
-    """Accounts this key can see (a backend key limited to one account sees that one)."""
+async def list_accounts(actor: ReadActor, session: SessionDep, pager: PagerDep) -> list[AccountOut]:
+    """Accounts this key can see (a backend key limited to one account sees that one), by id."""
     only = actor.principal.account_id if actor.principal.role == "backend" else None
     async with session.begin():
-        return [service.account_out(a) for a in await accounts_by_id(session, only)]
+        accounts, next_cursor = await accounts_by_id(session, pager.page, only)
+    pager.next_page(next_cursor)
+    return [service.account_out(a) for a in accounts]
 
 
 @router.get(

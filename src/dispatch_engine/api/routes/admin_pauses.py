@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from dispatch_engine.api.deps import OperatorActor, SessionDep
 from dispatch_engine.api.openapi import BODY, doc, problems
+from dispatch_engine.api.paging import PagerDep
 from dispatch_engine.errors import Conflict, NotFound
 from dispatch_engine.incidents.service import check_incident_reference
 from dispatch_engine.models import Dispatch, OperatorPause, Policy, new_id
@@ -109,13 +110,21 @@ async def list_pauses(
     scope: Scope | None = Query(default=None),
     target: str | None = Query(default=None, max_length=64),
     incident: str | None = Query(default=None, max_length=64),
+    *,
+    pager: PagerDep,
 ) -> list[PauseOut]:
     """Pauses in force (all of them with `include_lifted`), oldest first; filters combine."""
     async with session.begin():
-        pauses = await pauses_matching(
-            session, include_lifted=include_lifted, scope=scope, target=target, incident=incident
+        pauses, next_cursor = await pauses_matching(
+            session,
+            include_lifted=include_lifted,
+            scope=scope,
+            target=target,
+            incident=incident,
+            page=pager.page,
         )
-        return [_out(p) for p in pauses]
+    pager.next_page(next_cursor)
+    return [_out(p) for p in pauses]
 
 
 @router.delete(

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Response, status
 
 from dispatch_engine.api.deps import AdminActor, SessionDep
 from dispatch_engine.api.openapi import BODY, doc, problems
+from dispatch_engine.api.paging import PagerDep
 from dispatch_engine.models import ApiKey
 from dispatch_engine.schemas.accounts import ApiKeyCreate, ApiKeyCreated, ApiKeyOut
 from dispatch_engine.services import api_keys as service
@@ -56,12 +57,15 @@ async def create_key(body: ApiKeyCreate, actor: AdminActor, session: SessionDep)
     response_model=list[ApiKeyOut],
     summary="List API keys",
     description="Every key, revoked ones included, with its role, account, name and id "
-    "prefix (never the secret). Admin keys only.",
-    responses=problems(401, 403),
+    "prefix (never the secret), oldest first, a page at a time. Admin keys only.",
+    responses=problems(401, 403, 422),
 )
-async def list_keys(actor: AdminActor, session: SessionDep) -> list[ApiKeyOut]:
+async def list_keys(actor: AdminActor, session: SessionDep, pager: PagerDep) -> list[ApiKeyOut]:
+    """Every key, revoked ones too, oldest first."""
     async with session.begin():
-        return [_out(key) for key in await all_api_keys(session)]
+        keys, next_cursor = await all_api_keys(session, pager.page)
+    pager.next_page(next_cursor)
+    return [_out(key) for key in keys]
 
 
 @router.delete(

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query
 
 from dispatch_engine.api.deps import OperatorActor, SessionDep
 from dispatch_engine.api.openapi import doc, problems
+from dispatch_engine.api.paging import PagerDep
 from dispatch_engine.schemas.audit import AuditOut, AuditPage
 from dispatch_engine.schemas.common import UtcTime
 from dispatch_engine.store.audit import AuditFilter, audit_page
@@ -41,13 +42,15 @@ async def list_audit(
     incident: str | None = Query(default=None, description="Entries made under this incident"),
     since: UtcTime | None = None,
     until: UtcTime | None = None,
-    limit: int = Query(default=100, ge=1, le=1000),
-    cursor: str | None = Query(default=None, description="next_cursor of the previous page"),
+    *,
+    pager: PagerDep,
 ) -> AuditPage:
     """Newest first."""
     where = AuditFilter(account, action, target_type, target_id, key_id, incident, since, until)
+    page = pager.page
     async with session.begin():
-        rows, next_cursor = await audit_page(session, where, limit=limit, cursor=cursor)
+        rows, next_cursor = await audit_page(session, where, limit=page.limit, cursor=page.cursor)
+    pager.next_page(next_cursor)
     items = [
         AuditOut(
             id=r.id,

@@ -11,6 +11,7 @@ from dispatch_engine.api.deps import (
     SessionDep,
 )
 from dispatch_engine.api.openapi import BODY, doc, problems
+from dispatch_engine.api.paging import PagerDep
 from dispatch_engine.incidents.service import check_incident_reference
 from dispatch_engine.schemas.dispatches import (
     DispatchCreate,
@@ -42,14 +43,14 @@ VALIDITY = (
     responses=problems(401, 404, 422),
 )
 async def list_dispatches(
-    account_id: str, actor: ReadActor, session: SessionDep
+    account_id: str, actor: ReadActor, session: SessionDep, pager: PagerDep
 ) -> list[DispatchOut]:
+    """The account's dispatches, oldest first."""
     async with session.begin():
         await get_account(session, account_id)
-        return [
-            service.dispatch_out(d, lineup)
-            for d, lineup in await service.list_dispatches(session, account_id)
-        ]
+        dispatches, next_cursor = await service.list_dispatches(session, account_id, pager.page)
+    pager.next_page(next_cursor)
+    return [service.dispatch_out(d, lineup) for d, lineup in dispatches]
 
 
 @router.post(

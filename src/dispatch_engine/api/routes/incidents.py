@@ -11,8 +11,10 @@ from typing import Any, Literal
 from fastapi import APIRouter, Body, Header, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
+from dispatch_engine.api.content_type import wants_csv
 from dispatch_engine.api.deps import Actor, ContextDep, OperatorActor, SessionDep
 from dispatch_engine.api.openapi import BODY, ResendRefusedProblem, doc, problems
+from dispatch_engine.api.paging import PagerDep
 from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.incidents import communications, notices, postmortem, resends, service
 from dispatch_engine.incidents.impacted import (
@@ -124,15 +126,17 @@ async def list_incidents(
     open: bool | None = Query(default=None, description="true: not closed; false: closed"),
     overdue: bool | None = Query(default=None, description="Any (or `clock`'s) clock overdue"),
     clock: Literal["ack", "update", "postmortem"] | None = None,
-    limit: int = Query(default=100, ge=1, le=1000),
-    cursor: str | None = Query(default=None, description="next_cursor of the previous page"),
+    *,
+    pager: PagerDep,
 ) -> IncidentPage:
     """Newest first."""
     filters = service.IncidentFilters(state, severity, account, open, overdue, clock)
+    page = pager.page
     async with session.begin():
         items, next_cursor = await service.list_incidents(
-            session, filters, actor.now(), limit=limit, cursor=cursor
+            session, filters, actor.now(), limit=page.limit, cursor=page.cursor
         )
+    pager.next_page(next_cursor)
     return IncidentPage(items=items, next_cursor=next_cursor)
 
 
@@ -378,11 +382,14 @@ async def post_status_update(
     responses=problems(401, 403, 404, 422),
 )
 async def list_status_updates(
-    incident_id: str, actor: OperatorActor, session: SessionDep
+    incident_id: str, actor: OperatorActor, session: SessionDep, pager: PagerDep
 ) -> list[StatusUpdateOut]:
+    """The incident's status updates, oldest first."""
     async with session.begin():
         await service.get_incident(session, incident_id)
-        return [notices.notice_out(n) for n in await notices.list_notices(session, incident_id)]
+        posted, next_cursor = await notices.list_notices(session, incident_id, pager.page)
+    pager.next_page(next_cursor)
+    return [notices.notice_out(n) for n in posted]
 
 
 @router.get(
@@ -407,33 +414,6 @@ async def status_feed(context: ContextDep, response: Response) -> StatusFeed:
         items = await notices.live_feed(session, now)
     response.headers["Cache-Control"] = "public, max-age=30"
     return StatusFeed(generated_at=now, notices=items)
-
-
-def _wants_csv(request: Request, format: str | None) -> bool:
-    if format is not None:
-        return format == "csv"
-    return prefers_csv(request.headers.get("accept", ""))
-
-
-def prefers_csv(accept: str) -> bool:
-    """Content negotiation between JSON (the default) and CSV: CSV when the Accept header
-    rates `text/csv` above every JSON type it lists (q-values, RFC 9110 §12.5.1), or as high
-    and listed first."""
-    ranked: dict[str, tuple[float, int]] = {}  # media type → (quality, -position)
-    for position, item in enumerate(accept.lower().split(",")):
-        media, *params = (part.strip() for part in item.split(";"))
-        quality = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip() == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        ranked[media] = max(ranked.get(media, (0.0, 0)), (quality, -position))
-    csv = ranked.get("text/csv", (0.0, 0))
-    json = max(ranked.get("application/json", (0.0, 0)), ranked.get("application/*", (0.0, 0)))
-    return csv[0] > 0 and csv > json
 
 
 @router.get(
@@ -482,7 +462,7 @@ async def impacted_sendings(
         incident = await service.get_incident(session, incident_id)
         start, end = time_range(incident, actor.now())
         query = ImpactedQuery(incident.id, start, end, account, channel)
-        if not _wants_csv(request, format):
+        if not wants_csv(request, format):
             return await impacted_page(session, query, limit=limit, cursor=cursor)
     return StreamingResponse(
         stream_csv(actor.context.sessions, query),
@@ -548,11 +528,14 @@ async def record_approval(
     responses=problems(401, 403, 404, 422),
 )
 async def list_approvals(
-    incident_id: str, actor: OperatorActor, session: SessionDep
+    incident_id: str, actor: OperatorActor, session: SessionDep, pager: PagerDep
 ) -> list[resends.ApprovalOut]:
+    """The incident's resend approvals, oldest first, each with the sendings it covers."""
     async with session.begin():
         await service.get_incident(session, incident_id)
-        return await resends.list_approvals(session, incident_id)
+        approvals, next_cursor = await resends.list_approvals(session, incident_id, pager.page)
+    pager.next_page(next_cursor)
+    return approvals
 
 
 @router.post(
@@ -654,11 +637,14 @@ def _audit_resends(
     responses=problems(401, 403, 404, 422),
 )
 async def list_resends(
-    incident_id: str, actor: OperatorActor, session: SessionDep
+    incident_id: str, actor: OperatorActor, session: SessionDep, pager: PagerDep
 ) -> list[resends.ResendRecord]:
+    """The incident's resends, oldest first."""
     async with session.begin():
         await service.get_incident(session, incident_id)
-        return await resends.list_resends(session, incident_id)
+        records, next_cursor = await resends.list_resends(session, incident_id, pager.page)
+    pager.next_page(next_cursor)
+    return records
 
 
 @router.post(
@@ -706,13 +692,20 @@ async def record_communication(
     responses=problems(401, 403, 404, 422),
 )
 async def list_communications(
-    incident_id: str, actor: OperatorActor, session: SessionDep, account: str | None = None
+    incident_id: str,
+    actor: OperatorActor,
+    session: SessionDep,
+    pager: PagerDep,
+    account: str | None = None,
 ) -> list[CommunicationOut]:
+    """The incident's communication log (one account's, when given), by account and time."""
     async with session.begin():
         await service.get_incident(session, incident_id)
-        return await communications.list_communications(
-            session, incident_id, account, actor.context.cipher
+        entries, next_cursor = await communications.list_communications(
+            session, incident_id, account, actor.context.cipher, pager.page
         )
+    pager.next_page(next_cursor)
+    return entries
 
 
 @router.put(

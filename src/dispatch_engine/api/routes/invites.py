@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from typing import Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import StreamingResponse
 
+from dispatch_engine.api.content_type import wants_csv
 from dispatch_engine.api.deps import ReadActor, SessionDep
 from dispatch_engine.api.openapi import doc, problems
+from dispatch_engine.api.paging import PagerDep
 from dispatch_engine.errors import NotFound, ValidationFailed
 from dispatch_engine.models import Invite, Message
+from dispatch_engine.schemas.common import UtcTime
 from dispatch_engine.schemas.invites import InviteOut, MessageOut
 from dispatch_engine.services.dispatches import get_dispatch
+from dispatch_engine.services.invite_report import stream_invites_csv
 from dispatch_engine.store.accounts import get_account
-from dispatch_engine.store.invites import find_invite, invites_matching, messages_of_invites
+from dispatch_engine.store.invites import (
+    InviteFilter,
+    find_invite,
+    invites_page,
+    messages_of_invites,
+)
 
 router = APIRouter(prefix="/v1/accounts/{account_id}/invites", tags=["invites"])
 
@@ -91,42 +102,77 @@ async def get_invite(
         return (await _with_messages(session, [invite]))[0]
 
 
+InviteState = Literal["active", "completed", "ended", "expired"]
+
+
 @router.get(
     "",
     response_model=list[InviteOut],
-    summary="Find invites",
+    summary="List and find invites; the dispatch report as CSV",
     description=doc(
         """
-        Invites by `token`, or by `external_id` (the id EM gave the contact), optionally
-        within one `dispatch`; oldest first, at most `limit`. Each comes with its messages,
-        as in the single invite. One of `token` or `external_id` is required. Any key that
-        can see the account.
+        The account's invites in id order (upload by upload, oldest first; within one
+        upload not the file's row order: `batch` and `row` say where each came from), a
+        page at a time (`limit`, `cursor`; the next page is in the `Link` and
+        `X-Next-Cursor` headers).
+        Filters combine: `token`, `external_id` (the id EM gave the contact), `dispatch`,
+        `batch` (one contact file), `state`, `reason` (the invite's end reason or any of
+        its messages' reasons) and `since`/`until` (when EM gave the contact). Each invite
+        comes with its messages, as in the single invite.
+
+        With `Accept: text/csv` (or `format=csv`) and a `dispatch`: every matching invite
+        of the dispatch as streamed CSV, one line per message with its state, rule and
+        reason — the "who was not sent and why" report (no addresses, no tokens). Any key
+        that can see the account.
         """
     ),
-    responses=problems(401, 404, 422),
+    responses={
+        200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
+        **problems(401, 404, 422),
+    },
 )
 async def find_invites(
     account_id: str,
+    request: Request,
     actor: ReadActor,
     session: SessionDep,
-    token: str | None = Query(default=None),
-    external_id: str | None = Query(default=None),
-    dispatch: str | None = Query(default=None),
-    limit: int = Query(default=100, ge=1, le=1000),
-) -> list[InviteOut]:
-    """Find invites by token, or by external id (optionally within one dispatch)."""
-    if not token and not external_id:
-        raise ValidationFailed("token", "give token or external_id")
+    pager: PagerDep,
+    token: str | None = Query(default=None, max_length=64),
+    external_id: str | None = Query(default=None, max_length=200),
+    dispatch: str | None = Query(default=None, max_length=32),
+    batch: str | None = Query(default=None, max_length=32),
+    state: InviteState | None = None,
+    reason: str | None = Query(
+        default=None,
+        max_length=200,
+        description="The invite's end reason or any of its messages' reasons "
+        "(e.g. `unsubscribed`, `fatigue_max_invites`, `dnd`).",
+    ),
+    since: UtcTime | None = Query(default=None, description="Received at or after"),
+    until: UtcTime | None = Query(default=None, description="Received before"),
+    format: Literal["json", "csv"] | None = Query(
+        default=None, description="Overrides the Accept header (text/csv → CSV)."
+    ),
+) -> Any:
+    """The account's invites, in id order (upload by upload), a page at a time; filters
+    combine. With `Accept: text/csv` (or `format=csv`) and a `dispatch`, the whole matching
+    list as streamed CSV, one line per message: the "who was not sent and why" report."""
+    where = InviteFilter(
+        account_id, token, external_id, dispatch, batch, state, reason, since, until
+    )
+    csv = wants_csv(request, format)
+    if csv and not dispatch:
+        raise ValidationFailed("dispatch", "the CSV report is of one dispatch: give `dispatch`")
     async with session.begin():
         await get_account(session, account_id)  # an unknown account is 404, not "no invites"
         if dispatch:
             await get_dispatch(session, account_id, dispatch)
-        invites = await invites_matching(
-            session,
-            account_id,
-            token=token,
-            external_id=external_id,
-            dispatch_id=dispatch,
-            limit=limit,
-        )
-        return await _with_messages(session, invites)
+        if not csv:
+            invites, next_cursor = await invites_page(session, where, pager.page)
+            pager.next_page(next_cursor)
+            return await _with_messages(session, invites)
+    return StreamingResponse(
+        stream_invites_csv(actor.context.sessions, where),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": f'attachment; filename="{dispatch}-invites.csv"'},
+    )

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Response, status
 
 from dispatch_engine.api.deps import OperatorActor, SessionDep
 from dispatch_engine.api.openapi import BODY, doc, problems
+from dispatch_engine.api.paging import PagerDep
 from dispatch_engine.incidents import notifications as service
 from dispatch_engine.store.notification_webhooks import drop_notifications_of_webhook
 
@@ -64,12 +65,18 @@ async def create_webhook(
     response_model=list[service.WebhookOut],
     summary="List notification webhooks",
     description="The configured webhooks with the events each receives; URLs are shown by "
-    "origin only (the path may hold a token). `operator` and `admin` keys.",
-    responses=problems(401, 403),
+    "origin only (the path may hold a token), oldest first, a page at a time. `operator` "
+    "and `admin` keys.",
+    responses=problems(401, 403, 422),
 )
-async def list_webhooks(actor: OperatorActor, session: SessionDep) -> list[service.WebhookOut]:
+async def list_webhooks(
+    actor: OperatorActor, session: SessionDep, pager: PagerDep
+) -> list[service.WebhookOut]:
+    """The operators' notification webhooks, oldest first."""
     async with session.begin():
-        return [service.webhook_out(w) for w in await service.list_webhooks(session)]
+        webhooks, next_cursor = await service.list_webhooks(session, pager.page)
+    pager.next_page(next_cursor)
+    return [service.webhook_out(w) for w in webhooks]
 
 
 @router.delete(

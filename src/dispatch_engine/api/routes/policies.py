@@ -14,6 +14,7 @@ from dispatch_engine.api.deps import (
     SessionDep,
 )
 from dispatch_engine.api.openapi import BODY, doc, problems
+from dispatch_engine.api.paging import PagerDep
 from dispatch_engine.incidents.service import check_incident_reference
 from dispatch_engine.models import Policy
 from dispatch_engine.schemas.dispatches import PauseRequest
@@ -71,13 +72,16 @@ async def _snapshot(session: SessionDep, policy: Policy) -> dict[str, object]:
     "that can see the account.",
     responses=problems(401, 404, 422),
 )
-async def list_policies(account_id: str, actor: ReadActor, session: SessionDep) -> list[PolicyOut]:
-    """Live policies; the sandbox policy comes first."""
+async def list_policies(
+    account_id: str, actor: ReadActor, session: SessionDep, pager: PagerDep
+) -> list[PolicyOut]:
+    """Live policies; the sandbox policy comes first, then by creation."""
     async with session.begin():
         await get_account(session, account_id)
-        policies = await live_policies_of_account(session, account_id)
+        policies, next_cursor = await live_policies_of_account(session, account_id, pager.page)
         lineups = await live_lineups(session, [p.id for p in policies])
-        return [service.policy_out(p, lineups[p.id]) for p in policies]
+    pager.next_page(next_cursor)
+    return [service.policy_out(p, lineups[p.id]) for p in policies]
 
 
 @router.post(
