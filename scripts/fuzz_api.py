@@ -187,6 +187,9 @@ def fuzz(
         }
         server = None
         try:
+            subprocess.run(  # noqa: S603 (our own CLI, fixed arguments)
+                [str(BIN / "dispatch-engine"), "migrate"], env=env, check=True, capture_output=True
+            )  # the store first: `apikey create` no longer makes one (it would be the wrong one)
             key = subprocess.run(  # noqa: S603 (our own CLI, fixed arguments)
                 [str(BIN / "dispatch-engine"), "apikey", "create", "--role", "admin"],
                 env=env,
