@@ -6,9 +6,14 @@ calendars are named field by field.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
+import holidays
 import pytest
 
 from dispatch_engine.rules.business_hours import (
@@ -195,3 +200,38 @@ def test_bad_closed_dates_are_refused() -> None:
         )
     with pytest.raises(BusinessHoursError, match="HolidayCalendar"):
         BusinessHours(time_zone="UTC", days=office().days, holidays=("DE", "BY"))  # type: ignore[arg-type]
+
+
+AUDIT_SCRIPT = """
+import json, sys
+seen = []
+def hook(event, args):
+    if event.startswith(("socket.", "urllib.", "http.", "subprocess.", "os.system")):
+        seen.append([event, str(args[:1])])
+    elif event == "open" and isinstance(args[0], str) and not args[0].endswith((".py", ".pyc")):
+        seen.append([event, args[0]])
+sys.addaudithook(hook)
+from dispatch_engine.rules.holiday_calendars import holiday_names
+for country, subdivision in (("DE", "BY"), ("US", "NY"), ("AU", "NSW")):
+    holiday_names(country, subdivision, 2026)
+print(json.dumps(seen))
+"""
+
+
+def test_the_holiday_package_uses_no_network_and_only_its_own_files() -> None:
+    """What the rules layer allows itself besides pure code: reading data files that ship
+    with a package (as zoneinfo reads the tz database), nothing else."""
+    result = subprocess.run(
+        [sys.executable, "-c", AUDIT_SCRIPT], capture_output=True, text=True, check=True
+    )
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not [e for e in seen if e[0] != "open"], seen
+    package = Path(holidays.__file__).resolve().parent
+    for _, path in seen:
+        resolved = Path(path).resolve()
+        assert (
+            package in resolved.parents  # its translation catalogues
+            or resolved.parent.name.startswith("holidays-")  # its metadata (the version)
+            or resolved.suffix == ".zip"  # the import system looking for modules
+        ), path
+    assert any(path.endswith(".mo") for _, path in seen)  # the audit hook did see files

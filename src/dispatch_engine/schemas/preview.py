@@ -50,10 +50,13 @@ class PreviewClosedDay(BaseModel):
         }
     )
 
-    date: Date = Field(description="The local date, in the window's time zone.")
+    date: Date = Field(
+        description="The local date, in the window's time zone.", examples=["2026-12-25"]
+    )
     reason: Literal["closed_date", "holiday"] = Field(
         description="`closed_date`: one of the policy's closed dates; `holiday`: a day of "
-        "its public-holiday calendar."
+        "its public-holiday calendar.",
+        examples=["holiday"],
     )
     name: str | None = Field(
         default=None, description="The holiday's name, when the date is one.", examples=["Epiphany"]
@@ -82,6 +85,7 @@ class PreviewMessage(BaseModel):
         default_factory=list,
         description="Closed dates and holidays skipped between `due_at` and `send_at`, in "
         "order (the message went out at the next opening after them); empty when none.",
+        examples=[[{"date": "2026-01-06", "reason": "holiday", "name": "Epiphany"}]],
     )
 
 
