@@ -12,7 +12,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import insert, inspect, select
+from sqlalchemy import insert, inspect, select, text
 from sqlalchemy.engine import Connection
 
 from dispatch_engine.context import build_context
@@ -25,8 +25,17 @@ from dispatch_engine.db.migrate import (
     upgrade,
 )
 from dispatch_engine.incidents.communications import open_recipient, recipient_hash
-from dispatch_engine.models import AuditRecord, Base, Incident, IncidentCommunication
+from dispatch_engine.models import (
+    Account,
+    AuditRecord,
+    Base,
+    Incident,
+    IncidentCommunication,
+    Policy,
+)
 from dispatch_engine.models.base import table_of
+from dispatch_engine.rules.delays import Delay
+from dispatch_engine.schemas.durations import format_delay, format_duration
 from tests.conftest import (
     ENCRYPTION_KEYS,
     HMAC_KEYS,
@@ -217,3 +226,57 @@ def test_0009_seals_the_recipients_stored_before_it(
     downgrade(empty_url, "0008")
     assert _run_sql(empty_url, _stored)[0] == RECIPIENT
     asyncio.run(context.aclose())
+
+
+# (stored seconds before 0012, calendar days and exact seconds after it, the API's text)
+STORED_DELAYS = [
+    (0, 0, 0, "PT0S"),
+    (3_600, 0, 3_600, "PT1H"),
+    (86_399, 0, 86_399, "PT23H59M59S"),
+    (86_400, 1, 0, "P1D"),
+    (93_600, 1, 7_200, "P1DT2H"),
+    (604_800, 7, 0, "P7D"),
+    (30 * 86_400, 30, 0, "P30D"),
+]
+
+
+def _seed_lineup(connection: Connection) -> None:
+    """A policy whose lineup revision 0011 stored as exact seconds."""
+    at = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    connection.execute(
+        insert(table_of(Account)).values(id="acme", name="Acme", created_at=at, updated_at=at)
+    )
+    connection.execute(
+        insert(table_of(Policy)).values(
+            id="pol_before0012", account_id="acme", name="P", name_key="p",
+            created_at=at, updated_at=at,
+        )
+    )  # fmt: skip
+    for index, (seconds, _, _, _) in enumerate(STORED_DELAYS, start=1):
+        connection.execute(
+            text(
+                "INSERT INTO lineup_messages (id, policy_id, position, channel, delay_seconds, "
+                "created_at) VALUES (:id, 'pol_before0012', :position, 'email', :seconds, :at)"
+            ),
+            {"id": f"msg_{index}", "position": index, "seconds": seconds, "at": at},
+        )
+
+
+def _delays(connection: Connection) -> list[tuple[Any, ...]]:
+    rows = connection.execute(text("SELECT * FROM lineup_messages ORDER BY position")).mappings()
+    return [(row.get("delay_days"), row["delay_seconds"]) for row in rows]
+
+
+def test_0012_turns_whole_days_of_stored_delays_into_calendar_days(empty_url: str) -> None:
+    """Every delay reads back as the same text; downgrade gives the seconds back."""
+    upgrade(empty_url, "0011")
+    _run_sql(empty_url, _seed_lineup)
+    upgrade(empty_url)
+    assert _run_sql(empty_url, _delays) == [(d, s) for _, d, s, _ in STORED_DELAYS]
+    delays = [Delay(days, seconds) for _, days, seconds, _ in STORED_DELAYS]
+    assert [format_delay(d) for d in delays] == [t for _, _, _, t in STORED_DELAYS]
+    assert [format_duration(seconds) for seconds, _, _, _ in STORED_DELAYS] == [
+        t for _, _, _, t in STORED_DELAYS
+    ]  # what the API showed before
+    downgrade(empty_url, "0011")
+    assert _run_sql(empty_url, _delays) == [(None, s) for s, _, _, _ in STORED_DELAYS]

@@ -73,11 +73,12 @@ async def test_edit_delay_and_channel_of_a_message(
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    assert shape(body) == [(1, "email", "PT0S"), (2, "sms", "P1DT12H"), (3, "sms", "P3D")]
+    # Exact hours stay hours (issue 22: PT36H is not P1DT12H, a calendar day is not 24 h).
+    assert shape(body) == [(1, "email", "PT0S"), (2, "sms", "PT36H"), (3, "sms", "P3D")]
     assert body["lineup"][1]["id"] == second["id"]
     assert body["lineup"][1]["delay_seconds"] == 36 * HOUR
     assert body["version"] == 2
-    assert body["total_delay"] == "P4DT12H"
+    assert body["total_delay"] == "P3DT36H"
 
 
 async def test_delete_message_renumbers_positions(

@@ -21,7 +21,12 @@ from dispatch_engine.clients.dnd_webhook import DndAnswer, DndClient, DndQuery
 from dispatch_engine.context import AppContext
 from dispatch_engine.db.dialect import is_single_writer
 from dispatch_engine.db.session import AsyncSession, IntegrityError
-from dispatch_engine.delivery.facts import DndSettings, message_facts, step_facts
+from dispatch_engine.delivery.facts import (
+    DndSettings,
+    contact_zone_for,
+    message_facts,
+    step_facts,
+)
 from dispatch_engine.models import (
     Invite,
     LineupMessage,
@@ -30,6 +35,8 @@ from dispatch_engine.models import (
 )
 from dispatch_engine.observability import metrics
 from dispatch_engine.rules.base import Decision, Defer, Hold, Pass, Suppress
+from dispatch_engine.rules.business_hours import window_zone
+from dispatch_engine.rules.delays import due_time
 from dispatch_engine.rules.fatigue import fatigue_lock_key
 from dispatch_engine.rules.pipeline import MessageFacts, decide, needs_dnd_check
 from dispatch_engine.schemas.queue_message import encode_invitation, format_utc
@@ -589,7 +596,9 @@ class _BatchWriter:
                 values["fatigue_lock"] = None  # every step skipped: no token reached them
             self._invite_update(invite, **values)
             return
-        due = self.now + timedelta(seconds=nxt.delay_seconds)
+        rules = step_facts(self.facts, message).rules
+        zone = window_zone(rules.hours, contact_zone_for(invite, rules))
+        due = due_time(self.now, nxt.delay, zone)
         self.new_messages.append(
             {
                 "id": new_id("m"),

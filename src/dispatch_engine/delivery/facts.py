@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 
 from dispatch_engine.models import Invite, LineupMessage, Message, Policy
-from dispatch_engine.rules.business_hours import BusinessHours
+from dispatch_engine.rules.business_hours import BusinessHours, HolidayCalendar
 from dispatch_engine.rules.fatigue import fatigue_lock_key
 from dispatch_engine.rules.pipeline import DndFacts, MessageFacts
 from dispatch_engine.schemas.policies import BusinessRules, FatigueRules
@@ -17,18 +17,31 @@ from dispatch_engine.store.lookups import BatchFacts
 
 @lru_cache(maxsize=1024)
 def _hours(
-    time_zone: str, days_key: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]
+    time_zone: str,
+    days_key: tuple[tuple[str, tuple[tuple[str, str], ...]], ...],
+    closed_dates: tuple[date, ...] = (),
+    holidays: tuple[str, str | None] | None = None,
 ) -> BusinessHours:
-    return BusinessHours.from_spec(time_zone, {day: list(ranges) for day, ranges in days_key})
+    return BusinessHours.from_spec(
+        time_zone,
+        {day: list(ranges) for day, ranges in days_key},
+        closed_dates=closed_dates,
+        holidays=HolidayCalendar(*holidays) if holidays is not None else None,
+    )
 
 
 def business_hours_for(policy: Policy) -> tuple[BusinessHours, bool]:
-    """The policy's window model (cached) and whether the contact's own zone applies."""
+    """The policy's window model (cached) and whether the contact's own zone applies. Its
+    closed dates and holiday calendar are part of it: the planner gets them as pure input."""
     rules = BusinessRules.model_validate(policy.business_rules)
     key = tuple(
         sorted((day, tuple((r.start, r.end) for r in ranges)) for day, ranges in rules.days.items())
     )
-    return _hours(rules.time_zone, key), rules.use_contact_time_zone
+    holidays = (
+        (rules.holidays.country, rules.holidays.subdivision) if rules.holidays is not None else None
+    )
+    hours = _hours(rules.time_zone, key, tuple(rules.closed_dates or ()), holidays)
+    return hours, rules.use_contact_time_zone
 
 
 def fatigue_of(policy: Policy) -> FatigueRules:
@@ -47,6 +60,12 @@ class PolicyRules:
     def of(cls, policy: Policy) -> PolicyRules:
         hours, contact_zone = business_hours_for(policy)
         return cls(fatigue_of(policy), hours, contact_zone)
+
+
+def contact_zone_for(invite: Invite, rules: PolicyRules) -> str | None:
+    """The contact's zone when the policy reads windows (and counts calendar-day delays)
+    in it; None for the policy's own zone."""
+    return invite.time_zone if rules.contact_zone_applies else None
 
 
 def rules_for(facts: BatchFacts, policy: Policy) -> PolicyRules:
@@ -189,7 +208,7 @@ def message_facts(
         pending_token_elsewhere=pending_elsewhere,
         max_invites_reached=reached,
         business_hours=shared.rules.hours,
-        contact_zone=invite.time_zone if shared.rules.contact_zone_applies else None,
+        contact_zone=contact_zone_for(invite, shared.rules),
         dnd=DndFacts(
             configured=shared.dnd_configured,
             answer=dnd_answer,

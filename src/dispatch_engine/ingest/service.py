@@ -29,7 +29,7 @@ from dispatch_engine.db.leases import backoff
 from dispatch_engine.db.session import AsyncSession, DBAPIError, IntegrityError
 from dispatch_engine.db.statistics import GrowthAnalyzer
 from dispatch_engine.db.transient import transient_kind
-from dispatch_engine.delivery.facts import fatigue_of
+from dispatch_engine.delivery.facts import PolicyRules, fatigue_of
 from dispatch_engine.ingest import batches
 from dispatch_engine.ingest.carry_forward import (
     LockScope,
@@ -39,6 +39,8 @@ from dispatch_engine.ingest.carry_forward import (
 from dispatch_engine.ingest.rows import ContactIn, Rejection, parse_contact
 from dispatch_engine.models import Dispatch, LineupMessage, Policy, new_id
 from dispatch_engine.observability import metrics
+from dispatch_engine.rules.business_hours import window_zone
+from dispatch_engine.rules.delays import due_time
 from dispatch_engine.rules.fatigue import fatigue_lock_key
 from dispatch_engine.security.hashing import KeyedHasher, keyed_hash
 from dispatch_engine.security.sealing import seal_contact
@@ -74,6 +76,24 @@ class IngestTarget:
     @property
     def valid_until(self) -> datetime:
         return self.received_at + timedelta(seconds=self.dispatch.token_validity_seconds)
+
+    @cached_property
+    def _window(self) -> PolicyRules:
+        return PolicyRules.of(self.policy)
+
+    @cached_property
+    def first_due_varies(self) -> bool:
+        """Whether the first message's due time depends on the contact: its delay has
+        calendar days, counted in the contact's zone when the policy reads windows there."""
+        first = self.lineup[0] if self.lineup else None
+        return first is not None and first.delay.days > 0 and self._window.contact_zone_applies
+
+    def first_due(self, contact_zone: str | None) -> datetime:
+        """When the first message comes due: its delay counted from the file's receipt, in
+        the zone the contact's window is read in (the policy's, or the contact's own)."""
+        rules = self._window
+        zone = window_zone(rules.hours, contact_zone if rules.contact_zone_applies else None)
+        return due_time(self.received_at, self.lineup[0].delay, zone)
 
 
 @dataclass
@@ -212,6 +232,9 @@ async def prepare_chunk(
         if message_template is not None:
             message = message_template.copy()
             message.update(id=message_ids[index], invite_id=invite_id)
+            if target.first_due_varies:
+                due = target.first_due(contact.time_zone)
+                message.update(due_at=due, not_before=due)
         prepared.candidates.append(
             _Candidate(contact.external_id, uuid_hash, keys[index], invite, message, contact)
         )
@@ -269,7 +292,7 @@ def _shared_values(
     }
     if first is None:
         return invite, None
-    due = target.received_at + timedelta(seconds=first.delay_seconds)
+    due = target.first_due(None)
     message = {
         "account_id": dispatch.account_id,
         "dispatch_id": dispatch.id,

@@ -9,6 +9,7 @@ from sqlalchemy import ForeignKey, Index, String, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from dispatch_engine.models.base import Base
+from dispatch_engine.rules.delays import Delay
 
 
 class Policy(Base):
@@ -51,7 +52,11 @@ class Policy(Base):
 
 
 class LineupMessage(Base):
-    """One step of a policy's lineup. `position` is 1-based among live steps; None once deleted."""
+    """One step of a policy's lineup. `position` is 1-based among live steps; None once deleted.
+
+    Its delay is `delay_days` calendar days, then `delay_seconds` of exact time (`P1DT2H`:
+    1 and 7200; `PT24H`: 0 and 86400); `delay` gives both as one value.
+    """
 
     __tablename__ = "lineup_messages"
     __table_args__ = (Index("ix_lineup_messages_policy_position", "policy_id", "position"),)
@@ -62,6 +67,15 @@ class LineupMessage(Base):
     )
     position: Mapped[int | None] = mapped_column(default=None)
     channel: Mapped[str] = mapped_column(String(8))
+    delay_days: Mapped[int] = mapped_column(default=0, server_default=text("0"))
     delay_seconds: Mapped[int]
     created_at: Mapped[datetime]
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    @property
+    def delay(self) -> Delay:
+        return Delay(days=self.delay_days or 0, seconds=self.delay_seconds)
+
+    @delay.setter
+    def delay(self, value: Delay) -> None:
+        self.delay_days, self.delay_seconds = value.days, value.seconds

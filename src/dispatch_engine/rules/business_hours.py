@@ -7,6 +7,11 @@ for the scheduler, without ever reading the clock itself (callers pass every ins
 * :func:`is_open` - may a message go out at this instant?
 * :func:`next_send_time` - if not, when is the earliest instant it may?
 
+A week of hours can be broken by *closed days*: explicit local dates and a public-holiday
+calendar (:class:`HolidayCalendar`, from :mod:`dispatch_engine.rules.holiday_calendars`). A
+closed day behaves like a day with no hours: a message that falls on it waits for the next
+opening. Closed days are local dates of the zone the window is read in.
+
 Everything is computed on absolute (UTC) instants.  Wall-clock ranges are turned into UTC
 intervals per local date with :mod:`zoneinfo`, which is where the DST rules live:
 
@@ -18,27 +23,44 @@ intervals per local date with :mod:`zoneinfo`, which is where the DST rules live
 
 All comparisons are made on UTC datetimes: Python compares two datetimes that share a
 ``ZoneInfo`` by wall time and ignores ``fold``, which would be wrong around fall-back.
+
+:func:`local_to_utc` is the one way a wall-clock time becomes an instant here (windows, and
+the calendar-day delays of :mod:`dispatch_engine.rules.delays`): a time in a gap moves to the
+gap's end, and ``fold`` picks the occurrence in an overlap.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
 from itertools import pairwise
+from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from dispatch_engine.rules.holiday_calendars import (
+    canonical_country,
+    canonical_subdivision,
+    holiday_dates,
+    holiday_names,
+)
 
 __all__ = [
     "DAY_NAMES",
+    "MAX_CLOSED_RUN_DAYS",
     "BusinessHours",
     "BusinessHoursError",
+    "HolidayCalendar",
     "TimeRange",
     "WindowDecision",
     "is_open",
+    "load_zone",
+    "local_to_utc",
     "next_send_time",
     "order_key",
+    "window_zone",
 ]
 
 #: Day keys accepted by :meth:`BusinessHours.from_spec`, index 0 = Monday (``date.weekday()``).
@@ -49,6 +71,12 @@ MINUTES_PER_DAY = 24 * 60
 # A week repeats every 7 local days, but a DST gap can swallow the only window of a week, so
 # look two weeks (plus slack) ahead before concluding that no window exists.
 _SEARCH_DAYS = 16
+
+#: Closed days may not take every opening away for this long (a policy must open at least
+#: once a year), so the search for the next opening stays bounded: a policy with closed days
+#: looks this many days further ahead, and never loops.
+MAX_CLOSED_RUN_DAYS = 366
+_SEARCH_DAYS_WITH_CLOSED = MAX_CLOSED_RUN_DAYS + _SEARCH_DAYS
 
 _HHMM = re.compile(r"([0-9]{1,2}):([0-9]{2})")
 
@@ -100,16 +128,51 @@ class TimeRange:
 
 
 @dataclass(frozen=True)
+class HolidayCalendar:
+    """A country's public holidays (its ISO 3166-1 alpha-2 code), optionally with those of
+    one subdivision (state, province …): every such day is closed."""
+
+    country: str
+    subdivision: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            country = canonical_country(self.country)
+        except ValueError as exc:
+            raise BusinessHoursError("holidays.country", str(exc)) from None
+        try:
+            subdivision = canonical_subdivision(country, self.subdivision)
+        except ValueError as exc:
+            raise BusinessHoursError("holidays.subdivision", str(exc)) from None
+        object.__setattr__(self, "country", country)
+        object.__setattr__(self, "subdivision", subdivision)
+
+    def name_of(self, day: date) -> str | None:
+        """The holiday's name when ``day`` is one."""
+        return holiday_names(self.country, self.subdivision, day.year).get(day)
+
+    def __contains__(self, day: object) -> bool:
+        if not isinstance(day, date):
+            return False
+        return day in holiday_dates(self.country, self.subdivision, day.year)
+
+
+@dataclass(frozen=True)
 class BusinessHours:
-    """Open hours per weekday, read in ``time_zone``.
+    """Open hours per weekday, read in ``time_zone``, and the days that are closed anyway.
 
     ``days`` has exactly 7 entries (index 0 = Monday); each entry holds sorted, non-overlapping
-    ranges and an empty tuple means closed all day.  Construction validates all of this, and
-    that some time in the week is open, so :func:`next_send_time` always has an answer.
+    ranges and an empty tuple means closed all day.  ``closed_dates`` (local dates) and the
+    ``holidays`` calendar close whole days.  Construction validates all of this, that some
+    time in the week is open, and that closed days never take every opening away for
+    :data:`MAX_CLOSED_RUN_DAYS` days, so :func:`next_send_time` always has an answer within
+    a bounded search.
     """
 
     time_zone: str
     days: tuple[tuple[TimeRange, ...], ...]
+    closed_dates: frozenset[date] = frozenset()
+    holidays: HolidayCalendar | None = None
 
     def __post_init__(self) -> None:
         if _load_zone(self.time_zone) is None:
@@ -133,14 +196,46 @@ class BusinessHours:
                 previous = time_range
         if not any(self.days):
             raise BusinessHoursError("days", "the week has no open time at all")
+        if not isinstance(self.closed_dates, frozenset) or not all(
+            type(day) is date for day in self.closed_dates
+        ):
+            raise BusinessHoursError("closed_dates", "must be a frozenset of dates")
+        if self.holidays is not None and not isinstance(self.holidays, HolidayCalendar):
+            raise BusinessHoursError("holidays", "must be a HolidayCalendar")
+        stretch = _closed_stretch(self)
+        if stretch is not None:
+            first, last = stretch
+            raise BusinessHoursError(
+                "closed_dates",
+                f"closed days leave no opening from {first.isoformat()} to {last.isoformat()} "
+                f"({(last - first).days + 1} days or more); a policy must open at least once "
+                f"in every {MAX_CLOSED_RUN_DAYS} days",
+            )
 
     def __hash__(self) -> int:
         """Worked out once: the window memo hashes the hours for every message it serves,
         and hashing seven days of ranges field by field each time was a hot-path cost."""
         cached: int | None = self.__dict__.get("_hash")
         if cached is None:
-            cached = self.__dict__["_hash"] = hash((self.time_zone, self.days))
+            cached = self.__dict__["_hash"] = hash(
+                (self.time_zone, self.days, self.closed_dates, self.holidays)
+            )
         return cached
+
+    @property
+    def has_closed_days(self) -> bool:
+        return bool(self.closed_dates) or self.holidays is not None
+
+    def closed_reason(self, day: date) -> Literal["closed_date", "holiday"] | None:
+        """``closed_date`` or ``holiday`` when the local date ``day`` is closed, else None."""
+        if day in self.closed_dates:
+            return "closed_date"
+        if self.holidays is not None and day in self.holidays:
+            return "holiday"
+        return None
+
+    def is_closed(self, day: date) -> bool:
+        return day in self.closed_dates or (self.holidays is not None and day in self.holidays)
 
     @classmethod
     def default(cls, time_zone: str = "UTC") -> BusinessHours:
@@ -150,13 +245,18 @@ class BusinessHours:
 
     @classmethod
     def from_spec(
-        cls, time_zone: str, days: Mapping[str, Sequence[tuple[str, str]]]
+        cls,
+        time_zone: str,
+        days: Mapping[str, Sequence[tuple[str, str]]],
+        closed_dates: Iterable[date] = (),
+        holidays: HolidayCalendar | None = None,
     ) -> BusinessHours:
         """Build from the policy's wire form, e.g. ``{"mon": [("08:00", "17:00")]}``.
 
         Keys are ``mon``..``sun``; a missing day is closed.  Ranges may be given in any order
         and are sorted; touching ranges (``12:00`` end, ``12:00`` start) are allowed.  Errors
         name the offending field so an API can report it; indices refer to the input order.
+        ``closed_dates`` and ``holidays`` close whole local dates.
         """
         if _load_zone(time_zone) is None:
             raise BusinessHoursError("time_zone", f"unknown IANA time zone {time_zone!r}")
@@ -187,7 +287,12 @@ class BusinessHours:
 
         if not any(week):
             raise BusinessHoursError("days", "the week has no open time at all")
-        return cls(time_zone=time_zone, days=tuple(week))
+        return cls(
+            time_zone=time_zone,
+            days=tuple(week),
+            closed_dates=frozenset(closed_dates),
+            holidays=holidays,
+        )
 
 
 @dataclass(frozen=True)
@@ -196,6 +301,8 @@ class WindowDecision:
 
     ``window_start``/``window_end`` are the single configured range (on its local date) that
     contains ``send_at``; touching ranges are separate windows but leave no closed gap.
+    ``closed_days`` are the local dates whose opening hours (still ahead at ``due``) were
+    skipped because the day was closed, in order.
     """
 
     send_at: datetime
@@ -203,6 +310,7 @@ class WindowDecision:
     window_start: datetime
     window_end: datetime
     local_zone: str
+    closed_days: tuple[date, ...] = ()
 
 
 def next_send_time(
@@ -217,8 +325,13 @@ def next_send_time(
     """
     due_utc = _to_utc(due, "due")
     zone_key, zone = _resolve_zone(hours, zone_override)
-    for window_start, window_end in _windows_from(due_utc, hours, zone):
+    skipped: list[date] = []
+    for day, window_start, window_end, closed in _windows_from(due_utc, hours, zone):
         if window_end <= due_utc:
+            continue
+        if closed:  # a closed day has no hours: its windows are skipped
+            if not skipped or skipped[-1] != day:
+                skipped.append(day)
             continue
         # Window starts never decrease, so the first window ending after `due` either contains
         # it or is the next one to open: no later window can start earlier.
@@ -229,10 +342,34 @@ def next_send_time(
             window_start=window_start,
             window_end=window_end,
             local_zone=zone_key,
+            closed_days=tuple(skipped),
         )
     raise BusinessHoursError(
-        "days", f"no open window within {_SEARCH_DAYS} days of {due_utc.isoformat()}"
+        "days", f"no open window within {_search_days(hours)} days of {due_utc.isoformat()}"
     )
+
+
+def window_zone(hours: BusinessHours, zone_override: str | None = None) -> str:
+    """The IANA key the window is read in: the contact's zone when it is given and valid,
+    else the policy's (as :func:`next_send_time` decides it). Calendar-day delays count in
+    the same zone."""
+    return _resolve_zone(hours, zone_override)[0]
+
+
+def local_to_utc(wall: datetime, zone: tzinfo, *, fold: int = 0) -> datetime:
+    """The UTC instant of a naive wall-clock time in ``zone``.
+
+    A wall time inside a spring-forward gap does not exist: it maps to the first real
+    instant after the gap. In a fall-back overlap ``fold`` picks the occurrence (0: the
+    first, 1: the second).
+    """
+    if wall.tzinfo is not None:
+        raise ValueError(f"wall must be a naive local time, got {wall.isoformat()}")
+    instant = wall.replace(tzinfo=zone, fold=fold).astimezone(UTC)
+    if instant.astimezone(zone).replace(tzinfo=None) == wall:
+        return instant
+    # Transitions fall on whole seconds: the gap's end is found from the whole second.
+    return _gap_end(wall.replace(microsecond=0), zone)
 
 
 def is_open(at: datetime, hours: BusinessHours, zone_override: str | None = None) -> bool:
@@ -264,8 +401,12 @@ def _to_utc(value: datetime, name: str) -> datetime:
     return value.astimezone(UTC)
 
 
-def _load_zone(key: object) -> ZoneInfo | None:
+def load_zone(key: object) -> ZoneInfo | None:
     """The zone for an IANA key, or None: bad keys are data errors, not crashes."""
+    return _load_zone(key)
+
+
+def _load_zone(key: object) -> ZoneInfo | None:
     if not isinstance(key, str) or not key or key in _REJECTED_ZONE_KEYS:
         return None
     return _load_zone_cached(key)
@@ -290,37 +431,79 @@ def _resolve_zone(hours: BusinessHours, zone_override: str | None) -> tuple[str,
     return hours.time_zone, zone
 
 
+def _search_days(hours: BusinessHours) -> int:
+    return _SEARCH_DAYS_WITH_CLOSED if hours.has_closed_days else _SEARCH_DAYS
+
+
 def _windows_from(
     due_utc: datetime, hours: BusinessHours, zone: ZoneInfo
-) -> Iterator[tuple[datetime, datetime]]:
-    """Non-empty UTC windows in order of start, from the local day before ``due`` onward.
+) -> Iterator[tuple[date, datetime, datetime, bool]]:
+    """Non-empty UTC windows in order of start, from the local day before ``due`` onward,
+    each with its local date and whether that date is closed.
 
     The previous local day is included because its window can run past local midnight (24:00
     resolved into a DST gap, or an overlap at midnight).
     """
     first_day = due_utc.astimezone(zone).date() - timedelta(days=1)
-    for offset in range(_SEARCH_DAYS + 2):
+    check_closed = hours.has_closed_days
+    for offset in range(_search_days(hours) + 2):
         try:
             day = first_day + timedelta(days=offset)
         except OverflowError:
             return
-        for time_range in hours.days[day.weekday()]:
+        ranges = hours.days[day.weekday()]
+        if not ranges:
+            continue
+        closed = check_closed and hours.is_closed(day)
+        for time_range in ranges:
             try:
                 start = _wall_to_utc(day, time_range.start, zone, fold=0)
                 end = _wall_to_utc(day, time_range.end, zone, fold=1)
             except OverflowError:
                 return
             if start < end:  # a window entirely inside a DST gap does not exist that day
-                yield start, end
+                yield day, start, end, closed
 
 
 def _wall_to_utc(day: date, minutes: int, zone: tzinfo, *, fold: int) -> datetime:
     """UTC instant of a wall time on ``day``; a time inside a DST gap maps to the gap's end."""
     wall = datetime.combine(day, time()) + timedelta(minutes=minutes)  # 1440 -> next midnight
-    instant = wall.replace(tzinfo=zone, fold=fold).astimezone(UTC)
-    if instant.astimezone(zone).replace(tzinfo=None) == wall:
-        return instant
-    return _gap_end(wall, zone)
+    return local_to_utc(wall, zone, fold=fold)
+
+
+def _closed_stretch(hours: BusinessHours) -> tuple[date, date] | None:
+    """The first stretch of at least :data:`MAX_CLOSED_RUN_DAYS` local dates without any
+    opening (closed dates, holidays and weekly closed days together), or None.
+
+    Only explicit closed dates can make one (a holiday calendar closes a few days at a
+    time), so the walk starts from them and visits each date of a stretch once.
+    """
+    if not hours.closed_dates:
+        return None
+
+    def no_opening(day: date) -> bool:
+        return not hours.days[day.weekday()] or hours.is_closed(day)
+
+    covered: date | None = None
+    for seed in sorted(hours.closed_dates):
+        if covered is not None and seed <= covered:
+            continue
+        first = last = seed
+        try:
+            while (last - first).days < MAX_CLOSED_RUN_DAYS and no_opening(
+                first - timedelta(days=1)
+            ):
+                first -= timedelta(days=1)
+            while (last - first).days + 1 < MAX_CLOSED_RUN_DAYS and no_opening(
+                last + timedelta(days=1)
+            ):
+                last += timedelta(days=1)
+        except OverflowError:  # at the ends of the calendar: nothing lies beyond
+            pass
+        if (last - first).days + 1 >= MAX_CLOSED_RUN_DAYS:
+            return first, last
+        covered = last
+    return None
 
 
 def _gap_end(wall: datetime, zone: tzinfo) -> datetime:

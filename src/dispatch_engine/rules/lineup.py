@@ -1,12 +1,23 @@
-"""Pure rules for a policy's lineup delays and a dispatch's token validity (R-POL-2, R-DSP-2)."""
+"""Pure rules for a policy's lineup delays and a dispatch's token validity (R-POL-2, R-DSP-2).
+
+Delays are given as :class:`~dispatch_engine.rules.delays.Delay` (calendar days + exact
+seconds) or as plain seconds. Here a calendar day always counts **24 hours**
+(``Delay.nominal_seconds``): ``P30D`` is exactly the 30-day bound, ``P1D`` passes the
+one-hour minimum, and ``P3D`` is as long as ``PT72H`` against a token validity. Across a
+DST change the real day is 23 or 25 hours long; that hour is not counted, as business
+window deferrals are not counted either (docs/decisions.md).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dispatch_engine.rules.delays import Delay
+
 HOUR = 3_600
 DAY = 86_400
+DelayLike = Delay | int
 FIRST_MESSAGE_MIN = 0
 FIRST_MESSAGE_MAX = 30 * DAY
 LATER_MESSAGE_MIN = HOUR
@@ -26,10 +37,15 @@ def delay_bounds(position: int) -> tuple[int, int]:
     return LATER_MESSAGE_MIN, LATER_MESSAGE_MAX
 
 
-def delay_problems(delays: Sequence[int]) -> list[DelayProblem]:
+def nominal_seconds(delay: DelayLike) -> int:
+    """A delay's length for validation: calendar days count 24 hours."""
+    return delay.nominal_seconds if isinstance(delay, Delay) else delay
+
+
+def delay_problems(delays: Sequence[DelayLike]) -> list[DelayProblem]:
     """Every delay that is out of bounds for its position, in lineup order."""
     problems = []
-    for index, delay in enumerate(delays, start=1):
+    for index, delay in enumerate(map(nominal_seconds, delays), start=1):
         low, high = delay_bounds(index)
         if not low <= delay <= high:
             where = "from file receipt" if index == 1 else "after the previous message"
@@ -43,12 +59,13 @@ def delay_problems(delays: Sequence[int]) -> list[DelayProblem]:
     return problems
 
 
-def total_delay(delays: Sequence[int]) -> int:
-    """Seconds from file receipt to the last message when nothing is deferred."""
-    return sum(delays)
+def total_delay(delays: Sequence[DelayLike]) -> int:
+    """Seconds from file receipt to the last message when nothing is deferred (calendar days
+    counted as 24 hours)."""
+    return sum(map(nominal_seconds, delays))
 
 
-def validity_problem(validity_seconds: int, delays: Sequence[int]) -> str | None:
+def validity_problem(validity_seconds: int, delays: Sequence[DelayLike]) -> str | None:
     """Why a token validity is too short for the lineup, or None when it is long enough."""
     total = total_delay(delays)
     if validity_seconds <= total:

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
-from typing import Literal
+from datetime import date, datetime
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+)
 
+from dispatch_engine.rules.holiday_calendars import canonical_country, canonical_subdivision
 from dispatch_engine.schemas.common import Duration, StrictModel
 
 Channel = Literal["email", "sms"]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
+_ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
+MAX_CLOSED_DATES = 1000
+#: Closed dates lie in the years the API takes times in (schemas/common.py).
+CLOSED_YEARS = (1000, 8999)
 
 
 class TimeRange(StrictModel):
@@ -28,6 +40,56 @@ def default_days() -> dict[str, list[TimeRange]]:
     return {day: _all_day() for day in WEEKDAYS[:5]}
 
 
+def _iso_date(value: object) -> object:
+    """Only `YYYY-MM-DD` text (or a date read back from the store): no timestamps, no
+    times of day, which a plain `date` field would also take."""
+    if isinstance(value, str):
+        if not _ISO_DATE.match(value.strip()):
+            raise ValueError("must be an ISO 8601 date, YYYY-MM-DD")
+        return value.strip()
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    raise ValueError("must be an ISO 8601 date, YYYY-MM-DD")
+
+
+ClosedDate = Annotated[date, BeforeValidator(_iso_date)]
+
+
+class HolidayCalendar(StrictModel):
+    """A public-holiday calendar of the `holidays` package: every holiday of the country
+    (and of the subdivision, when given) is closed."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"country": "DE", "subdivision": "BY"}]}
+    )
+
+    country: str = Field(
+        description="ISO 3166-1 alpha-2 country code (upper case is stored).",
+        examples=["DE"],
+    )
+    subdivision: str | None = Field(
+        default=None,
+        max_length=40,
+        description="The country's subdivision (state, province …) as the `holidays` "
+        "package names it, e.g. BY for Bavaria or NY for New York; leave it out for the "
+        "national holidays only.",
+        examples=["BY"],
+    )
+
+    @field_validator("country")
+    @classmethod
+    def _country(cls, value: str) -> str:
+        return canonical_country(value)
+
+    @field_validator("subdivision")
+    @classmethod
+    def _subdivision(cls, value: str | None, info: ValidationInfo) -> str | None:
+        country = info.data.get("country")
+        if country is None:  # the country itself was refused
+            return value
+        return canonical_subdivision(country, value)
+
+
 class BusinessRules(StrictModel):
     """When messages may go out. Default: Monday to Friday, all day, UTC."""
 
@@ -41,6 +103,31 @@ class BusinessRules(StrictModel):
         description="Evaluate the window in the contact's own time zone when the contact "
         "file gives one (falls back to time_zone).",
     )
+    closed_dates: Annotated[list[ClosedDate], Field(max_length=MAX_CLOSED_DATES)] | None = Field(
+        default=None,
+        description="Local dates (YYYY-MM-DD, in the zone the window is read in) on which "
+        "nothing goes out, like a day without hours: a message that falls on one waits for "
+        f"the next opening. At most {MAX_CLOSED_DATES}; stored sorted, without repeats. "
+        "Closed days may not leave the policy without any opening for a year.",
+        examples=[["2026-12-24", "2026-12-31"]],
+    )
+    holidays: HolidayCalendar | None = Field(
+        default=None,
+        description="A public-holiday calendar whose days are closed as well (the "
+        "maintained `holidays` package; observed substitute days included).",
+        examples=[{"country": "DE", "subdivision": "BY"}],
+    )
+
+    @field_validator("closed_dates")
+    @classmethod
+    def _closed_dates(cls, value: list[date] | None) -> list[date] | None:
+        if value is None:
+            return None
+        low, high = CLOSED_YEARS
+        for day in value:
+            if not low <= day.year <= high:
+                raise ValueError(f"closed dates lie in the years {low}-{high}, got {day}")
+        return sorted(set(value))
 
 
 class PendingTokenRule(StrictModel):
@@ -81,9 +168,18 @@ class DndWebhooks(StrictModel):
     sms: str | None = None
 
 
+DELAY_DESCRIPTION = (
+    "ISO 8601 duration. Days and weeks are calendar days: they keep the local time in the "
+    "zone the business window is read in, also across DST changes (P1D after 16:00 is "
+    "16:00 the next day); hours, minutes and seconds are exact time (PT24H is 24 hours); "
+    "P1DT2H is a calendar day, then 2 hours. Message 1 counts from the file's receipt, "
+    "message k from message k-1."
+)
+
+
 class LineupMessageIn(StrictModel):
     channel: Channel
-    delay: Duration
+    delay: Duration = Field(description=DELAY_DESCRIPTION, examples=["P1D"])
 
 
 class LineupInsert(LineupMessageIn):
@@ -111,7 +207,7 @@ class LineupPatch(PolicyEdit):
     model_config = ConfigDict(json_schema_extra={"examples": [{"delay": "P3D", "version": 3}]})
 
     channel: Channel | None = None
-    delay: Duration | None = None
+    delay: Duration | None = Field(default=None, description=DELAY_DESCRIPTION, examples=["P3D"])
 
 
 class PolicyCreate(StrictModel):
@@ -167,8 +263,17 @@ class LineupMessageOut(BaseModel):
     id: str
     position: int
     channel: Channel
-    delay: str
-    delay_seconds: int
+    delay: str = Field(
+        description="ISO 8601, as given in canonical form: days (weeks as 7 days) are "
+        "calendar days that keep the local time across DST changes; hours, minutes and "
+        "seconds are exact time and never folded into days (PT36H stays PT36H).",
+        examples=["P1DT2H"],
+    )
+    delay_seconds: int = Field(
+        description="The delay's nominal length in seconds, a calendar day counted as 24 "
+        "hours (what the lineup's bounds are checked against).",
+        examples=[93_600],
+    )
     checks: list[str] = Field(description="The rules checked before this message goes out.")
 
 
@@ -180,7 +285,10 @@ class PolicyOut(BaseModel):
     status: Literal["active", "paused"]
     version: int
     lineup: list[LineupMessageOut]
-    total_delay: str
+    total_delay: str = Field(
+        description="The lineup's delays added up: calendar days, then exact time.",
+        examples=["P3DT2H"],
+    )
     fatigue: FatigueRules
     business_rules: BusinessRules
     dnd_webhooks: DndWebhooks

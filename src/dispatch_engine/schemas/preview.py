@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import date as Date
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -34,25 +36,63 @@ class PreviewIn(StrictModel):
 
 
 class PreviewWindow(BaseModel):
-    start: datetime
-    end: datetime
+    start: datetime = Field(description="With the zone's UTC offset at that instant.")
+    end: datetime = Field(description="With the zone's UTC offset at that instant.")
     time_zone: str
+
+
+class PreviewClosedDay(BaseModel):
+    """A closed local date whose opening hours the message had to skip."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"date": "2026-12-25", "reason": "holiday", "name": "Christmas Day"}]
+        }
+    )
+
+    date: Date = Field(
+        description="The local date, in the window's time zone.", examples=["2026-12-25"]
+    )
+    reason: Literal["closed_date", "holiday"] = Field(
+        description="`closed_date`: one of the policy's closed dates; `holiday`: a day of "
+        "its public-holiday calendar.",
+        examples=["holiday"],
+    )
+    name: str | None = Field(
+        default=None, description="The holiday's name, when the date is one.", examples=["Epiphany"]
+    )
 
 
 class PreviewMessage(BaseModel):
     position: int
     lineup_message_id: str | None
     channel: str
-    delay: str
-    due_at: datetime = Field(description="When the message comes due by its delay.")
-    send_at: datetime = Field(description="When it would go out.")
+    delay: str = Field(
+        description="The delay as the lineup gives it: days are calendar days (they keep "
+        "the local time across DST changes), hours, minutes and seconds exact time."
+    )
+    due_at: datetime = Field(
+        description="When the message comes due by its delay, with the window zone's UTC "
+        "offset at that instant."
+    )
+    send_at: datetime = Field(
+        description="When it would go out, with the window zone's UTC offset at that instant."
+    )
     deferred: bool
     reason: str | None = Field(description="`deferred_business_hours` when the window moved it.")
     window: PreviewWindow = Field(description="The business window it goes out in.")
+    closed_days: list[PreviewClosedDay] = Field(
+        default_factory=list,
+        description="Closed dates and holidays skipped between `due_at` and `send_at`, in "
+        "order (the message went out at the next opening after them); empty when none.",
+        examples=[[{"date": "2026-01-06", "reason": "holiday", "name": "Epiphany"}]],
+    )
 
 
 class PreviewOut(BaseModel):
     policy: str
     proposed: bool
-    posted_at: datetime
+    posted_at: datetime = Field(
+        description="As asked, with the window zone's UTC offset at that instant."
+    )
     messages: list[PreviewMessage]

@@ -94,7 +94,9 @@ class Problem(BaseModel):
         default=None, description="`token-validity-too-short` (422): the validity asked for."
     )
     total_delay_seconds: int | None = Field(
-        default=None, description="`token-validity-too-short` (422): the lineup's total delay."
+        default=None,
+        description="`token-validity-too-short` (422): the lineup's total delay in seconds, "
+        "a calendar day counted as 24 hours.",
     )
     total_delay: str | None = Field(
         default=None,

@@ -16,9 +16,10 @@ from dispatch_engine.errors import (
     ValidationFailed,
 )
 from dispatch_engine.models import Dispatch, LineupMessage, Policy, new_id
+from dispatch_engine.rules.delays import Delay
 from dispatch_engine.rules.lineup import total_delay, validity_problem
 from dispatch_engine.schemas.dispatches import DispatchCreate, DispatchOut
-from dispatch_engine.schemas.durations import format_duration, parse_duration
+from dispatch_engine.schemas.durations import format_delay, format_duration, parse_duration
 from dispatch_engine.services.dispatch_pauses import VALIDITY_TOO_SHORT
 from dispatch_engine.store.accounts import get_account
 from dispatch_engine.store.dispatches import dispatches_of_account, find_dispatch
@@ -106,7 +107,7 @@ def _template_errors(
 
 
 def _validity_error(validity: int, lineup: Sequence[LineupMessage]) -> DomainError | None:
-    delays = [m.delay_seconds for m in lineup]
+    delays = [m.delay for m in lineup]
     problem = validity_problem(validity, delays)
     if problem is None:
         return None
@@ -116,7 +117,7 @@ def _validity_error(validity: int, lineup: Sequence[LineupMessage]) -> DomainErr
         extra={
             "token_validity_seconds": validity,
             "total_delay_seconds": total_delay(delays),
-            "total_delay": format_duration(total_delay(delays)),
+            "total_delay": format_delay(sum(delays, Delay())),
         },
         status=422,
         slug="token-validity-too-short",

@@ -12,9 +12,15 @@ from pydantic_core import ErrorDetails
 from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import Conflict, FieldError, InvalidFields, NotFound, ValidationFailed
 from dispatch_engine.models import LineupMessage, Policy, new_id
-from dispatch_engine.rules.business_hours import BusinessHours, BusinessHoursError
-from dispatch_engine.rules.lineup import delay_problems, total_delay, validity_problem
-from dispatch_engine.schemas.durations import format_duration, parse_duration
+from dispatch_engine.rules.business_hours import (
+    BusinessHours,
+    BusinessHoursError,
+    HolidayCalendar,
+    window_zone,
+)
+from dispatch_engine.rules.delays import Delay, due_time
+from dispatch_engine.rules.lineup import delay_problems, validity_problem
+from dispatch_engine.schemas.durations import format_delay, parse_delay
 from dispatch_engine.schemas.policies import (
     BusinessRules,
     DndWebhooks,
@@ -44,14 +50,24 @@ SectionT = TypeVar("SectionT", FatigueRules, BusinessRules, DndWebhooks)
 
 
 def business_hours_of(rules: BusinessRules) -> BusinessHours:
-    """The pure window model for stored rules; raises ValidationFailed on bad rules."""
+    """The pure window model for stored rules (closed dates and the holiday calendar
+    included); raises ValidationFailed on bad rules."""
     try:
         return BusinessHours.from_spec(
             rules.time_zone,
             {day: [(r.start, r.end) for r in ranges] for day, ranges in rules.days.items()},
+            closed_dates=rules.closed_dates or (),
+            holidays=HolidayCalendar(rules.holidays.country, rules.holidays.subdivision)
+            if rules.holidays is not None
+            else None,
         )
     except BusinessHoursError as exc:
         raise ValidationFailed(f"business_rules.{exc.field}", exc.reason) from None
+
+
+def total_of(delays: Sequence[Delay]) -> Delay:
+    """The lineup's delays added up: calendar days and exact time kept apart."""
+    return sum(delays, Delay())
 
 
 def validated_dnd(webhooks: DndWebhooks, url_policy: UrlPolicy) -> DndWebhooks:
@@ -68,7 +84,7 @@ def validated_dnd(webhooks: DndWebhooks, url_policy: UrlPolicy) -> DndWebhooks:
     return DndWebhooks(**cleaned)
 
 
-def check_delays(delays: Sequence[int], field_prefix: str = "lineup") -> None:
+def check_delays(delays: Sequence[Delay], field_prefix: str = "lineup") -> None:
     """422 naming each bad step as `lineup.<index>.delay` (0-based, as every other field
     error names list items); the reason counts messages from 1, as people do."""
     problems = delay_problems(delays)
@@ -147,13 +163,13 @@ def policy_out(
                 id=m.id,
                 position=m.position or 0,
                 channel=m.channel,
-                delay=format_duration(m.delay_seconds),
-                delay_seconds=m.delay_seconds,
+                delay=format_delay(m.delay),
+                delay_seconds=m.delay.nominal_seconds,
                 checks=checks_for(policy, m),
             )
             for m in lineup
         ],
-        total_delay=format_duration(total_delay([m.delay_seconds for m in lineup])),
+        total_delay=format_delay(total_of([m.delay for m in lineup])),
         fatigue=FatigueRules.model_validate({**policy.fatigue, "uuid_field": policy.uuid_field}),
         business_rules=BusinessRules.model_validate(policy.business_rules),
         dnd_webhooks=DndWebhooks.model_validate(policy.dnd_webhooks),
@@ -218,7 +234,7 @@ async def create_policy(
             f"PUT /v1/accounts/{account_id}/queue-integration before creating policies",
             slug="queue-integration-required",
         )
-    delays = [parse_duration(m.delay) for m in body.lineup]
+    delays = [parse_delay(m.delay) for m in body.lineup]
     check_delays(delays)
     business_hours_of(body.business_rules)
     dnd = validated_dnd(body.dnd_webhooks, url_policy)
@@ -246,7 +262,7 @@ async def create_policy(
 
 
 def _new_lineup(
-    policy_id: str, messages: Sequence[LineupMessageIn], delays: Sequence[int], now: datetime
+    policy_id: str, messages: Sequence[LineupMessageIn], delays: Sequence[Delay], now: datetime
 ) -> list[LineupMessage]:
     return [
         LineupMessage(
@@ -254,7 +270,8 @@ def _new_lineup(
             policy_id=policy_id,
             position=index,
             channel=message.channel,
-            delay_seconds=delay,
+            delay_days=delay.days,
+            delay_seconds=delay.seconds,
             created_at=now,
         )
         for index, (message, delay) in enumerate(zip(messages, delays, strict=True), start=1)
@@ -328,7 +345,7 @@ async def set_policy_status(
 
 
 async def _pause_for_short_validity(
-    session: AsyncSession, policy_id: str, delays: Sequence[int], now: datetime
+    session: AsyncSession, policy_id: str, delays: Sequence[Delay], now: datetime
 ) -> list[str]:
     """Dispatches whose token validity no longer outlasts the lineup are paused (R-DSP-2)."""
     too_short = [
@@ -347,7 +364,7 @@ async def insert_lineup_message(
     session: AsyncSession,
     policy: Policy,
     channel: str,
-    delay: int,
+    delay: Delay,
     position: int | None,
     now: datetime,
 ) -> tuple[LineupMessage, list[str]]:
@@ -360,7 +377,7 @@ async def insert_lineup_message(
         )
     if position is None:
         position = len(lineup) + 1
-    delays = [m.delay_seconds for m in lineup]
+    delays = [m.delay for m in lineup]
     delays.insert(position - 1, delay)
     check_delays(delays)
     await store.shift_positions(session, policy.id, position, 1)
@@ -369,7 +386,8 @@ async def insert_lineup_message(
         policy_id=policy.id,
         position=position,
         channel=channel,
-        delay_seconds=delay,
+        delay_days=delay.days,
+        delay_seconds=delay.seconds,
         created_at=now,
     )
     session.add(message)
@@ -393,23 +411,34 @@ async def edit_lineup_message(
     policy: Policy,
     message: LineupMessage,
     channel: str | None,
-    delay: int | None,
+    delay: Delay | None,
     now: datetime,
 ) -> list[str]:
     """Edit channel or delay; delays take effect at once for messages not yet sent."""
     lineup = await store.live_lineup(session, policy.id)
-    delays = [
-        delay if m.id == message.id and delay is not None else m.delay_seconds for m in lineup
-    ]
+    delays = [delay if m.id == message.id and delay is not None else m.delay for m in lineup]
     check_delays(delays)
     if channel is not None and channel != message.channel:
         message.channel = channel
         await store.change_step_channel(session, message.id, channel)
-    if delay is not None and delay != message.delay_seconds:
-        await store.retime_step(session, message.id, message.delay_seconds, delay)
-        message.delay_seconds = delay
+    if delay is not None and delay != message.delay:
+        await store.retime_step(session, message.id, _due_times(policy, delay))
+        message.delay = delay
     _touch(policy, now)
     return await _pause_for_short_validity(session, policy.id, delays, now)
+
+
+def _due_times(policy: Policy, delay: Delay) -> store.DueTimeOf:
+    """A waiting message's due time under the new delay: from the moment its delay counts
+    from, in the zone its window is read in (the contact's when the policy says so)."""
+    rules = BusinessRules.model_validate(policy.business_rules)
+    hours = business_hours_of(rules)
+
+    def due_of(counts_from: datetime, contact_zone: str | None) -> datetime:
+        zone = window_zone(hours, contact_zone if rules.use_contact_time_zone else None)
+        return due_time(counts_from, delay, zone)
+
+    return due_of
 
 
 async def delete_lineup_message(
@@ -417,7 +446,7 @@ async def delete_lineup_message(
 ) -> None:
     """Destructive: invites skip this step from now on and move on to the next one."""
     lineup = await store.live_lineup(session, policy.id)
-    delays = [m.delay_seconds for m in lineup if m.id != message.id]
+    delays = [m.delay for m in lineup if m.id != message.id]
     check_delays(delays)
     position = message.position or 0
     message.deleted_at = now
@@ -445,6 +474,7 @@ async def copy_to_sandbox(
             policy_id=sandbox.id,
             position=m.position,
             channel=m.channel,
+            delay_days=m.delay_days,
             delay_seconds=m.delay_seconds,
             created_at=now,
         )

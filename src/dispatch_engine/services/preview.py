@@ -5,20 +5,31 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
+from typing import Literal
 
 from dispatch_engine.rules.base import Defer, Pass
-from dispatch_engine.rules.business_hours import BusinessHours, next_send_time
+from dispatch_engine.rules.business_hours import BusinessHours, next_send_time, window_zone
+from dispatch_engine.rules.delays import Delay, due_time
 from dispatch_engine.rules.pipeline import DndFacts, MessageFacts, decide
 
 FAR_FUTURE = timedelta(days=3650)
 
 
 @dataclass(frozen=True)
+class ClosedDay:
+    """A local date whose opening hours a message skipped: `closed_date` or `holiday`."""
+
+    day: date
+    reason: Literal["closed_date", "holiday"]
+    name: str | None  # the holiday's name
+
+
+@dataclass(frozen=True)
 class PreviewStep:
     position: int
     channel: str
-    delay_seconds: int
+    delay: Delay
     due_at: datetime
     send_at: datetime
     deferred: bool
@@ -26,23 +37,26 @@ class PreviewStep:
     window_start: datetime
     window_end: datetime
     window_zone: str
+    closed_days: tuple[ClosedDay, ...] = ()
 
 
 def preview_lineup(
     posted_at: datetime,
-    steps: Sequence[tuple[str, int]],
+    steps: Sequence[tuple[str, Delay]],
     hours: BusinessHours,
     contact_zone: str | None,
 ) -> list[PreviewStep]:
-    """Walk the lineup: step 1 counts from `posted_at`, step k from step k-1's send time.
+    """Walk the lineup: step 1 counts from `posted_at`, step k from step k-1's send time,
+    each due time by `due_time` in the zone the window is read in, as the engine does.
 
     Every other rule is taken to pass (a new contact, nothing paused or unsubscribed), so
     what remains is exactly the business window as the pipeline applies it.
     """
+    zone = window_zone(hours, contact_zone)
     out: list[PreviewStep] = []
     previous = posted_at
     for position, (channel, delay) in enumerate(steps, start=1):
-        due = previous + timedelta(seconds=delay)
+        due = due_time(previous, delay, zone)
         facts = _facts(due, channel, hours, contact_zone)
         decision = decide(facts)
         send_at, reason = due, None
@@ -50,11 +64,12 @@ def preview_lineup(
             send_at, reason = decision.until, decision.reason
             assert isinstance(decide(_facts(send_at, channel, hours, contact_zone)), Pass)
         window = next_send_time(send_at, hours, contact_zone)
+        skipped = next_send_time(due, hours, contact_zone).closed_days
         out.append(
             PreviewStep(
                 position=position,
                 channel=channel,
-                delay_seconds=delay,
+                delay=delay,
                 due_at=due,
                 send_at=send_at,
                 deferred=reason is not None,
@@ -62,10 +77,17 @@ def preview_lineup(
                 window_start=window.window_start,
                 window_end=window.window_end,
                 window_zone=window.local_zone,
+                closed_days=tuple(_closed_day(hours, day) for day in skipped),
             )
         )
         previous = send_at
     return out
+
+
+def _closed_day(hours: BusinessHours, day: date) -> ClosedDay:
+    reason = hours.closed_reason(day) or "closed_date"
+    name = hours.holidays.name_of(day) if hours.holidays is not None else None
+    return ClosedDay(day=day, reason=reason, name=name)
 
 
 def _facts(

@@ -3,14 +3,14 @@ yet sent (R-POL-7, R-POL-8). Each function runs inside the caller's transaction 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from datetime import datetime, timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dispatch_engine.models import LineupMessage, Message, Policy
+from dispatch_engine.models import Invite, LineupMessage, Message, Policy
 from dispatch_engine.models.base import table_of
 from dispatch_engine.store.paging import Key, Page, PageRequest, page_of
 
@@ -119,22 +119,37 @@ async def shift_positions(
 # --- live edits reach messages not yet sent -------------------------------------------------
 
 
-async def retime_step(
-    session: AsyncSession, lineup_message_id: str, old_delay: int, new_delay: int
-) -> int:
-    """A step's delay changed: its messages not yet sent move by the difference, at once.
+DueTimeOf = Callable[[datetime, str | None], datetime]
+"""(the instant a message's delay counts from, its contact's time zone) → its due time."""
 
-    Waiting ones are decided again at their new time; held (paused) ones keep waiting for
-    the resume but carry the new time with them.
+
+async def retime_step(session: AsyncSession, lineup_message_id: str, due_of: DueTimeOf) -> int:
+    """A step's delay changed: its messages not yet sent get the due time the new delay
+    gives (`due_of`, the one delay rule), at once.
+
+    A delay counts from when the contact file was received for an invite's first message
+    (created by the upload, with the invite) and from when the previous message was sent or
+    skipped for the others (created at that moment, so their `created_at` is it). Resends
+    keep their time: an operator sent them again, now. Waiting messages are decided again
+    at their new time; held (paused) ones keep waiting for the resume but carry the new
+    time with them.
     """
-    shift = timedelta(seconds=new_delay - old_delay)
-    if not shift:
-        return 0
     rows = (
         await session.execute(
-            select(Message.id, Message.due_at, Message.state, Message.reason).where(
+            select(
+                Message.id,
+                Message.state,
+                Message.reason,
+                Message.created_at,
+                Invite.created_at,
+                Invite.received_at,
+                Invite.time_zone,
+            )
+            .join(Invite, Invite.id == Message.invite_id)
+            .where(
                 Message.lineup_message_id == lineup_message_id,
                 Message.state.in_((*WAITING, "held")),
+                Message.resend_of.is_(None),
             )
         )
     ).all()
@@ -151,12 +166,14 @@ async def retime_step(
         )
     )
     params: list[dict[str, Any]] = []
-    for mid, due, state, reason in rows:
+    for mid, state, reason, created_at, invite_created_at, received_at, contact_zone in rows:
         held = state == "held"
+        # The upload writes an invite and its first message with one `created_at`.
+        counts_from = received_at if created_at == invite_created_at else created_at
         params.append(
             {
                 "b_id": mid,
-                "due": due + shift,
+                "due": due_of(counts_from, contact_zone),
                 "next_state": "held" if held else "pending",
                 "next_rule": "paused" if held else None,
                 "next_reason": reason if held else None,

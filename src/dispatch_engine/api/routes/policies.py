@@ -18,7 +18,7 @@ from dispatch_engine.api.paging import PagerDep
 from dispatch_engine.incidents.service import check_incident_reference
 from dispatch_engine.models import Policy
 from dispatch_engine.schemas.dispatches import PauseRequest
-from dispatch_engine.schemas.durations import parse_duration
+from dispatch_engine.schemas.durations import parse_delay
 from dispatch_engine.schemas.policies import (
     LineupInsert,
     LineupPatch,
@@ -94,11 +94,13 @@ async def list_policies(
         """
         Creates a Delivery Policy: a name unique in the account (case-insensitive), the
         **lineup** (message 1's delay counts from when the contact file arrives, 0 allowed;
-        each later one's from the previous message, between 1 hour and 30 days), **fatigue**
-        rules keyed by a UUID field (rule 1, on by default: no new invite while the person
-        holds a valid, unanswered token of this policy; rule 2: at most N invites in D
-        days), **business rules** (open hours per weekday in an IANA time zone; default
-        Monday to Friday, all day, UTC) and optional **DND webhooks** per channel. The
+        each later one's from the previous message, between 1 hour and 30 days; days are
+        calendar days that keep the local time across DST changes, hours are exact),
+        **fatigue** rules keyed by a UUID field (rule 1, on by default: no new invite while
+        the person holds a valid, unanswered token of this policy; rule 2: at most N
+        invites in D days), **business rules** (open hours per weekday in an IANA time
+        zone, default Monday to Friday, all day, UTC; closed dates and a public-holiday
+        calendar close whole days) and optional **DND webhooks** per channel. The
         account needs a queue integration first. Answers 201 with `ETag` and `Location`.
         `backend` and `admin` keys. Audited.
         """
@@ -404,7 +406,7 @@ async def insert_lineup_message(
         check_if_match(if_match, policy.version)
         before = await _snapshot(session, policy)
         message, paused = await service.insert_lineup_message(
-            session, policy, body.channel, parse_duration(body.delay), body.position, actor.now()
+            session, policy, body.channel, parse_delay(body.delay), body.position, actor.now()
         )
         await _audit(actor, session, "policy.lineup.insert", policy, before)
         response.headers["Location"] = (
@@ -447,7 +449,7 @@ async def edit_lineup_message(
         check_if_match(if_match, policy.version)
         check_version(body.version, policy.version)
         before = await _snapshot(session, policy)
-        delay = parse_duration(body.delay) if body.delay is not None else None
+        delay = parse_delay(body.delay) if body.delay is not None else None
         paused = await service.edit_lineup_message(
             session, policy, message, body.channel, delay, actor.now()
         )
