@@ -228,7 +228,7 @@ def test_0009_seals_the_recipients_stored_before_it(
     asyncio.run(context.aclose())
 
 
-# (stored seconds before 0012, calendar days and exact seconds after it, the API's text)
+# (stored seconds before 0013, calendar days and exact seconds after it, the API's text)
 STORED_DELAYS = [
     (0, 0, 0, "PT0S"),
     (3_600, 0, 3_600, "PT1H"),
@@ -241,14 +241,14 @@ STORED_DELAYS = [
 
 
 def _seed_lineup(connection: Connection) -> None:
-    """A policy whose lineup revision 0011 stored as exact seconds."""
+    """A policy whose lineup revision 0012 stored as exact seconds."""
     at = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
     connection.execute(
         insert(table_of(Account)).values(id="acme", name="Acme", created_at=at, updated_at=at)
     )
     connection.execute(
         insert(table_of(Policy)).values(
-            id="pol_before0012", account_id="acme", name="P", name_key="p",
+            id="pol_before0013", account_id="acme", name="P", name_key="p",
             created_at=at, updated_at=at,
         )
     )  # fmt: skip
@@ -256,7 +256,7 @@ def _seed_lineup(connection: Connection) -> None:
         connection.execute(
             text(
                 "INSERT INTO lineup_messages (id, policy_id, position, channel, delay_seconds, "
-                "created_at) VALUES (:id, 'pol_before0012', :position, 'email', :seconds, :at)"
+                "created_at) VALUES (:id, 'pol_before0013', :position, 'email', :seconds, :at)"
             ),
             {"id": f"msg_{index}", "position": index, "seconds": seconds, "at": at},
         )
@@ -267,9 +267,9 @@ def _delays(connection: Connection) -> list[tuple[Any, ...]]:
     return [(row.get("delay_days"), row["delay_seconds"]) for row in rows]
 
 
-def test_0012_turns_whole_days_of_stored_delays_into_calendar_days(empty_url: str) -> None:
+def test_0013_turns_whole_days_of_stored_delays_into_calendar_days(empty_url: str) -> None:
     """Every delay reads back as the same text; downgrade gives the seconds back."""
-    upgrade(empty_url, "0011")
+    upgrade(empty_url, "0012")
     _run_sql(empty_url, _seed_lineup)
     upgrade(empty_url)
     assert _run_sql(empty_url, _delays) == [(d, s) for _, d, s, _ in STORED_DELAYS]
@@ -278,5 +278,5 @@ def test_0012_turns_whole_days_of_stored_delays_into_calendar_days(empty_url: st
     assert [format_duration(seconds) for seconds, _, _, _ in STORED_DELAYS] == [
         t for _, _, _, t in STORED_DELAYS
     ]  # what the API showed before
-    downgrade(empty_url, "0011")
+    downgrade(empty_url, "0012")
     assert _run_sql(empty_url, _delays) == [(None, s) for s, _, _, _ in STORED_DELAYS]

@@ -10,8 +10,8 @@ along (`P1D`, `P1DT2H`: whole days were always written as days), so every delay 
 as the same text; a delay that was meant as `PT24H` was shown as `P1D` too and cannot be
 told apart. Downgrade adds the days back as 86,400 seconds each.
 
-Revision ID: 0012
-Revises: 0011
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-15
 """
 
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0012"
-down_revision: str | None = "0011"
+revision: str = "0013"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
