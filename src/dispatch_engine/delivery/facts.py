@@ -11,6 +11,7 @@ from dispatch_engine.models import Invite, LineupMessage, Message, Policy
 from dispatch_engine.rules.business_hours import BusinessHours
 from dispatch_engine.rules.fatigue import fatigue_lock_key
 from dispatch_engine.rules.pipeline import DndFacts, MessageFacts
+from dispatch_engine.schemas.durations import parse_duration
 from dispatch_engine.schemas.policies import BusinessRules, FatigueRules
 from dispatch_engine.store.lookups import BatchFacts
 
@@ -22,13 +23,15 @@ def _hours(
     return BusinessHours.from_spec(time_zone, {day: list(ranges) for day, ranges in days_key})
 
 
-def business_hours_for(policy: Policy) -> tuple[BusinessHours, bool]:
-    """The policy's window model (cached) and whether the contact's own zone applies."""
+def business_hours_for(policy: Policy) -> tuple[BusinessHours, bool, timedelta]:
+    """The policy's window model (cached), whether the contact's own zone applies, and the
+    validity a message must have left to go out (`too_late`)."""
     rules = BusinessRules.model_validate(policy.business_rules)
     key = tuple(
         sorted((day, tuple((r.start, r.end) for r in ranges)) for day, ranges in rules.days.items())
     )
-    return _hours(rules.time_zone, key), rules.use_contact_time_zone
+    min_left = timedelta(seconds=parse_duration(rules.min_validity_left))
+    return _hours(rules.time_zone, key), rules.use_contact_time_zone, min_left
 
 
 def fatigue_of(policy: Policy) -> FatigueRules:
@@ -42,11 +45,12 @@ class PolicyRules:
     fatigue: FatigueRules
     hours: BusinessHours
     contact_zone_applies: bool
+    min_validity_left: timedelta
 
     @classmethod
     def of(cls, policy: Policy) -> PolicyRules:
-        hours, contact_zone = business_hours_for(policy)
-        return cls(fatigue_of(policy), hours, contact_zone)
+        hours, contact_zone, min_left = business_hours_for(policy)
+        return cls(fatigue_of(policy), hours, contact_zone, min_left)
 
 
 def rules_for(facts: BatchFacts, policy: Policy) -> PolicyRules:
@@ -190,6 +194,7 @@ def message_facts(
         max_invites_reached=reached,
         business_hours=shared.rules.hours,
         contact_zone=invite.time_zone if shared.rules.contact_zone_applies else None,
+        min_validity_left=shared.rules.min_validity_left,
         dnd=DndFacts(
             configured=shared.dnd_configured,
             answer=dnd_answer,

@@ -9,10 +9,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from dispatch_engine.schemas.common import Duration, StrictModel
+from dispatch_engine.schemas.durations import format_duration, parse_duration
 
 Channel = Literal["email", "sms"]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
+MAX_MIN_VALIDITY_LEFT_SECONDS = 30 * 86_400
 
 
 class TimeRange(StrictModel):
@@ -38,9 +40,25 @@ class BusinessRules(StrictModel):
     )
     use_contact_time_zone: bool = Field(
         default=False,
-        description="Evaluate the window in the contact's own time zone when the contact "
-        "file gives one (falls back to time_zone).",
+        description="Evaluate the window in the contact's own time zone: the contact "
+        "file's `time_zone`, else the one zone of the mobile number's country (when it has "
+        "exactly one), else `time_zone`. The invite lookup says which (`time_zone_source`).",
     )
+    min_validity_left: Duration = Field(
+        default="PT1H",
+        description="No message goes out with less than this left of its token's validity "
+        "(now, or at the window opening it would be deferred to): it is suppressed, reason "
+        "`too_late`, and the invite ends. ISO 8601, at most P30D; PT0S turns the rule off.",
+        examples=["PT1H", "P1D", "PT0S"],
+    )
+
+    @field_validator("min_validity_left")
+    @classmethod
+    def _at_most_30_days(cls, value: str) -> str:
+        seconds = parse_duration(value)
+        if seconds > MAX_MIN_VALIDITY_LEFT_SECONDS:
+            raise ValueError("at most 30 days (P30D)")
+        return format_duration(seconds)  # one spelling: PT60M is stored and shown as PT1H
 
 
 class PendingTokenRule(StrictModel):

@@ -126,6 +126,8 @@ def checks_for(policy: Policy, message: LineupMessage) -> list[str]:
             checks.append("fatigue_pending_token")
         if fatigue.max_invites.enabled:
             checks.append("fatigue_max_invites")
+    if parse_duration(BusinessRules.model_validate(policy.business_rules).min_validity_left):
+        checks.append("too_late")
     checks.append("business_window")
     if policy.dnd_webhooks.get(message.channel):
         checks.append("dnd")

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from dispatch_engine.rules.base import Defer, Pass
+from dispatch_engine.rules.base import Defer, Pass, Suppress
 from dispatch_engine.rules.business_hours import BusinessHours, next_send_time
 from dispatch_engine.rules.pipeline import DndFacts, MessageFacts, decide
 
@@ -26,6 +26,7 @@ class PreviewStep:
     window_start: datetime
     window_end: datetime
     window_zone: str
+    suppressed: bool = False  # `too_late`: the invite ends here
 
 
 def preview_lineup(
@@ -33,22 +34,48 @@ def preview_lineup(
     steps: Sequence[tuple[str, int]],
     hours: BusinessHours,
     contact_zone: str | None,
+    *,
+    valid_until: datetime | None = None,
+    min_validity_left: timedelta = timedelta(0),
 ) -> list[PreviewStep]:
     """Walk the lineup: step 1 counts from `posted_at`, step k from step k-1's send time.
 
     Every other rule is taken to pass (a new contact, nothing paused or unsubscribed), so
-    what remains is exactly the business window as the pipeline applies it.
+    what remains is exactly the business window as the pipeline applies it, and, given the
+    token's `valid_until`, the validity rules: a step suppressed `too_late` (or
+    `token_expired`) ends the walk, as it ends the invite; its `send_at` is when it would
+    have gone out.
     """
     out: list[PreviewStep] = []
     previous = posted_at
+    min_left = min_validity_left
     for position, (channel, delay) in enumerate(steps, start=1):
         due = previous + timedelta(seconds=delay)
-        facts = _facts(due, channel, hours, contact_zone)
-        decision = decide(facts)
+        until = valid_until or due + FAR_FUTURE  # no validity given: never near its end
+        decision = decide(_facts(due, channel, hours, contact_zone, until, min_left))
         send_at, reason = due, None
         if isinstance(decision, Defer):
             send_at, reason = decision.until, decision.reason
-            assert isinstance(decide(_facts(send_at, channel, hours, contact_zone)), Pass)
+            decision = decide(_facts(send_at, channel, hours, contact_zone, until, min_left))
+        if isinstance(decision, Suppress):  # now, or (rule off) at the opening it waited for
+            window = next_send_time(due, hours, contact_zone)
+            out.append(
+                PreviewStep(
+                    position=position,
+                    channel=channel,
+                    delay_seconds=delay,
+                    due_at=due,
+                    send_at=window.send_at,
+                    deferred=window.deferred,
+                    reason=decision.reason,
+                    window_start=window.window_start,
+                    window_end=window.window_end,
+                    window_zone=window.local_zone,
+                    suppressed=True,
+                )
+            )
+            break
+        assert isinstance(decision, Pass)
         window = next_send_time(send_at, hours, contact_zone)
         out.append(
             PreviewStep(
@@ -69,14 +96,19 @@ def preview_lineup(
 
 
 def _facts(
-    now: datetime, channel: str, hours: BusinessHours, contact_zone: str | None
+    now: datetime,
+    channel: str,
+    hours: BusinessHours,
+    contact_zone: str | None,
+    valid_until: datetime,
+    min_validity_left: timedelta,
 ) -> MessageFacts:
     return MessageFacts(
         now=now,
         channel=channel,
         paused_by=None,
         responded=False,
-        valid_until=now + FAR_FUTURE,
+        valid_until=valid_until,
         step_deleted=False,
         has_address=True,
         unsubscribed=False,
@@ -86,4 +118,5 @@ def _facts(
         business_hours=hours,
         contact_zone=contact_zone,
         dnd=DndFacts(configured=False),
+        min_validity_left=min_validity_left,
     )
