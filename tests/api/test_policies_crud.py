@@ -55,6 +55,7 @@ async def test_new_policy_has_documented_defaults(
         "time_zone": "UTC",
         "days": {day: all_day for day in ("mon", "tue", "wed", "thu", "fri")},
         "use_contact_time_zone": False,
+        "min_validity_left": "PT1H",
     }
     assert policy["dnd_webhooks"] == {}
     assert "paused_dispatches" not in policy

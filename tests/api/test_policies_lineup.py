@@ -229,17 +229,18 @@ async def test_lineup_checks_follow_position_fatigue_and_dnd(
         fatigue={"max_invites": {"enabled": True}},
         dnd_webhooks={"sms": "https://dnd.example.com/hook"},
     )
+    late = ["too_late", "business_window"]  # min_validity_left is on by default (PT1H)
     assert [m["checks"] for m in policy["lineup"]] == [
-        ["unsubscribe", "fatigue_pending_token", "fatigue_max_invites", "business_window"],
-        ["unsubscribe", "business_window", "dnd"],
+        ["unsubscribe", "fatigue_pending_token", "fatigue_max_invites", *late],
+        ["unsubscribe", *late, "dnd"],
     ]
 
     response = await insert(client, acme, policy["id"], channel="sms", delay="PT0S", position=1)
     assert response.status_code == 201, response.text
     assert [m["checks"] for m in response.json()["lineup"]] == [
-        ["unsubscribe", "fatigue_pending_token", "fatigue_max_invites", "business_window", "dnd"],
-        ["unsubscribe", "business_window"],
-        ["unsubscribe", "business_window", "dnd"],
+        ["unsubscribe", "fatigue_pending_token", "fatigue_max_invites", *late, "dnd"],
+        ["unsubscribe", *late],
+        ["unsubscribe", *late, "dnd"],
     ]
 
     current = await fetch(client, acme, policy["id"])
@@ -250,6 +251,7 @@ async def test_lineup_checks_follow_position_fatigue_and_dnd(
         {
             "fatigue": {"pending_token": {"enabled": False}, "max_invites": {"enabled": False}},
             "dnd_webhooks": {"sms": None, "email": "https://dnd.example.com/email"},
+            "business_rules": {"min_validity_left": "PT0S"},  # too_late off
         },
     )
     assert response.status_code == 200, response.text

@@ -21,6 +21,7 @@ async def test_key_account_integration_policy_dispatch(
     assert policy["lineup"][0]["checks"] == [
         "unsubscribe",
         "fatigue_pending_token",
+        "too_late",
         "business_window",
     ]
 

@@ -37,7 +37,13 @@ async def test_token_expiry_ends_waiting_messages(
     api: Api, worker: Worker, clock: FrozenClock
 ) -> None:
     clock.set(FRIDAY_10)
-    policy = await api.policy("Short", [EMAIL, {"channel": "email", "delay": "P1D"}])
+    policy = await api.policy(
+        "Short",
+        [EMAIL, {"channel": "email", "delay": "P1D"}],
+        # too_late off, so that the reminder waits for the expiry job (see
+        # test_pipeline_too_late.py for the rule on).
+        business_rules={"min_validity_left": "PT0S"},
+    )
     running = await api.dispatch(policy, "q1", "P1DT1H")  # valid until Saturday 11:00
     paused = await api.dispatch(policy, "q2", "P1DT1H")
     await api.control(f"dispatches/{paused['id']}/pause")

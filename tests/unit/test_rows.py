@@ -85,6 +85,7 @@ class TestAccepted:
             time_zone="Europe/London",
             attributes={"First Name": "Alice"},
             uuid_value="alice@example.com",
+            time_zone_source="contact",
         )
 
     def test_empty_known_columns_are_absent(self) -> None:

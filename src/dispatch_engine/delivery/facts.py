@@ -11,6 +11,7 @@ from dispatch_engine.models import Invite, LineupMessage, Message, Policy
 from dispatch_engine.rules.business_hours import BusinessHours, HolidayCalendar
 from dispatch_engine.rules.fatigue import fatigue_lock_key
 from dispatch_engine.rules.pipeline import DndFacts, MessageFacts
+from dispatch_engine.schemas.durations import parse_duration
 from dispatch_engine.schemas.policies import BusinessRules, FatigueRules
 from dispatch_engine.store.lookups import BatchFacts
 
@@ -30,9 +31,10 @@ def _hours(
     )
 
 
-def business_hours_for(policy: Policy) -> tuple[BusinessHours, bool]:
-    """The policy's window model (cached) and whether the contact's own zone applies. Its
-    closed dates and holiday calendar are part of it: the planner gets them as pure input."""
+def business_hours_for(policy: Policy) -> tuple[BusinessHours, bool, timedelta]:
+    """The policy's window model (cached), whether the contact's own zone applies, and the
+    validity a message must have left to go out (`too_late`). Its closed dates and holiday
+    calendar are part of the window model: the planner gets them as pure input."""
     rules = BusinessRules.model_validate(policy.business_rules)
     key = tuple(
         sorted((day, tuple((r.start, r.end) for r in ranges)) for day, ranges in rules.days.items())
@@ -41,7 +43,8 @@ def business_hours_for(policy: Policy) -> tuple[BusinessHours, bool]:
         (rules.holidays.country, rules.holidays.subdivision) if rules.holidays is not None else None
     )
     hours = _hours(rules.time_zone, key, tuple(rules.closed_dates or ()), holidays)
-    return hours, rules.use_contact_time_zone
+    min_left = timedelta(seconds=parse_duration(rules.min_validity_left))
+    return hours, rules.use_contact_time_zone, min_left
 
 
 def fatigue_of(policy: Policy) -> FatigueRules:
@@ -55,11 +58,12 @@ class PolicyRules:
     fatigue: FatigueRules
     hours: BusinessHours
     contact_zone_applies: bool
+    min_validity_left: timedelta
 
     @classmethod
     def of(cls, policy: Policy) -> PolicyRules:
-        hours, contact_zone = business_hours_for(policy)
-        return cls(fatigue_of(policy), hours, contact_zone)
+        hours, contact_zone, min_left = business_hours_for(policy)
+        return cls(fatigue_of(policy), hours, contact_zone, min_left)
 
 
 def contact_zone_for(invite: Invite, rules: PolicyRules) -> str | None:
@@ -209,6 +213,7 @@ def message_facts(
         max_invites_reached=reached,
         business_hours=shared.rules.hours,
         contact_zone=contact_zone_for(invite, shared.rules),
+        min_validity_left=shared.rules.min_validity_left,
         dnd=DndFacts(
             configured=shared.dnd_configured,
             answer=dnd_answer,

@@ -15,12 +15,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from dispatch_engine.ingest.columns import canonical_column, is_alias
 from dispatch_engine.ingest.csv_stream import ROW_ERROR_KEY
+from dispatch_engine.rules.zones import ContactZoneSource, contact_zone
 from dispatch_engine.security.normalize import (
     InvalidAddress,
     normalize_email,
     normalize_phone,
     normalize_uuid_value,
 )
+from dispatch_engine.security.phone_zones import phone_time_zone
 from dispatch_engine.security.text import hostile_text_reason
 
 __all__ = [
@@ -49,7 +51,9 @@ _REJECTED_ZONE_KEYS = frozenset({"localtime", "posixrules", "Factory"})
 
 @dataclass(frozen=True)
 class ContactIn:
-    """An accepted contact, with addresses in canonical form."""
+    """An accepted contact, with addresses in canonical form. `time_zone` is the contact's
+    own zone: the file's (`time_zone_source` `contact`), else the one zone of the mobile's
+    country (`phone_country`), else None (rules/zones.py)."""
 
     email: str | None
     mobile: str | None
@@ -57,6 +61,7 @@ class ContactIn:
     time_zone: str | None
     attributes: dict[str, str]
     uuid_value: str
+    time_zone_source: ContactZoneSource | None = None
 
 
 @dataclass(frozen=True)
@@ -137,13 +142,16 @@ def _parse(
         )
 
     uuid_value = _uuid_value(uuid_field, known, attributes, email=email, mobile=mobile)
+    phone_zone = phone_time_zone(mobile) if time_zone is None and mobile is not None else None
+    zone, zone_source = contact_zone(time_zone, phone_zone)
     return ContactIn(
         email=email,
         mobile=mobile,
         external_id=external_id,
-        time_zone=time_zone,
+        time_zone=zone,
         attributes=attributes,
         uuid_value=uuid_value,
+        time_zone_source=zone_source,
     )
 
 

@@ -224,6 +224,7 @@ async def prepare_chunk(
             email_hash=_address_hash(hasher, email, contact.uuid_value, uuid_hash),
             mobile_hash=_address_hash(hasher, mobile, contact.uuid_value, uuid_hash),
             time_zone=contact.time_zone,
+            time_zone_source=contact.time_zone_source,
             contact=seal_contact(
                 cipher, invite_id, email=email, mobile=mobile, attributes=contact.attributes
             ),

@@ -49,7 +49,10 @@ class Invite(Base):
     fatigue_lock: Mapped[str | None] = mapped_column(String(200), unique=True, default=None)
     email_hash: Mapped[str | None] = mapped_column(String(80), default=None)
     mobile_hash: Mapped[str | None] = mapped_column(String(80), default=None)
+    # The contact's own zone and where it came from: `contact` (the file's time_zone) or
+    # `phone_country` (the one zone of the mobile's country); None: the policy's applies.
     time_zone: Mapped[str | None] = mapped_column(String(64), default=None)
+    time_zone_source: Mapped[str | None] = mapped_column(String(16), default=None)
     contact: Mapped[str | None] = mapped_column(Text, default=None)  # ciphertext, erasable
     state: Mapped[str] = mapped_column(String(16), default="active")
     end_reason: Mapped[str | None] = mapped_column(String(40), default=None)

@@ -8,8 +8,13 @@ Order, and why:
 5. no_address        — the contact has no address for this message's channel; skip it.
 6. unsubscribed      — that address asked for nothing more on this channel.
 7. fatigue_pending_token (rule 1) then fatigue_max_invites (rule 2), first message only.
-8. business_window   — outside the policy's hours: defer to the next opening.
-9. dnd               — last, "just before sending": the webhook is asked only about
+8. too_late          — less than the policy's `min_validity_left` of the token would be
+                       left when the message goes out: now, or at the window opening the
+                       next rule would defer it to. After the rules that say the message
+                       may not go out at all (their reasons say more), before the window,
+                       so a deferral that would end past the cutoff is not made.
+9. business_window   — outside the policy's hours: defer to the next opening.
+10. dnd              — last, "just before sending": the webhook is asked only about
                        messages that would otherwise go out now.
 Every rule returns None (pass) or a Decision; the first decision wins.
 """
@@ -52,6 +57,8 @@ class MessageFacts:
     business_hours: BusinessHours
     contact_zone: str | None  # used when the policy evaluates windows in the contact's zone
     dnd: DndFacts
+    # The policy's `min_validity_left`; zero (the default here) turns `too_late` off.
+    min_validity_left: timedelta = timedelta(0)
 
 
 def paused(f: MessageFacts) -> Decision | None:
@@ -106,6 +113,23 @@ def _window(now: datetime, hours: BusinessHours, zone: str | None) -> tuple[bool
     return decision.deferred, decision.send_at
 
 
+def too_late(f: MessageFacts) -> Decision | None:
+    """A survey link that dies before the person can answer is a useless send (and a
+    confusing one): when less than the policy's `min_validity_left` of the token's validity
+    would be left at the moment the message goes out, suppress it, reason `too_late`, and
+    end the invite (every later step would come later still). That moment is now, or the
+    window opening `business_window` would defer the message to: a deferral that would end
+    past the cutoff is not made, the message ends now. Typical after a long pause or a
+    weekend rollover. A `min_validity_left` of zero turns the rule off (a deferral past
+    the token's end then ends `token_expired` when it comes due, as before the rule)."""
+    if not f.min_validity_left:
+        return None
+    _, send_at = _window(f.now, f.business_hours, f.contact_zone)
+    if f.valid_until - send_at < f.min_validity_left:
+        return Suppress("too_late", "too_late", next_step=False)
+    return None
+
+
 def business_window(f: MessageFacts) -> Decision | None:
     deferred, send_at = _window(f.now, f.business_hours, f.contact_zone)
     if deferred:
@@ -135,6 +159,7 @@ BEFORE_DND: Sequence[Rule] = (
     unsubscribed,
     fatigue_pending_token,
     fatigue_max_invites,
+    too_late,
     business_window,
 )
 RULES: Sequence[Rule] = (*BEFORE_DND, dnd)

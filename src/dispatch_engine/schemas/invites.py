@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
+
+from dispatch_engine.rules.zones import ZoneSource
 
 
 class MessageOut(BaseModel):
@@ -36,6 +38,17 @@ class InviteOut(BaseModel):
     end_reason: str | None
     received_at: datetime
     valid_until: datetime
+    time_zone: str = Field(
+        description="The zone this invite's business windows are read in.",
+        examples=["Europe/Paris"],
+    )
+    time_zone_source: ZoneSource = Field(
+        description="Where `time_zone` comes from: `contact` (the contact file's "
+        "`time_zone`), `phone_country` (the one zone of the mobile number's country) or "
+        "`policy` (the policy's zone: `use_contact_time_zone` off, or no contact zone). "
+        "Follows the policy of the invite's dispatch as it is now.",
+        examples=["phone_country"],
+    )
     first_sent_at: datetime | None
     responded_at: datetime | None
     contact_erased: bool

@@ -17,6 +17,7 @@ from pydantic import (
 
 from dispatch_engine.rules.holiday_calendars import canonical_country, canonical_subdivision
 from dispatch_engine.schemas.common import Duration, StrictModel
+from dispatch_engine.schemas.durations import format_duration, parse_duration
 
 Channel = Literal["email", "sms"]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -25,6 +26,8 @@ _ISO_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 MAX_CLOSED_DATES = 1000
 #: Closed dates lie in the years the API takes times in (schemas/common.py).
 CLOSED_YEARS = (1000, 8999)
+
+MAX_MIN_VALIDITY_LEFT_SECONDS = 30 * 86_400
 
 
 class TimeRange(StrictModel):
@@ -100,8 +103,9 @@ class BusinessRules(StrictModel):
     )
     use_contact_time_zone: bool = Field(
         default=False,
-        description="Evaluate the window in the contact's own time zone when the contact "
-        "file gives one (falls back to time_zone).",
+        description="Evaluate the window in the contact's own time zone: the contact "
+        "file's `time_zone`, else the one zone of the mobile number's country (when it has "
+        "exactly one), else `time_zone`. The invite lookup says which (`time_zone_source`).",
     )
     closed_dates: Annotated[list[ClosedDate], Field(max_length=MAX_CLOSED_DATES)] | None = Field(
         default=None,
@@ -128,6 +132,22 @@ class BusinessRules(StrictModel):
             if not low <= day.year <= high:
                 raise ValueError(f"closed dates lie in the years {low}-{high}, got {day}")
         return sorted(set(value))
+
+    min_validity_left: Duration = Field(
+        default="PT1H",
+        description="No message goes out with less than this left of its token's validity "
+        "(now, or at the window opening it would be deferred to): it is suppressed, reason "
+        "`too_late`, and the invite ends. ISO 8601, at most P30D; PT0S turns the rule off.",
+        examples=["PT1H", "P1D", "PT0S"],
+    )
+
+    @field_validator("min_validity_left")
+    @classmethod
+    def _at_most_30_days(cls, value: str) -> str:
+        seconds = parse_duration(value)
+        if seconds > MAX_MIN_VALIDITY_LEFT_SECONDS:
+            raise ValueError("at most 30 days (P30D)")
+        return format_duration(seconds)  # one spelling: PT60M is stored and shown as PT1H
 
 
 class PendingTokenRule(StrictModel):

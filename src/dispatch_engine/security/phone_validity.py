@@ -7,6 +7,10 @@ library's own: a number is valid when its region's general description matches a
 least one type description (premium rate … mobile) does, each gated by its possible
 lengths; calling codes shared by several regions pick the region the way the library does.
 A test compares the two over every calling code.
+
+`is_geographical_e164` answers, from the same compiled patterns, whether the library's
+`number_type` of a valid number is a geographical one (`is_number_type_geographical`):
+which time zones phonenumbers gives a number depends on it (security/phone_zones.py).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from functools import cache
 import phonenumbers
 from phonenumbers import COUNTRY_CODE_TO_REGION_CODE, REGION_CODE_FOR_NON_GEO_ENTITY, PhoneMetadata
 
-__all__ = ["is_valid_e164"]
+__all__ = ["is_geographical_e164", "is_valid_e164"]
 
 # The descriptions `_number_type_helper` tries after the general one; any match is a type.
 _TYPE_DESCRIPTIONS = (
@@ -32,6 +36,8 @@ _TYPE_DESCRIPTIONS = (
     "voicemail",
     "fixed_line",
 )
+# The same, without fixed lines: the types `is_number_type_geographical` calls not geographical.
+_NON_GEOGRAPHICAL = _TYPE_DESCRIPTIONS[:-1]
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,9 @@ class _Region:
     leading_digits: re.Pattern[str] | None
     general: _Pattern | None
     types: tuple[_Pattern, ...]
+    non_geographical: tuple[_Pattern, ...] = ()  # premium rate … voicemail
+    fixed_line: _Pattern | None = None
+    same_mobile_and_fixed_line: bool = False
     # Number length → one alternation of the type patterns allowed at that length (or None).
     _types_by_length: dict[int, re.Pattern[str] | None] = field(default_factory=dict, compare=False)
 
@@ -65,6 +74,16 @@ class _Region:
         except KeyError:
             combined = self._types_by_length[size] = self._combine(size)
         return combined is not None and combined.fullmatch(national) is not None
+
+    def is_geographical(self, national: str, mobile_is_geographical: bool) -> bool:
+        """`_number_type_helper` of a valid number, then `is_number_type_geographical`: a
+        non-geographical type first; else a valid number is a fixed line (geographical), a
+        fixed line or mobile (geographical) or a mobile (geographical in some countries)."""
+        if any(kind.matches(national) for kind in self.non_geographical):
+            return False
+        if mobile_is_geographical or self.same_mobile_and_fixed_line:
+            return True
+        return self.fixed_line is not None and self.fixed_line.matches(national)
 
     def _combine(self, size: int) -> re.Pattern[str] | None:
         """fullmatch of `(?:a)|(?:b)` succeeds exactly when a or b fully matches."""
@@ -90,6 +109,11 @@ def _region(metadata: PhoneMetadata) -> _Region:
         leading_digits=re.compile(leading) if leading is not None else None,
         general=_pattern(metadata.general_desc),
         types=types,
+        non_geographical=tuple(
+            p for p in (_pattern(getattr(metadata, n)) for n in _NON_GEOGRAPHICAL) if p is not None
+        ),
+        fixed_line=_pattern(metadata.fixed_line),
+        same_mobile_and_fixed_line=bool(metadata.same_mobile_and_fixed_line_pattern),
     )
 
 
@@ -123,3 +147,37 @@ def is_valid_e164(country_code: int, national: str) -> bool:
         elif region.is_valid(national):
             return True
     return False
+
+
+def _region_of(regions: tuple[_Region, ...], national: str) -> _Region | None:
+    """The library's region_code_for_number: the only region, or the first whose leading
+    digits match, or (without leading digits) the first the number is valid in."""
+    if len(regions) == 1:
+        return regions[0]
+    for region in regions:
+        if region.leading_digits is not None:
+            if region.leading_digits.match(national):
+                return region
+        elif region.is_valid(national):
+            return region
+    return None
+
+
+@cache
+def _geographical_mobiles(country_code: int) -> bool:
+    return bool(
+        phonenumbers.is_number_type_geographical(phonenumbers.PhoneNumberType.MOBILE, country_code)
+    )
+
+
+def is_geographical_e164(country_code: int, national: str) -> bool | None:
+    """For a number `is_valid_e164` accepts: whether its type (fixed line, mobile, toll
+    free …) is tied to a place, as the library's `is_number_type_geographical(number_type())`
+    says. None where the compiled patterns defer to the library (non-geographic codes)."""
+    regions = _regions(country_code)
+    if regions is None:
+        return None
+    region = _region_of(regions, national)
+    if region is None:
+        return None
+    return region.is_geographical(national, _geographical_mobiles(country_code))

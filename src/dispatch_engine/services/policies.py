@@ -20,7 +20,7 @@ from dispatch_engine.rules.business_hours import (
 )
 from dispatch_engine.rules.delays import Delay, due_time
 from dispatch_engine.rules.lineup import delay_problems, validity_problem
-from dispatch_engine.schemas.durations import format_delay, parse_delay
+from dispatch_engine.schemas.durations import format_delay, parse_delay, parse_duration
 from dispatch_engine.schemas.policies import (
     BusinessRules,
     DndWebhooks,
@@ -142,6 +142,8 @@ def checks_for(policy: Policy, message: LineupMessage) -> list[str]:
             checks.append("fatigue_pending_token")
         if fatigue.max_invites.enabled:
             checks.append("fatigue_max_invites")
+    if parse_duration(BusinessRules.model_validate(policy.business_rules).min_validity_left):
+        checks.append("too_late")
     checks.append("business_window")
     if policy.dnd_webhooks.get(message.channel):
         checks.append("dnd")

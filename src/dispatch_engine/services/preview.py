@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Literal
 
-from dispatch_engine.rules.base import Defer, Pass
+from dispatch_engine.rules.base import Defer, Pass, Suppress
 from dispatch_engine.rules.business_hours import BusinessHours, next_send_time, window_zone
 from dispatch_engine.rules.delays import Delay, due_time
 from dispatch_engine.rules.pipeline import DndFacts, MessageFacts, decide
@@ -38,6 +38,7 @@ class PreviewStep:
     window_end: datetime
     window_zone: str
     closed_days: tuple[ClosedDay, ...] = ()
+    suppressed: bool = False  # `too_late`: the invite ends here
 
 
 def preview_lineup(
@@ -45,24 +46,50 @@ def preview_lineup(
     steps: Sequence[tuple[str, Delay]],
     hours: BusinessHours,
     contact_zone: str | None,
+    *,
+    valid_until: datetime | None = None,
+    min_validity_left: timedelta = timedelta(0),
 ) -> list[PreviewStep]:
     """Walk the lineup: step 1 counts from `posted_at`, step k from step k-1's send time,
     each due time by `due_time` in the zone the window is read in, as the engine does.
 
     Every other rule is taken to pass (a new contact, nothing paused or unsubscribed), so
-    what remains is exactly the business window as the pipeline applies it.
+    what remains is exactly the business window as the pipeline applies it, and, given the
+    token's `valid_until`, the validity rules: a step suppressed `too_late` (or
+    `token_expired`) ends the walk, as it ends the invite; its `send_at` is when it would
+    have gone out.
     """
     zone = window_zone(hours, contact_zone)
     out: list[PreviewStep] = []
     previous = posted_at
+    min_left = min_validity_left
     for position, (channel, delay) in enumerate(steps, start=1):
         due = due_time(previous, delay, zone)
-        facts = _facts(due, channel, hours, contact_zone)
-        decision = decide(facts)
+        until = valid_until or due + FAR_FUTURE  # no validity given: never near its end
+        decision = decide(_facts(due, channel, hours, contact_zone, until, min_left))
         send_at, reason = due, None
         if isinstance(decision, Defer):
             send_at, reason = decision.until, decision.reason
-            assert isinstance(decide(_facts(send_at, channel, hours, contact_zone)), Pass)
+            decision = decide(_facts(send_at, channel, hours, contact_zone, until, min_left))
+        if isinstance(decision, Suppress):  # now, or (rule off) at the opening it waited for
+            window = next_send_time(due, hours, contact_zone)
+            out.append(
+                PreviewStep(
+                    position=position,
+                    channel=channel,
+                    delay=delay,
+                    due_at=due,
+                    send_at=window.send_at,
+                    deferred=window.deferred,
+                    reason=decision.reason,
+                    window_start=window.window_start,
+                    window_end=window.window_end,
+                    window_zone=window.local_zone,
+                    suppressed=True,
+                )
+            )
+            break
+        assert isinstance(decision, Pass)
         window = next_send_time(send_at, hours, contact_zone)
         skipped = next_send_time(due, hours, contact_zone).closed_days
         out.append(
@@ -91,14 +118,19 @@ def _closed_day(hours: BusinessHours, day: date) -> ClosedDay:
 
 
 def _facts(
-    now: datetime, channel: str, hours: BusinessHours, contact_zone: str | None
+    now: datetime,
+    channel: str,
+    hours: BusinessHours,
+    contact_zone: str | None,
+    valid_until: datetime,
+    min_validity_left: timedelta,
 ) -> MessageFacts:
     return MessageFacts(
         now=now,
         channel=channel,
         paused_by=None,
         responded=False,
-        valid_until=now + FAR_FUTURE,
+        valid_until=valid_until,
         step_deleted=False,
         has_address=True,
         unsubscribed=False,
@@ -108,4 +140,5 @@ def _facts(
         business_hours=hours,
         contact_zone=contact_zone,
         dnd=DndFacts(configured=False),
+        min_validity_left=min_validity_left,
     )

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import Select, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from dispatch_engine.models import Invite, Message
+from dispatch_engine.models import Dispatch, Invite, Message, Policy
 from dispatch_engine.store.paging import Key, Page, PageRequest, page_of
 
 PENDING_STATES = ("pending", "deferred", "held")
@@ -88,6 +88,19 @@ async def messages_of_invites(session: AsyncSession, invite_ids: Sequence[str]) 
         .order_by(Message.created_at, Message.position, Message.id)
     )
     return list(rows.scalars())
+
+
+async def business_rules_of_dispatches(
+    session: AsyncSession, dispatch_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """Dispatch id → the business rules of its policy (as stored), for the zone its
+    invites' windows are read in."""
+    rows = await session.execute(
+        select(Dispatch.id, Policy.business_rules)
+        .join(Policy, Policy.id == Dispatch.policy_id)
+        .where(Dispatch.id.in_(list(dispatch_ids)))
+    )
+    return {dispatch_id: rules for dispatch_id, rules in rows.all()}
 
 
 async def suppress_pending_messages(session: AsyncSession, invite_id: str, now: datetime) -> int:

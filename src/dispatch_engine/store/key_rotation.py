@@ -72,13 +72,14 @@ async def invites_to_rehash(
     session: AsyncSession, current_key_id: str, *, after: Any, limit: int
 ) -> Rows:
     """Up to `limit` invites that hold contact data and a hash under an old key, by id after
-    `after`: id, external_id, time_zone, the hashes, fatigue_lock, contact and their
-    policy's uuid_field."""
+    `after`: id, external_id, time_zone and its source, the hashes, fatigue_lock, contact
+    and their policy's uuid_field."""
     query = (
         select(
             Invite.id,
             Invite.external_id,
             Invite.time_zone,
+            Invite.time_zone_source,
             Invite.uuid_hash,
             Invite.email_hash,
             Invite.mobile_hash,

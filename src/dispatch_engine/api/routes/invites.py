@@ -14,13 +14,16 @@ from dispatch_engine.api.openapi import doc, problems
 from dispatch_engine.api.paging import PagerDep
 from dispatch_engine.errors import NotFound, ValidationFailed
 from dispatch_engine.models import Invite, Message
+from dispatch_engine.rules.zones import window_zone
 from dispatch_engine.schemas.common import UtcTime
 from dispatch_engine.schemas.invites import InviteOut, MessageOut
+from dispatch_engine.schemas.policies import BusinessRules
 from dispatch_engine.services.dispatches import get_dispatch
 from dispatch_engine.services.invite_report import stream_invites_csv
 from dispatch_engine.store.accounts import get_account
 from dispatch_engine.store.invites import (
     InviteFilter,
+    business_rules_of_dispatches,
     find_invite,
     invites_page,
     messages_of_invites,
@@ -29,7 +32,10 @@ from dispatch_engine.store.invites import (
 router = APIRouter(prefix="/v1/accounts/{account_id}/invites", tags=["invites"])
 
 
-def _invite_out(invite: Invite, messages: list[Message]) -> InviteOut:
+def _invite_out(invite: Invite, messages: list[Message], rules: BusinessRules) -> InviteOut:
+    zone, source = window_zone(
+        rules.time_zone, rules.use_contact_time_zone, invite.time_zone, invite.time_zone_source
+    )
     return InviteOut(
         id=invite.id,
         account=invite.account_id,
@@ -43,6 +49,8 @@ def _invite_out(invite: Invite, messages: list[Message]) -> InviteOut:
         end_reason=invite.end_reason,
         received_at=invite.received_at,
         valid_until=invite.valid_until,
+        time_zone=zone,
+        time_zone_source=source,
         first_sent_at=invite.first_sent_at,
         responded_at=invite.responded_at,
         contact_erased=invite.contact is None,
@@ -69,10 +77,14 @@ def _invite_out(invite: Invite, messages: list[Message]) -> InviteOut:
 
 async def _with_messages(session: SessionDep, invites: list[Invite]) -> list[InviteOut]:
     by_invite: dict[str, list[Message]] = defaultdict(list)
+    rules: dict[str, BusinessRules] = {}
     if invites:
         for message in await messages_of_invites(session, [i.id for i in invites]):
             by_invite[message.invite_id].append(message)
-    return [_invite_out(i, by_invite[i.id]) for i in invites]
+        stored = await business_rules_of_dispatches(session, list({i.dispatch_id for i in invites}))
+        rules = {dispatch: BusinessRules.model_validate(r) for dispatch, r in stored.items()}
+    default = BusinessRules()
+    return [_invite_out(i, by_invite[i.id], rules.get(i.dispatch_id, default)) for i in invites]
 
 
 @router.get(
@@ -85,9 +97,11 @@ async def _with_messages(session: SessionDep, invites: list[Invite]) -> list[Inv
         message of its lineup: state, due and scheduled times, when it was sent or decided,
         push attempts, and for a message not sent the `rule` and `reason` (`responded`,
         `unsubscribed`, `dnd`, `fatigue_pending_token`, `fatigue_max_invites`,
-        `token_expired`, `step_deleted`, `deferred_business_hours`, `paused`, …; see
-        docs/rule-pipeline.md). `contact_erased` tells whether the contact's details were
-        erased (once the invite can send nothing more). Any key that can see the account.
+        `token_expired`, `too_late`, `step_deleted`, `deferred_business_hours`, `paused`, …; see
+        docs/rule-pipeline.md). `time_zone` is the zone its business windows are read in
+        and `time_zone_source` where it comes from (`contact`, `phone_country` or
+        `policy`). `contact_erased` tells whether the contact's details were erased (once
+        the invite can send nothing more). Any key that can see the account.
         """
     ),
     responses=problems(401, 404, 422),

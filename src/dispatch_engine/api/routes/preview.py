@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter
@@ -10,9 +10,9 @@ from fastapi import APIRouter
 from dispatch_engine.api.deps import ReadActor, SessionDep
 from dispatch_engine.api.openapi import BODY, doc, problems
 from dispatch_engine.errors import ValidationFailed
-from dispatch_engine.rules.business_hours import window_zone
 from dispatch_engine.rules.delays import Delay
-from dispatch_engine.schemas.durations import format_delay, parse_delay
+from dispatch_engine.rules.zones import contact_zone, window_zone
+from dispatch_engine.schemas.durations import format_delay, parse_delay, parse_duration
 from dispatch_engine.schemas.policies import BusinessRules
 from dispatch_engine.schemas.preview import (
     PreviewClosedDay,
@@ -21,6 +21,8 @@ from dispatch_engine.schemas.preview import (
     PreviewOut,
     PreviewWindow,
 )
+from dispatch_engine.security.normalize import InvalidAddress, normalize_phone
+from dispatch_engine.security.phone_zones import phone_time_zone
 from dispatch_engine.services import policies as service
 from dispatch_engine.services.preview import preview_lineup
 from dispatch_engine.store.policies import live_lineup
@@ -49,9 +51,13 @@ def _valid_zone(name: str) -> bool:
         the closed dates or holidays it had to skip (`closed_days`). For the policy as
         saved, or for proposed settings in `policy` (lineup and business rules), so EM can
         show the effect before saving. `time_zone` is the contact's, used when the policy
-        evaluates windows in the contact's zone. Every time is given with the UTC offset of
-        the window's zone at that instant (so a time after a DST change shows the new
-        offset). Any key that can see the account.
+        evaluates windows in the contact's zone; without it, `mobile` gives the one zone of
+        its country, as at ingest; `time_zone` and `time_zone_source` in the answer say
+        which zone was used. With `token_validity` (a dispatch's), a message that would go
+        out with less than the policy's `min_validity_left` of it left is shown
+        `suppressed` (`too_late`) and ends the list, as it ends the invite. Every time is
+        given with the UTC offset of the window's zone at that instant (so a time after a
+        DST change shows the new offset). Any key that can see the account.
         """
     ),
     responses=problems(401, 404, *BODY),
@@ -63,6 +69,12 @@ async def preview_policy(
     for the saved policy or proposed settings. Uses the pipeline's rules; writes nothing."""
     if body.time_zone is not None and not _valid_zone(body.time_zone):
         raise ValidationFailed("time_zone", "not an IANA time zone")
+    phone_zone = None
+    if body.mobile is not None:
+        try:
+            phone_zone = phone_time_zone(normalize_phone(body.mobile))
+        except InvalidAddress as exc:
+            raise ValidationFailed("mobile", exc.reason) from None
     async with session.begin():
         policy = await service.get_policy(session, account_id, policy_id)
         saved = await live_lineup(session, policy.id)
@@ -78,17 +90,32 @@ async def preview_policy(
         rules = BusinessRules.model_validate(policy.business_rules)
         ids = [m.id for m in saved]
     hours = service.business_hours_of(rules)
-    zone = body.time_zone if rules.use_contact_time_zone else None
-    local = ZoneInfo(window_zone(hours, zone))
+    zone, source = window_zone(
+        rules.time_zone, rules.use_contact_time_zone, *contact_zone(body.time_zone, phone_zone)
+    )
+    local = ZoneInfo(zone)
 
     def shown(moment: datetime) -> datetime:
         """In the window's zone, with its offset at that instant (not the posting's)."""
         return moment.astimezone(local)
 
+    validity = body.token_validity
+    walk = preview_lineup(
+        body.posted_at,
+        steps,
+        hours,
+        zone if source != "policy" else None,
+        valid_until=body.posted_at + timedelta(seconds=parse_duration(validity))
+        if validity
+        else None,
+        min_validity_left=timedelta(seconds=parse_duration(rules.min_validity_left)),
+    )
     return PreviewOut(
         policy=policy.id,
         proposed=body.policy is not None,
         posted_at=shown(body.posted_at),
+        time_zone=zone,
+        time_zone_source=source,
         messages=[
             PreviewMessage(
                 position=step.position,
@@ -108,7 +135,8 @@ async def preview_policy(
                     PreviewClosedDay(date=closed.day, reason=closed.reason, name=closed.name)
                     for closed in step.closed_days
                 ],
+                suppressed=step.suppressed,
             )
-            for step in preview_lineup(body.posted_at, steps, hours, zone)
+            for step in walk
         ],
     )

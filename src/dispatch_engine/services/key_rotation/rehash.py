@@ -101,7 +101,8 @@ def _rehash_invite(
             row.uuid_hash,
             contact,
             external_id=row.external_id,
-            time_zone=row.time_zone,
+            # Only a zone the contact file gave was a column ingest could hash.
+            time_zone=row.time_zone if row.time_zone_source == "contact" else None,
             uuid_field=row.uuid_field,
         )
     for name in _HASH_COLUMNS:
