@@ -35,9 +35,15 @@ async def test_closed_dates_and_a_holiday_calendar_are_stored(
         client, acme, name="National", business_rules={"holidays": {"country": "FR"}}
     )
     assert national["business_rules"]["holidays"] == {"country": "FR"}
-    # A policy without them reads as before (no new keys).
+    # A policy without them reads as before: no closed_dates or holidays keys (min_validity_left
+    # is the too_late rule's, always there).
     plain = await create_policy(client, acme, name="Plain")
-    assert set(plain["business_rules"]) == {"time_zone", "days", "use_contact_time_zone"}
+    assert set(plain["business_rules"]) == {
+        "time_zone",
+        "days",
+        "use_contact_time_zone",
+        "min_validity_left",
+    }
 
 
 async def test_patch_replaces_closed_dates_and_the_calendar_whole(
