@@ -32,6 +32,7 @@ from dispatch_engine.models import (
     Incident,
     IncidentCommunication,
     Policy,
+    PolicyVersion,
 )
 from dispatch_engine.models.base import table_of
 from dispatch_engine.rules.delays import Delay
@@ -280,3 +281,66 @@ def test_0013_turns_whole_days_of_stored_delays_into_calendar_days(empty_url: st
     ]  # what the API showed before
     downgrade(empty_url, "0012")
     assert _run_sql(empty_url, _delays) == [(None, s) for s, _, _, _ in STORED_DELAYS]
+
+
+def _seed_policy_at_version_3(connection: Connection) -> None:
+    """A policy edited twice before versions were recorded; one of its steps deleted."""
+    at = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+    later = datetime(2026, 3, 5, 12, 0, tzinfo=UTC)
+    connection.execute(
+        insert(table_of(Account)).values(id="acme", name="Acme", created_at=at, updated_at=at)
+    )
+    connection.execute(
+        insert(table_of(Policy)).values(
+            id="pol_before0015", account_id="acme", name="NPS", name_key="nps",
+            status="paused", uuid_field="mobile", version=3,
+            fatigue={"pending_token": {"enabled": True}},
+            business_rules={"time_zone": "Europe/Berlin", "days": {"mon": []}},
+            dnd_webhooks={"email": "https://dnd.example.com/c?token=s3cr3t", "sms": None},
+            created_at=at, updated_at=later,
+        )
+    )  # fmt: skip
+    for mid, position, days, seconds, deleted in [
+        ("msg_1", 1, 0, 0, None),
+        ("msg_gone", None, 0, 3_600, later),
+        ("msg_2", 2, 1, 7_200, None),
+    ]:
+        connection.execute(
+            text(
+                "INSERT INTO lineup_messages (id, policy_id, position, channel, delay_days, "
+                "delay_seconds, created_at, deleted_at) VALUES (:id, 'pol_before0015', "
+                ":position, 'email', :days, :seconds, :at, :deleted)"
+            ),
+            {"id": mid, "position": position, "days": days, "seconds": seconds, "at": at,
+             "deleted": deleted},
+        )  # fmt: skip
+
+
+def _policy_versions(connection: Connection) -> list[dict[str, Any]]:
+    rows = connection.execute(
+        select(table_of(PolicyVersion)).order_by(text("policy_id, number"))
+    ).mappings()
+    return [dict(row) for row in rows]
+
+
+def test_0015_keeps_each_stored_policy_as_one_migrated_version(empty_url: str) -> None:
+    upgrade(empty_url, "0014")
+    _run_sql(empty_url, _seed_policy_at_version_3)
+    upgrade(empty_url)
+    [version] = _run_sql(empty_url, _policy_versions)
+    assert version["policy_id"] == "pol_before0015"
+    assert version["number"] == 3  # its current number: the next edit is version 4
+    assert version["change"] == "migrated" and version["key_id"] is None
+    assert version["created_at"] == datetime(2026, 3, 5, 12, 0, tzinfo=UTC)
+    snapshot = version["snapshot"]
+    assert (snapshot["name"], snapshot["status"], snapshot["deleted"]) == ("NPS", "paused", False)
+    assert snapshot["fatigue"]["uuid_field"] == "mobile"
+    assert snapshot["business_rules"]["time_zone"] == "Europe/Berlin"
+    assert snapshot["dnd_webhooks"] == {"email": "https://dnd.example.com/c?token=***"}
+    assert "s3cr3t" not in str(snapshot)
+    assert snapshot["lineup"] == [
+        {"id": "msg_1", "position": 1, "channel": "email", "delay": "PT0S"},
+        {"id": "msg_2", "position": 2, "channel": "email", "delay": "P1DT2H"},
+    ]
+    downgrade(empty_url, "0014")
+    assert "policy_versions" not in _inspect(empty_url)[0]

@@ -29,7 +29,7 @@ from dispatch_engine.models.invite import (
 )
 from dispatch_engine.models.outbox import LocalQueueMessage, OutboxEntry
 from dispatch_engine.models.pause import OperatorPause
-from dispatch_engine.models.policy import LineupMessage, Policy
+from dispatch_engine.models.policy import LineupMessage, Policy, PolicyVersion
 
 __all__ = [
     "Account",
@@ -58,6 +58,7 @@ __all__ = [
     "OperatorPause",
     "OutboxEntry",
     "Policy",
+    "PolicyVersion",
     "QueueIntegration",
     "RejectedRow",
     "Unsubscribe",

@@ -79,3 +79,22 @@ class LineupMessage(Base):
     @delay.setter
     def delay(self, value: Delay) -> None:
         self.delay_days, self.delay_seconds = value.days, value.seconds
+
+
+class PolicyVersion(Base):
+    """One immutable version of a policy: what it was after change `number` (the policy's
+    `version`, its ETag, after that change), who made it and which change it was.
+
+    `snapshot` is the policy as the API shows it, without what derives from it (checks,
+    totals) and without secrets (DND webhook URLs keep their query names, not values)."""
+
+    __tablename__ = "policy_versions"
+
+    policy_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("policies.id", ondelete="CASCADE"), primary_key=True
+    )
+    number: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    created_at: Mapped[datetime]
+    key_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    change: Mapped[str] = mapped_column(String(64))
+    snapshot: Mapped[dict[str, Any]]

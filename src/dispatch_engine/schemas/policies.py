@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     BaseModel,
@@ -15,9 +18,10 @@ from pydantic import (
     field_validator,
 )
 
+from dispatch_engine.rules.delays import Delay
 from dispatch_engine.rules.holiday_calendars import canonical_country, canonical_subdivision
 from dispatch_engine.schemas.common import Duration, StrictModel
-from dispatch_engine.schemas.durations import format_duration, parse_duration
+from dispatch_engine.schemas.durations import format_delay, format_duration, parse_duration
 
 Channel = Literal["email", "sms"]
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -316,4 +320,120 @@ class PolicyOut(BaseModel):
     updated_at: datetime
     paused_dispatches: list[str] | None = Field(
         default=None, description="Dispatches this change paused (mutations only)."
+    )
+
+
+# --- versions -------------------------------------------------------------------------------
+
+MASK = "***"
+
+
+def masked_url(url: str) -> str:
+    """A webhook URL without the values of its query (where tokens travel): `?key=***`.
+    Credentials in the URL are refused when it is set (security/ssrf.py), fragments
+    dropped, so the query is the one place a secret can hide."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    names = [item.split("=", 1)[0] for item in parts.query.split("&") if item]
+    query = "&".join(f"{name}={MASK}" for name in names)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+
+
+@dataclass(frozen=True)
+class StepState:
+    """One live lineup step as a version keeps it."""
+
+    id: str
+    position: int
+    channel: str
+    delay: Delay
+
+
+def _section(model: type[BaseModel], stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored JSON section as the API shows it (defaults filled, nulls left out); as
+    stored if it no longer validates (rows older than a rule)."""
+    try:
+        return model.model_validate(dict(stored)).model_dump(mode="json", exclude_none=True)
+    except ValueError:
+        return {name: value for name, value in stored.items() if value is not None}
+
+
+def version_snapshot(
+    *,
+    name: str,
+    sandbox: bool,
+    status: str,
+    deleted: bool,
+    uuid_field: str,
+    fatigue: Mapping[str, Any],
+    business_rules: Mapping[str, Any],
+    dnd_webhooks: Mapping[str, Any],
+    lineup: Sequence[StepState],
+) -> dict[str, Any]:
+    """What a policy version keeps: the settings as the API shows them, without what
+    derives from them (checks, delays in seconds, the total delay), the version and times
+    (the version row has them), and secrets (DND URLs' query values are masked).
+
+    One pure function for the service and for migration 0015, so both write one shape."""
+    return {
+        "name": name,
+        "sandbox": sandbox,
+        "status": status,
+        "deleted": deleted,
+        "fatigue": _section(FatigueRules, {**fatigue, "uuid_field": uuid_field}),
+        "business_rules": _section(BusinessRules, business_rules),
+        "dnd_webhooks": {
+            channel: masked_url(dnd_webhooks[channel])
+            for channel in ("email", "sms")
+            if dnd_webhooks.get(channel)
+        },
+        "lineup": [
+            {
+                "id": step.id,
+                "position": step.position,
+                "channel": step.channel,
+                "delay": format_delay(step.delay),
+            }
+            for step in lineup
+        ],
+    }
+
+
+class PolicyVersionSummary(BaseModel):
+    number: int = Field(
+        description="The policy's `version` (its ETag) right after this change.", examples=[3]
+    )
+    created_at: datetime = Field(description="When the change was made.")
+    key_id: str | None = Field(
+        description="The API key that made it, as the audit log names it (None when no "
+        "key did, e.g. versions written by a migration).",
+        examples=["key_06h23yvjjn3f9a"],
+    )
+    change: str = Field(
+        description="What kind of change it was, as the audit log's action names it "
+        "(`policy.create`, `policy.update`, `policy.lineup.insert` …); `migrated` for "
+        "the state a policy had when versions began to be recorded.",
+        examples=["policy.update"],
+    )
+
+
+class VersionChange(BaseModel):
+    path: str = Field(
+        description="JSON Pointer into the snapshot (list items by 0-based index).",
+        examples=["/business_rules/days/mon"],
+    )
+    before: Any = Field(default=None, description="The value in version n-1 (null: absent).")
+    after: Any = Field(default=None, description="The value in this version (null: absent).")
+
+
+class PolicyVersionOut(PolicyVersionSummary):
+    snapshot: dict[str, Any] = Field(
+        description="The policy's settings in this version: name, sandbox, status, "
+        "deleted, fatigue, business_rules, dnd_webhooks (query values masked as `***`) "
+        "and the lineup (id, position, channel, delay)."
+    )
+    diff: list[VersionChange] | None = Field(
+        description="What changed since version n-1; null when there is none (version 1, "
+        "or the first version kept of a policy older than versions)."
     )

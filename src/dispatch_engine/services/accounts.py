@@ -9,7 +9,7 @@ from dispatch_engine.db.session import AsyncSession, IntegrityError
 from dispatch_engine.errors import Conflict, ValidationFailed
 from dispatch_engine.models import Account
 from dispatch_engine.schemas.accounts import AccountCreate, AccountOut
-from dispatch_engine.services.policies import new_sandbox_policy
+from dispatch_engine.services.policies import new_sandbox_policy, record_version
 from dispatch_engine.store.accounts import find_account, get_account
 
 
@@ -32,7 +32,10 @@ def account_snapshot(account: Account) -> dict[str, Any]:
     return account_out(account).model_dump(mode="json")
 
 
-async def create_account(session: AsyncSession, body: AccountCreate, now: datetime) -> Account:
+async def create_account(
+    session: AsyncSession, body: AccountCreate, now: datetime, key_id: str | None = None
+) -> Account:
+    """The account and its sandbox policy, whose version 1 `key_id` made."""
     if await find_account(session, body.id) is not None:
         raise Conflict(
             f"account '{body.id}' already exists", slug="account-exists", field_name="id"
@@ -54,7 +57,10 @@ async def create_account(session: AsyncSession, body: AccountCreate, now: dateti
         raise Conflict(
             f"account '{body.id}' already exists", slug="account-exists", field_name="id"
         ) from None
-    session.add(new_sandbox_policy(account.id, now))
+    sandbox = new_sandbox_policy(account.id, now)
+    session.add(sandbox)
+    await session.flush()
+    record_version(session, sandbox, [], "account.create", key_id, now)
     await session.flush()
     return account
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -11,7 +12,7 @@ from pydantic_core import ErrorDetails
 
 from dispatch_engine.db.session import AsyncSession
 from dispatch_engine.errors import Conflict, FieldError, InvalidFields, NotFound, ValidationFailed
-from dispatch_engine.models import LineupMessage, Policy, new_id
+from dispatch_engine.models import LineupMessage, Policy, PolicyVersion, new_id
 from dispatch_engine.rules.business_hours import (
     BusinessHours,
     BusinessHoursError,
@@ -19,6 +20,7 @@ from dispatch_engine.rules.business_hours import (
     window_zone,
 )
 from dispatch_engine.rules.delays import Delay, due_time
+from dispatch_engine.rules.json_diff import json_diff
 from dispatch_engine.rules.lineup import delay_problems, validity_problem
 from dispatch_engine.schemas.durations import format_delay, parse_delay, parse_duration
 from dispatch_engine.schemas.policies import (
@@ -29,6 +31,11 @@ from dispatch_engine.schemas.policies import (
     LineupMessageOut,
     PolicyCreate,
     PolicyOut,
+    PolicyVersionOut,
+    PolicyVersionSummary,
+    StepState,
+    VersionChange,
+    version_snapshot,
 )
 from dispatch_engine.security.ssrf import UnsafeUrlError, UrlPolicy, validate_url
 from dispatch_engine.services.dispatch_pauses import (
@@ -40,7 +47,13 @@ from dispatch_engine.store import policies as store
 from dispatch_engine.store.accounts import get_account
 from dispatch_engine.store.dispatches import dispatches_of_policy, pause_active_dispatches
 from dispatch_engine.store.integrations import find_integration
+from dispatch_engine.store.paging import Page, PageRequest
 from dispatch_engine.store.pauses import release_held_of_policy
+from dispatch_engine.store.policy_versions import (
+    add_policy_version,
+    find_policy_version,
+    versions_of_policy,
+)
 
 SANDBOX_NAME = "Sandbox"
 SectionT = TypeVar("SectionT", FatigueRules, BusinessRules, DndWebhooks)
@@ -184,6 +197,86 @@ def policy_out(
 def policy_snapshot(policy: Policy, lineup: Sequence[LineupMessage]) -> dict[str, Any]:
     """What the audit log keeps of a policy (JSON-safe)."""
     return policy_out(policy, lineup).model_dump(mode="json", exclude={"paused_dispatches"})
+
+
+# --- versions -------------------------------------------------------------------------------
+
+
+def snapshot_of(policy: Policy, lineup: Sequence[LineupMessage]) -> dict[str, Any]:
+    """What a version of the policy keeps (schemas.policies.version_snapshot)."""
+    return version_snapshot(
+        name=policy.name,
+        sandbox=policy.is_sandbox,
+        status=policy.status,
+        deleted=policy.deleted_at is not None,
+        uuid_field=policy.uuid_field,
+        fatigue=policy.fatigue,
+        business_rules=policy.business_rules,
+        dnd_webhooks=policy.dnd_webhooks,
+        lineup=[StepState(m.id, m.position or 0, m.channel, m.delay) for m in lineup],
+    )
+
+
+def record_version(
+    session: AsyncSession,
+    policy: Policy,
+    lineup: Sequence[LineupMessage],
+    change: str,
+    key_id: str | None,
+    now: datetime,
+) -> None:
+    """Keep the policy as it is now as version `policy.version`, in the change's own
+    transaction. Every change of a policy bumps `version` (`_touch`) and ends here: the
+    routes call it with the audit record (api/routes/policies.py `_record`), account
+    creation for its sandbox's version 1."""
+    add_policy_version(
+        session,
+        policy_id=policy.id,
+        number=policy.version,
+        created_at=now,
+        key_id=key_id,
+        change=change,
+        snapshot=snapshot_of(policy, lineup),
+    )
+
+
+def version_summary(version: PolicyVersion) -> PolicyVersionSummary:
+    return PolicyVersionSummary(
+        number=version.number,
+        created_at=version.created_at,
+        key_id=version.key_id,
+        change=version.change,
+    )
+
+
+async def list_versions(
+    session: AsyncSession, account_id: str, policy_id: str, page: PageRequest
+) -> Page:
+    """A page of a live policy's versions, newest first; 404 for another account's."""
+    policy = await get_policy(session, account_id, policy_id)
+    return await versions_of_policy(session, policy.id, page)
+
+
+async def get_version(
+    session: AsyncSession, account_id: str, policy_id: str, number: int
+) -> PolicyVersionOut:
+    """Version `number` of a live policy with what changed since version `number - 1`."""
+    policy = await get_policy(session, account_id, policy_id)
+    version = await find_policy_version(session, policy.id, number)
+    if version is None:
+        raise NotFound(f"version {number} of policy '{policy_id}'")
+    previous = await find_policy_version(session, policy.id, number - 1) if number > 1 else None
+    diff = (
+        None
+        if previous is None
+        else [
+            VersionChange(**asdict(change))
+            for change in json_diff(previous.snapshot, version.snapshot)
+        ]
+    )
+    return PolicyVersionOut(
+        **version_summary(version).model_dump(), snapshot=version.snapshot, diff=diff
+    )
 
 
 # --- writes ---------------------------------------------------------------------------------

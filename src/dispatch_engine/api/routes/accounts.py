@@ -53,7 +53,7 @@ async def create_account(
     """Create an account; its sandbox policy is created with it."""
     require_account(actor.principal, body.id, *CONFIG_ROLES)
     async with session.begin():
-        account = await service.create_account(session, body, actor.now())
+        account = await service.create_account(session, body, actor.now(), actor.principal.key_id)
         out = service.account_out(account)
         actor.audit(
             session,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Header, Response, status
+from fastapi import APIRouter, Body, Header, Path, Response, status
 
 from dispatch_engine.api.deps import (
     Actor,
@@ -25,6 +25,8 @@ from dispatch_engine.schemas.policies import (
     PolicyCreate,
     PolicyOut,
     PolicyPatch,
+    PolicyVersionOut,
+    PolicyVersionSummary,
 )
 from dispatch_engine.services import policies as service
 from dispatch_engine.services.etags import check_if_match, check_version, etag
@@ -43,10 +45,20 @@ async def _out(
     return out
 
 
-async def _audit(
-    actor: Actor, session: SessionDep, action: str, policy: Policy, before: dict[str, object] | None
+async def _record(
+    actor: Actor,
+    session: SessionDep,
+    action: str,
+    policy: Policy,
+    before: dict[str, object] | None,
+    *,
+    after: dict[str, object] | None = None,
+    incident: str | None = None,
 ) -> None:
-    after = service.policy_snapshot(policy, await live_lineup(session, policy.id))
+    """The one place every change of a policy ends: its audit record (`after` defaults to
+    the policy's snapshot) and its new version (number = `policy.version`), in the
+    change's transaction."""
+    lineup = await live_lineup(session, policy.id)
     actor.audit(
         session,
         action,
@@ -54,8 +66,10 @@ async def _audit(
         policy.id,
         account_id=policy.account_id,
         before=before,
-        after=after,
+        after=service.policy_snapshot(policy, lineup) if after is None else after,
+        incident=incident,
     )
+    service.record_version(session, policy, lineup, action, actor.principal.key_id, actor.now())
 
 
 async def _snapshot(session: SessionDep, policy: Policy) -> dict[str, object]:
@@ -125,7 +139,7 @@ async def create_policy(
         policy, _ = await service.create_policy(
             session, account_id, body, actor.context.url_policy, actor.now()
         )
-        await _audit(actor, session, "policy.create", policy, None)
+        await _record(actor, session, "policy.create", policy, None)
         response.headers["Location"] = f"/v1/accounts/{account_id}/policies/{policy.id}"
         return await _out(session, policy, response)
 
@@ -197,7 +211,7 @@ async def patch_policy(
             actor.context.url_policy,
             actor.now(),
         )
-        await _audit(actor, session, "policy.update", policy, before)
+        await _record(actor, session, "policy.update", policy, before)
         return await _out(session, policy, response)
 
 
@@ -238,13 +252,12 @@ async def delete_policy(
         check_if_match(if_match, policy.version)
         before = await _snapshot(session, policy)
         paused = await service.delete_policy(session, policy, actor.now())
-        actor.audit(
+        await _record(
+            actor,
             session,
             "policy.delete",
-            "policy",
-            policy.id,
-            account_id=account_id,
-            before=before,
+            policy,
+            before,
             after={"deleted": True, "paused_dispatches": paused},
         )
         return await _out(session, policy, response, paused)
@@ -263,21 +276,28 @@ async def _set_status(
     async with session.begin():
         policy = await service.get_policy(session, account_id, policy_id, lock=True)
         await check_incident_reference(session, request.incident)
-        before = {"status": policy.status}
+        before: dict[str, object] = {"status": policy.status}
+        version = policy.version
         await service.set_policy_status(session, policy, new_status, actor.now())
         after: dict[str, Any] = {"status": policy.status}
         if request.reason is not None:
             after["reason"] = request.reason
-        actor.audit(
-            session,
-            f"policy.{'pause' if new_status == 'paused' else 'resume'}",
-            "policy",
-            policy.id,
-            account_id=account_id,
-            before=before,
-            incident=request.incident,
-            after=after,
-        )
+        action = f"policy.{'pause' if new_status == 'paused' else 'resume'}"
+        if policy.version != version:
+            await _record(
+                actor, session, action, policy, before, after=after, incident=request.incident
+            )
+        else:  # pausing a paused policy changes nothing: audited, no new version
+            actor.audit(
+                session,
+                action,
+                "policy",
+                policy.id,
+                account_id=account_id,
+                before=before,
+                incident=request.incident,
+                after=after,
+            )
         return await _out(session, policy, response)
 
 
@@ -369,7 +389,7 @@ async def copy_to_sandbox(
     async with session.begin():
         source = await service.get_policy(session, account_id, policy_id, lock=True)
         sandbox, paused = await service.copy_to_sandbox(session, source, actor.now())
-        await _audit(actor, session, "policy.copy_to_sandbox", sandbox, {"source": source.id})
+        await _record(actor, session, "policy.copy_to_sandbox", sandbox, {"source": source.id})
         return await _out(session, sandbox, response, paused)
 
 
@@ -408,7 +428,7 @@ async def insert_lineup_message(
         message, paused = await service.insert_lineup_message(
             session, policy, body.channel, parse_delay(body.delay), body.position, actor.now()
         )
-        await _audit(actor, session, "policy.lineup.insert", policy, before)
+        await _record(actor, session, "policy.lineup.insert", policy, before)
         response.headers["Location"] = (
             f"/v1/accounts/{account_id}/policies/{policy_id}/lineup/{message.id}"
         )
@@ -453,7 +473,7 @@ async def edit_lineup_message(
         paused = await service.edit_lineup_message(
             session, policy, message, body.channel, delay, actor.now()
         )
-        await _audit(actor, session, "policy.lineup.update", policy, before)
+        await _record(actor, session, "policy.lineup.update", policy, before)
         return await _out(session, policy, response, paused)
 
 
@@ -489,5 +509,62 @@ async def delete_lineup_message(
         check_if_match(if_match, policy.version)
         before = await _snapshot(session, policy)
         await service.delete_lineup_message(session, policy, message, actor.now())
-        await _audit(actor, session, "policy.lineup.delete", policy, before)
+        await _record(actor, session, "policy.lineup.delete", policy, before)
         return await _out(session, policy, response, [])
+
+
+@router.get(
+    "/{policy_id}/versions",
+    response_model=list[PolicyVersionSummary],
+    summary="List a policy's versions",
+    description=doc(
+        """
+        Every change of the policy made a new, immutable version (its settings, lineup
+        included, as they were right after the change); this lists them **newest first**,
+        a page at a time: each one's `number` (the policy's `version`, its ETag, after the
+        change), `created_at`, the `key_id` that made it and the `change` (the audit
+        action: `policy.create`, `policy.update`, `policy.lineup.insert` …; `migrated` for
+        the state a policy had when versions began). `GET …/versions/{number}` shows one.
+        Deleted policies are 404. Any key that can see the account.
+        """
+    ),
+    responses=problems(401, 404, 422),
+)
+async def list_policy_versions(
+    account_id: str, policy_id: str, actor: ReadActor, session: SessionDep, pager: PagerDep
+) -> list[PolicyVersionSummary]:
+    """The policy's versions, newest first."""
+    async with session.begin():
+        versions, next_cursor = await service.list_versions(
+            session, account_id, policy_id, pager.page
+        )
+    pager.next_page(next_cursor)
+    return [service.version_summary(v) for v in versions]
+
+
+@router.get(
+    "/{policy_id}/versions/{number}",
+    response_model=PolicyVersionOut,
+    summary="Get a policy version",
+    description=doc(
+        """
+        One version of the policy: its `snapshot` (name, status, fatigue, business rules,
+        DND webhooks with the values of their query masked, the lineup with ids,
+        positions, channels and delays) and its `diff` against version `number - 1`: a
+        list of `{path, before, after}`, paths as JSON Pointers into the snapshot
+        (`/business_rules/days/mon`, `/lineup/1/delay`, list items by 0-based index).
+        `diff` is null when there is no previous version. 404 for a number the policy
+        never had. Any key that can see the account.
+        """
+    ),
+    responses=problems(401, 404, 422),
+)
+async def get_policy_version(
+    account_id: str,
+    policy_id: str,
+    actor: ReadActor,
+    session: SessionDep,
+    number: int = Path(ge=1, le=2**31 - 1, description="The version's number."),
+) -> PolicyVersionOut:
+    async with session.begin():
+        return await service.get_version(session, account_id, policy_id, number)
