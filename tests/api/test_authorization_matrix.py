@@ -37,6 +37,8 @@ ROUTES: list[tuple[str, str, Any, set[str], bool]] = [
     ("GET", "/v1/accounts/{account}/policies", None, READ, True),
     ("POST", "/v1/accounts/{account}/policies", {"name": "P-{role}"}, CONFIG, True),
     ("GET", "/v1/accounts/{account}/policies/{policy}", None, READ, True),
+    ("GET", "/v1/accounts/{account}/policies/{policy}/versions", None, READ, True),
+    ("GET", "/v1/accounts/{account}/policies/{policy}/versions/{version}", None, READ, True),
     ("PATCH", "/v1/accounts/{account}/policies/{policy}", {"name": "x"}, CONFIG, True),
     ("DELETE", "/v1/accounts/{account}/policies/{policy}", None, CONFIG, True),
     ("POST", "/v1/accounts/{account}/policies/{policy}/pause", None, CONTROL, True),
@@ -218,7 +220,8 @@ async def test_every_route_is_in_the_matrix(context: AppContext) -> None:
          .replace("{spare_key}", "{key_id}").replace("{batch}", "{batch_id}")
          .replace("{invite}", "{invite_id}").replace("{pause}", "{pause_id}")
          .replace("{resolved_incident}", "{incident_id}").replace("{incident}", "{incident_id}")
-         .replace("{webhook}", "{webhook_id}").split("?")[0])
+         .replace("{webhook}", "{webhook_id}").replace("{version}", "{number}")
+             .split("?")[0])
         for m, p, *_ in ROUTES
     }  # fmt: skip
     assert declared == templated
@@ -320,6 +323,7 @@ async def test_authorization_matrix(
             "resolved_incident": resolved,
             "webhook": await _webhook(client, admin) if "{webhook}" in template else "",
             "role": role,
+            "version": "1",
         }
         path = _fill(template, ids)
         # A stale If-Match: edits that honour it stop at 412, past authorisation, and leave
