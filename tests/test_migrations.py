@@ -280,3 +280,26 @@ def test_0013_turns_whole_days_of_stored_delays_into_calendar_days(empty_url: st
     ]  # what the API showed before
     downgrade(empty_url, "0012")
     assert _run_sql(empty_url, _delays) == [(None, s) for s, _, _, _ in STORED_DELAYS]
+
+
+def test_decision_trace_table_and_its_lookup_index(empty_url: str) -> None:
+    """0016: message_decisions with its (invite_id, at) index; downgrading drops it."""
+
+    def indexes(connection: Connection) -> dict[str, list[str | None]]:
+        found = inspect(connection).get_indexes("message_decisions")
+        return {i["name"]: list(i["column_names"]) for i in found if i["name"]}
+
+    async def go() -> dict[str, list[str | None]]:
+        engine = build_engine(empty_url)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(indexes)
+        finally:
+            await engine.dispose()
+
+    upgrade(empty_url)
+    assert asyncio.run(go()) == {"ix_message_decisions_invite_at": ["invite_id", "at"]}
+    downgrade(empty_url, "-1")
+    assert "message_decisions" not in _inspect(empty_url)[0]
+    upgrade(empty_url)
+    assert "message_decisions" in _inspect(empty_url)[0]
