@@ -199,3 +199,20 @@ async def test_retention_keeps_recent_decisions(
     await worker.maintain()
     ann = await api.invite(dispatch, "ann")
     assert [d["kind"] for d in await _trace(api, ann["id"])] == ["sent"]
+
+
+async def test_token_expiry_suppression_is_traced(
+    api: Api, worker: Worker, clock: FrozenClock, context: AppContext, operator: dict[str, str]
+) -> None:
+    policy = await api.policy("Expiring", [EMAIL])
+    dispatch = await api.dispatch(policy, validity="P1D")
+    await api.control(f"dispatches/{dispatch['id']}/pause", operator)
+    await api.post(dispatch, contact(ANN, "ann"))
+    await tick(worker)
+    clock.advance(timedelta(days=2))
+    await worker.maintain()
+    ann = await api.invite(dispatch, "ann")
+    trace = await _trace(api, ann["id"])
+    assert _kinds(trace) == [("held", "paused"), ("suppressed", "token_expired")]
+    assert trace[1]["worker"] == context.settings.worker_id  # the maintenance job's
+    assert trace[1]["policy_version"] == policy["version"]

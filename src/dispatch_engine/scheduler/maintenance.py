@@ -15,9 +15,10 @@ ERASE_BATCH = 5_000
 PRUNE_BATCH = 10_000
 
 
-async def expire_tokens(session: AsyncSession, now: datetime) -> int:
-    """Invites whose token expired: waiting messages end `token_expired`, rule 1 lets go."""
-    await retention.suppress_waiting_of_expired_invites(session, now)
+async def expire_tokens(session: AsyncSession, now: datetime, worker: str | None = None) -> int:
+    """Invites whose token expired: waiting messages end `token_expired` (traced as by
+    `worker`), rule 1 lets go."""
+    await retention.suppress_waiting_of_expired_invites(session, now, worker)
     return await retention.expire_invites(session, now)
 
 

@@ -77,7 +77,7 @@ class Worker:
         now = self.context.clock.now()
         delayed_after = timedelta(seconds=self.context.settings.delayed_after_seconds)
         async with self.context.sessions() as session, session.begin():
-            await expire_tokens(session, now)
+            await expire_tokens(session, now, self.context.settings.worker_id)
             await mark_delayed(session, now, delayed_after)
             await batches.interrupt_expired(session, now)
         for _ in range(MAX_ROUNDS_PER_TICK):

@@ -23,8 +23,11 @@ KEEPS_CONTACT = ("pending", "deferred", "held", "failed", "delayed")
 # --- token expiry -------------------------------------------------------------------------
 
 
-async def suppress_waiting_of_expired_invites(session: AsyncSession, now: datetime) -> None:
-    """Waiting messages of invites whose token expired end `token_expired` (claim cleared)."""
+async def suppress_waiting_of_expired_invites(
+    session: AsyncSession, now: datetime, worker: str | None = None
+) -> None:
+    """Waiting messages of invites whose token expired end `token_expired` (claim cleared),
+    each with its `suppressed` decision in the trace."""
     expired = select(Invite.id).where(
         Invite.valid_until <= now, Invite.state.in_(("active", "completed"))
     )
@@ -36,6 +39,7 @@ async def suppress_waiting_of_expired_invites(session: AsyncSession, now: dateti
         Message.state.in_(WAITING),
         rule="token_expired",
         reason="token_expired",
+        worker=worker,
     )
     await session.execute(
         update(Message)
