@@ -344,3 +344,26 @@ def test_0015_keeps_each_stored_policy_as_one_migrated_version(empty_url: str) -
     ]
     downgrade(empty_url, "0014")
     assert "policy_versions" not in _inspect(empty_url)[0]
+
+
+def test_decision_trace_table_and_its_lookup_index(empty_url: str) -> None:
+    """0016: message_decisions with its (invite_id, at) index; downgrading drops it."""
+
+    def indexes(connection: Connection) -> dict[str, list[str | None]]:
+        found = inspect(connection).get_indexes("message_decisions")
+        return {i["name"]: list(i["column_names"]) for i in found if i["name"]}
+
+    async def go() -> dict[str, list[str | None]]:
+        engine = build_engine(empty_url)
+        try:
+            async with engine.connect() as connection:
+                return await connection.run_sync(indexes)
+        finally:
+            await engine.dispose()
+
+    upgrade(empty_url)
+    assert asyncio.run(go()) == {"ix_message_decisions_invite_at": ["invite_id", "at"]}
+    downgrade(empty_url, "-1")
+    assert "message_decisions" not in _inspect(empty_url)[0]
+    upgrade(empty_url)
+    assert "message_decisions" in _inspect(empty_url)[0]

@@ -98,6 +98,11 @@ class Settings(BaseSettings):
     sqs_concurrency: int = Field(default=8, ge=1, le=256)
     delayed_after_seconds: int = Field(default=900, ge=1)
     maintenance_interval_seconds: float = Field(default=60.0, gt=0)
+    decision_retention_days: int = Field(
+        default=90,
+        ge=0,
+        description="Days the decision trace (message_decisions) is kept; 0 keeps it forever.",
+    )
     upload_batch_rows: int = Field(default=10_000, ge=1, le=50_000)
     upload_lease_seconds: int = Field(
         default=30,

@@ -198,6 +198,14 @@ async def test_relay_removes_only_what_the_queue_acknowledged(
     assert (gave_up.attempts, gave_up.last_error) == (1, "ServiceUnavailable")
     assert gave_up.failed_at is not None
     assert first(await api.invite(dispatch, "cat"))["state"] == "failed"
+    # The decision trace keeps a slug, not the queue's error text.
+    cat_id = (await api.invite(dispatch, "cat"))["id"]
+    trace = first(await api.call("GET", f"{api.base}/invites/{cat_id}"))["decisions"]
+    assert [(d["kind"], d["rule"], d["reason"]) for d in trace] == [
+        ("sent", None, None),
+        ("failed", "queue", "push_failed"),
+    ]
+    assert trace[1]["worker"] == context.settings.worker_id
 
     sender.retry.clear()
     clock.advance(timedelta(minutes=10))  # past Bob's backoff

@@ -115,13 +115,26 @@ async def insert_rows(session: AsyncSession, table: Table, rows: Sequence[dict[s
         await session.execute(table.insert(), list(rows))
         return
     columns = list(rows[0])
+    record = itemgetter(*columns)  # one C call per row (a 1-tuple needs wrapping)
+    records = (
+        [record(row) for row in rows] if len(columns) > 1 else [(record(row),) for row in rows]
+    )
+    await insert_records(session, table, columns, records)
+
+
+async def insert_records(
+    session: AsyncSession, table: Table, columns: Sequence[str], records: Sequence[tuple[Any, ...]]
+) -> None:
+    """`insert_rows` for rows already built as tuples in `columns` order (a hot path's rows:
+    no dict per row): COPY on PostgreSQL, executemany else."""
+    if not records:
+        return
+    if dialect_of(session) != "postgresql":
+        await session.execute(table.insert(), [dict(zip(columns, r, strict=True)) for r in records])
+        return
     driver = await asyncpg_connection(session)
     try:
-        record = itemgetter(*columns)  # one C call per row (a 1-tuple needs wrapping)
-        records = (
-            [record(row) for row in rows] if len(columns) > 1 else [(record(row),) for row in rows]
-        )
-        await driver.copy_records_to_table(table.name, records=records, columns=columns)
+        await driver.copy_records_to_table(table.name, records=records, columns=list(columns))
     except asyncpg.IntegrityConstraintViolationError as exc:
         # Same exception types as the ORM paths, so callers retry races in one place.
         raise IntegrityError(f"COPY {table.name}", None, exc) from exc

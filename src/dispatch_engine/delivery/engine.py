@@ -25,6 +25,7 @@ from dispatch_engine.delivery.facts import (
     DndSettings,
     contact_zone_for,
     message_facts,
+    policy_of,
     step_facts,
 )
 from dispatch_engine.models import (
@@ -41,6 +42,7 @@ from dispatch_engine.rules.fatigue import fatigue_lock_key
 from dispatch_engine.rules.pipeline import MessageFacts, decide, needs_dnd_check
 from dispatch_engine.schemas.queue_message import encode_invitation, format_utc
 from dispatch_engine.security.sealing import open_contact
+from dispatch_engine.store.decisions import insert_decisions
 from dispatch_engine.store.lookups import (
     BatchFacts,
     dnd_webhooks_of_dispatches,
@@ -433,6 +435,10 @@ class _BatchWriter:
         self.sent_at = format_utc(now)  # the whole batch goes out at this instant
         self.next_steps: dict[tuple[str, int], LineupMessage | None] = {}
         self.utc_texts: dict[datetime, str] = {}  # due times, formatted (a batch shares few)
+        # The trace: one tuple per decision, in `store.decisions.COLUMNS` order.
+        self.decisions: list[tuple[Any, ...]] = []
+        self.worker = context.settings.worker_id
+        self.versions: dict[str, int] = {}  # dispatch id → the version of its policy
 
     def _invite_update(self, invite: Invite, **values: Any) -> None:
         self.invite_updates.setdefault(invite.id, {"id": invite.id}).update(values)
@@ -443,12 +449,28 @@ class _BatchWriter:
         if outcome != "held":
             self.claim_lags.append(max(0.0, (self.now - message.not_before).total_seconds()))
 
+    def _trace(
+        self,
+        message: Message,
+        kind: str,
+        rule: str | None,
+        reason: str | None,
+        until: datetime | None = None,
+    ) -> None:
+        """The decision's row in the trace (written with the batch, one COPY)."""
+        version = self.versions.get(message.dispatch_id)
+        if version is None:
+            version = policy_of(self.facts, message).version
+            self.versions[message.dispatch_id] = version
+        row = (message.id, message.invite_id, self.now, kind, rule, reason, until, version)
+        self.decisions.append((*row, self.worker))
+
     def apply(self, message: Message, decision: Decision) -> None:
         base = {
             "id": message.id,
             "claim_token": None,
             "lease_until": None,
-            "handled_by": self.context.settings.worker_id,
+            "handled_by": self.worker,
         }
         invite = self.facts.invites[message.invite_id]
         if isinstance(decision, Pass):
@@ -466,6 +488,7 @@ class _BatchWriter:
                 }
             )
             self._count(message, "sent", None)
+            self._trace(message, "sent", None, None)
             self._schedule_next(message, invite)
         elif isinstance(decision, Suppress):
             self.message_updates.append(
@@ -481,6 +504,7 @@ class _BatchWriter:
                 }
             )
             self._count(message, "suppressed", decision.reason)
+            self._trace(message, "suppressed", decision.rule, decision.reason)
             if decision.next_step:
                 self._schedule_next(message, invite)
             else:
@@ -500,6 +524,7 @@ class _BatchWriter:
                 }
             )
             self._count(message, "deferred", decision.reason)
+            self._trace(message, "deferred", decision.rule, decision.reason, decision.until)
         elif isinstance(decision, Hold):
             self.message_updates.append(
                 {
@@ -514,6 +539,7 @@ class _BatchWriter:
                 }
             )
             self._count(message, "held", decision.reason)
+            self._trace(message, "held", decision.rule, decision.reason)
 
     def _send(self, message: Message, invite: Invite) -> None:
         dispatch = self.facts.dispatches[message.dispatch_id]
@@ -644,6 +670,7 @@ class _BatchWriter:
         await insert_messages(session, self.new_messages)
         await insert_outbox(session, self.outbox)
         await insert_ledger(session, self.ledger)
+        await insert_decisions(session, self.decisions)
         await self._flush_invites(session)
 
     async def _flush_invites(self, session: AsyncSession) -> None:

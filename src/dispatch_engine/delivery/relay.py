@@ -332,5 +332,7 @@ class OutboxRelay:
                 await message_store.mark_sent_again(session, [r.message_id for r in delivered])
         await outbox.write_back(session, token, retry)  # the claim ends with it
         if failed_messages:
-            await message_store.mark_failed(session, failed_messages)
+            await message_store.mark_failed(
+                session, failed_messages, now, self.context.settings.worker_id
+            )
         return result

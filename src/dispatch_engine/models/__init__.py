@@ -4,6 +4,7 @@ from dispatch_engine.models.account import Account, QueueIntegration
 from dispatch_engine.models.api_key import ApiKey
 from dispatch_engine.models.audit import AuditRecord
 from dispatch_engine.models.base import Base, new_id
+from dispatch_engine.models.decision import MessageDecision
 from dispatch_engine.models.dispatch import Dispatch
 from dispatch_engine.models.incident import (
     Incident,
@@ -54,6 +55,7 @@ __all__ = [
     "LineupMessage",
     "LocalQueueMessage",
     "Message",
+    "MessageDecision",
     "NotificationWebhook",
     "OperatorPause",
     "OutboxEntry",

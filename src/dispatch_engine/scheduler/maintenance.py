@@ -9,14 +9,16 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from dispatch_engine.db.session import AsyncSession
-from dispatch_engine.store import retention
+from dispatch_engine.store import decisions, retention
 
 ERASE_BATCH = 5_000
+PRUNE_BATCH = 10_000
 
 
-async def expire_tokens(session: AsyncSession, now: datetime) -> int:
-    """Invites whose token expired: waiting messages end `token_expired`, rule 1 lets go."""
-    await retention.suppress_waiting_of_expired_invites(session, now)
+async def expire_tokens(session: AsyncSession, now: datetime, worker: str | None = None) -> int:
+    """Invites whose token expired: waiting messages end `token_expired` (traced as by
+    `worker`), rule 1 lets go."""
+    await retention.suppress_waiting_of_expired_invites(session, now, worker)
     return await retention.expire_invites(session, now)
 
 
@@ -46,3 +48,13 @@ async def erase_finished_contacts(session: AsyncSession, now: datetime) -> int:
     await retention.erase_invite_contacts(session, candidates, now)
     await retention.delete_delivered_outbox_of(session, candidates)
     return len(candidates)
+
+
+async def prune_decisions(session: AsyncSession, now: datetime, retention_days: int) -> int:
+    """One batch of the decision trace older than `retention_days` goes (0: kept forever).
+    The trace holds no personal data, so erasure leaves it; this bounds its size."""
+    if retention_days <= 0:
+        return 0
+    return await decisions.prune_decisions(
+        session, now - timedelta(days=retention_days), PRUNE_BATCH
+    )

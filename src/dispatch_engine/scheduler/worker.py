@@ -29,6 +29,7 @@ from dispatch_engine.scheduler.maintenance import (
     erase_finished_contacts,
     expire_tokens,
     mark_delayed,
+    prune_decisions,
 )
 
 log = structlog.get_logger(__name__)
@@ -76,7 +77,7 @@ class Worker:
         now = self.context.clock.now()
         delayed_after = timedelta(seconds=self.context.settings.delayed_after_seconds)
         async with self.context.sessions() as session, session.begin():
-            await expire_tokens(session, now)
+            await expire_tokens(session, now, self.context.settings.worker_id)
             await mark_delayed(session, now, delayed_after)
             await batches.interrupt_expired(session, now)
         for _ in range(MAX_ROUNDS_PER_TICK):
@@ -84,6 +85,13 @@ class Worker:
                 return
             async with self.context.sessions() as session, session.begin():
                 if await erase_finished_contacts(session, now) == 0:
+                    break
+        retention_days = self.context.settings.decision_retention_days
+        for _ in range(MAX_ROUNDS_PER_TICK):
+            if self._stopping:
+                return
+            async with self.context.sessions() as session, session.begin():
+                if await prune_decisions(session, now, retention_days) == 0:
                     return
 
     async def end_stuck_sessions(self) -> None:

@@ -408,7 +408,10 @@ async def patch_policy(
         business_hours_of(rules)
         if rules.model_dump(mode="json") != policy.business_rules:
             policy.business_rules = rules.model_dump(mode="json")
-            await store.redo_business_deferrals(session, policy.id, now)
+            # the trace names the version this edit makes (`_touch` below bumps it)
+            await store.redo_business_deferrals(
+                session, policy.id, now, policy_version=policy.version + 1
+            )
     if patch.get("dnd_webhooks") is not None:
         dnd = _parse_section(
             DndWebhooks, "dnd_webhooks", _merge(policy.dnd_webhooks, patch["dnd_webhooks"])
@@ -517,7 +520,13 @@ async def edit_lineup_message(
         message.channel = channel
         await store.change_step_channel(session, message.id, channel)
     if delay is not None and delay != message.delay:
-        await store.retime_step(session, message.id, _due_times(policy, delay))
+        await store.retime_step(  # traced under the version this edit makes (`_touch`)
+            session,
+            message.id,
+            _due_times(policy, delay),
+            now=now,
+            policy_version=policy.version + 1,
+        )
         message.delay = delay
     _touch(policy, now)
     return await _pause_for_short_validity(session, policy.id, delays, now)

@@ -12,6 +12,7 @@ from sqlalchemy import Select, exists, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.models import Dispatch, Invite, Message, Policy
+from dispatch_engine.store.decisions import record_for_messages
 from dispatch_engine.store.paging import Key, Page, PageRequest, page_of
 
 PENDING_STATES = ("pending", "deferred", "held")
@@ -105,7 +106,16 @@ async def business_rules_of_dispatches(
 
 async def suppress_pending_messages(session: AsyncSession, invite_id: str, now: datetime) -> int:
     """The person answered: the invite's messages not yet sent end `responded` (a claim on
-    them is void). Returns how many."""
+    them is void). Returns how many. Each gets its `suppressed` decision in the trace."""
+    await record_for_messages(
+        session,
+        now,
+        "suppressed",
+        Message.invite_id == invite_id,
+        Message.state.in_(PENDING_STATES),
+        rule="responded",
+        reason="responded",
+    )
     stopped = await session.execute(
         update(Message)
         .where(Message.invite_id == invite_id, Message.state.in_(PENDING_STATES))

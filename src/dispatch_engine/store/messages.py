@@ -26,6 +26,7 @@ from dispatch_engine.db.dialect import has_row_locks
 from dispatch_engine.models import FatigueLedger, Invite, Message
 from dispatch_engine.models.base import table_of
 from dispatch_engine.models.invite import CLAIMABLE_STATES, UNDECIDED_DELAY
+from dispatch_engine.store.decisions import record_for_messages
 from dispatch_engine.store.lookups import DUE_ORDER, MESSAGE_FACT_COLUMNS, fact_columns
 
 # Due: claimable (the claim index's predicate, `CLAIMABLE_PREDICATE`) and not before now;
@@ -145,9 +146,25 @@ async def mark_sent_again(session: AsyncSession, message_ids: list[str]) -> None
     )
 
 
-async def mark_failed(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+async def mark_failed(
+    session: AsyncSession,
+    rows: Sequence[dict[str, Any]],
+    now: datetime | None = None,
+    worker: str | None = None,
+) -> None:
     """Messages whose queue push was given up: `failed`, each with its reason (`rows`: the
-    message id as `b_id` and `reason`)."""
+    message id as `b_id` and `reason`), and (given `now`) a `failed` decision in the trace."""
+    if now is not None:  # the trace keeps a slug: the queue's error text stays on the message
+        ids = [row["b_id"] for row in rows]
+        await record_for_messages(
+            session,
+            now,
+            "failed",
+            member_of(session, Message.id, ids),
+            rule="queue",
+            reason="push_failed",
+            worker=worker,
+        )
     messages = table_of(Message)
     await session.execute(
         update(messages)

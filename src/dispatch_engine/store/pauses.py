@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.db.types import UTCDateTime
 from dispatch_engine.models import Dispatch, Message, OperatorPause
+from dispatch_engine.store.decisions import record_for_messages
 from dispatch_engine.store.paging import Key, Page, PageRequest, page_of
 
 # --- operator pauses ------------------------------------------------------------------------
@@ -104,6 +105,18 @@ async def _release_held(
     Their look-again time is now (or later, if an edit moved them into the future) — not
     their old due time, which would read as `delayed`."""
     at_now = literal(now, UTCDateTime())
+    look_again = case((Message.not_before > at_now, Message.not_before), else_=at_now)
+    # The trace first, on the same condition: each released message, until when it waits.
+    await record_for_messages(
+        session,
+        now,
+        "released",
+        Message.state == "held",
+        *conditions,
+        rule=Message.rule,
+        reason="resumed",
+        until=look_again,
+    )
     result = await session.execute(
         update(Message)
         .where(Message.state == "held", *conditions)
@@ -111,7 +124,7 @@ async def _release_held(
             state="pending",
             rule=None,
             reason=None,
-            not_before=case((Message.not_before > at_now, Message.not_before), else_=at_now),
+            not_before=look_again,
         )
         .execution_options(synchronize_session=False)
     )

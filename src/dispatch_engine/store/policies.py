@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from dispatch_engine.models import Invite, LineupMessage, Message, Policy
 from dispatch_engine.models.base import table_of
+from dispatch_engine.store.decisions import insert_decisions, record_for_messages
 from dispatch_engine.store.paging import Key, Page, PageRequest, page_of
 
 WAITING = ("pending", "deferred")
@@ -123,7 +124,14 @@ DueTimeOf = Callable[[datetime, str | None], datetime]
 """(the instant a message's delay counts from, its contact's time zone) → its due time."""
 
 
-async def retime_step(session: AsyncSession, lineup_message_id: str, due_of: DueTimeOf) -> int:
+async def retime_step(
+    session: AsyncSession,
+    lineup_message_id: str,
+    due_of: DueTimeOf,
+    *,
+    now: datetime | None = None,
+    policy_version: int | None = None,
+) -> int:
     """A step's delay changed: its messages not yet sent get the due time the new delay
     gives (`due_of`, the one delay rule), at once.
 
@@ -133,11 +141,15 @@ async def retime_step(session: AsyncSession, lineup_message_id: str, due_of: Due
     keep their time: an operator sent them again, now. Waiting messages are decided again
     at their new time; held (paused) ones keep waiting for the resume but carry the new
     time with them.
+
+    Given `now`, each gets a `retimed` decision in the trace (until its new due time),
+    under `policy_version` (the version the edit makes), in one bulk insert.
     """
     rows = (
         await session.execute(
             select(
                 Message.id,
+                Message.invite_id,
                 Message.state,
                 Message.reason,
                 Message.created_at,
@@ -166,14 +178,20 @@ async def retime_step(session: AsyncSession, lineup_message_id: str, due_of: Due
         )
     )
     params: list[dict[str, Any]] = []
-    for mid, state, reason, created_at, invite_created_at, received_at, contact_zone in rows:
+    trace: list[tuple[Any, ...]] = []
+    for row in rows:
+        mid, invite_id, state, reason, created_at, invite_created_at, received_at, zone = row
         held = state == "held"
         # The upload writes an invite and its first message with one `created_at`.
         counts_from = received_at if created_at == invite_created_at else created_at
+        due = due_of(counts_from, zone)
+        if now is not None:
+            decided = (mid, invite_id, now, "retimed", "lineup_edit", "delay_changed", due)
+            trace.append((*decided, policy_version, None))
         params.append(
             {
                 "b_id": mid,
-                "due": due_of(counts_from, contact_zone),
+                "due": due,
                 "next_state": "held" if held else "pending",
                 "next_rule": "paused" if held else None,
                 "next_reason": reason if held else None,
@@ -181,6 +199,7 @@ async def retime_step(session: AsyncSession, lineup_message_id: str, due_of: Due
         )
     for start in range(0, len(params), RETIME_CHUNK):
         await session.execute(statement, params[start : start + RETIME_CHUNK])
+    await insert_decisions(session, trace)
     return len(params)
 
 
@@ -210,9 +229,25 @@ async def skip_deleted_step(session: AsyncSession, lineup_message_id: str, now: 
     return int(result.rowcount or 0)  # type: ignore[attr-defined]
 
 
-async def redo_business_deferrals(session: AsyncSession, policy_id: str, now: datetime) -> int:
+async def redo_business_deferrals(
+    session: AsyncSession, policy_id: str, now: datetime, *, policy_version: int | None = None
+) -> int:
     """Business rules changed: every message deferred by the old window is decided again
-    now, under the new window (its original due time still orders it)."""
+    now, under the new window (its original due time still orders it). Each gets a
+    `retimed` decision in the trace (until now), under `policy_version` (the version the
+    edit makes; None: the version stored now)."""
+    await record_for_messages(
+        session,
+        now,
+        "retimed",
+        Message.policy_id == policy_id,
+        Message.state == "deferred",
+        Message.rule == "business_window",
+        rule="business_window",
+        reason="business_rules_changed",
+        until=now,
+        policy_version=policy_version,
+    )
     result = await session.execute(
         update(Message)
         .where(

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from dispatch_engine.db.bulk import member_of
 from dispatch_engine.models import Invite, Message, OutboxEntry
 from dispatch_engine.models.invite import UNDECIDED_DELAY
+from dispatch_engine.store.decisions import record_for_messages
 
 WAITING = ("pending", "deferred", "held")
 # An invite keeps its contact while any of its messages may still need the address:
@@ -22,10 +23,23 @@ KEEPS_CONTACT = ("pending", "deferred", "held", "failed", "delayed")
 # --- token expiry -------------------------------------------------------------------------
 
 
-async def suppress_waiting_of_expired_invites(session: AsyncSession, now: datetime) -> None:
-    """Waiting messages of invites whose token expired end `token_expired` (claim cleared)."""
+async def suppress_waiting_of_expired_invites(
+    session: AsyncSession, now: datetime, worker: str | None = None
+) -> None:
+    """Waiting messages of invites whose token expired end `token_expired` (claim cleared),
+    each with its `suppressed` decision in the trace."""
     expired = select(Invite.id).where(
         Invite.valid_until <= now, Invite.state.in_(("active", "completed"))
+    )
+    await record_for_messages(
+        session,
+        now,
+        "suppressed",
+        Message.invite_id.in_(expired),
+        Message.state.in_(WAITING),
+        rule="token_expired",
+        reason="token_expired",
+        worker=worker,
     )
     await session.execute(
         update(Message)

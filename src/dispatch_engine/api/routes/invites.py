@@ -13,14 +13,15 @@ from dispatch_engine.api.deps import ReadActor, SessionDep
 from dispatch_engine.api.openapi import doc, problems
 from dispatch_engine.api.paging import PagerDep
 from dispatch_engine.errors import NotFound, ValidationFailed
-from dispatch_engine.models import Invite, Message
+from dispatch_engine.models import Invite, Message, MessageDecision
 from dispatch_engine.rules.zones import window_zone
 from dispatch_engine.schemas.common import UtcTime
-from dispatch_engine.schemas.invites import InviteOut, MessageOut
+from dispatch_engine.schemas.invites import DecisionOut, InviteOut, MessageOut
 from dispatch_engine.schemas.policies import BusinessRules
 from dispatch_engine.services.dispatches import get_dispatch
 from dispatch_engine.services.invite_report import stream_invites_csv
 from dispatch_engine.store.accounts import get_account
+from dispatch_engine.store.decisions import decisions_of_invites
 from dispatch_engine.store.invites import (
     InviteFilter,
     business_rules_of_dispatches,
@@ -32,7 +33,44 @@ from dispatch_engine.store.invites import (
 router = APIRouter(prefix="/v1/accounts/{account_id}/invites", tags=["invites"])
 
 
-def _invite_out(invite: Invite, messages: list[Message], rules: BusinessRules) -> InviteOut:
+def _message_out(message: Message, trace: list[MessageDecision] | None) -> MessageOut:
+    out = MessageOut(
+        id=message.id,
+        lineup_message_id=message.lineup_message_id,
+        position=message.position,
+        channel=message.channel,
+        state=message.state,
+        rule=message.rule,
+        reason=message.reason,
+        due_at=message.due_at,
+        scheduled_for=message.not_before,
+        sent_at=message.sent_at,
+        decided_at=message.decided_at,
+        attempts=message.attempts,
+        resend_of=message.resend_of,
+    )
+    if trace is not None:  # set only when asked: the list leaves the key out otherwise
+        out.decisions = [
+            DecisionOut(
+                at=d.at,
+                kind=d.kind,
+                rule=d.rule,
+                reason=d.reason,
+                until=d.until,
+                policy_version=d.policy_version,
+                worker=d.worker,
+            )
+            for d in trace
+        ]
+    return out
+
+
+def _invite_out(
+    invite: Invite,
+    messages: list[Message],
+    rules: BusinessRules,
+    traces: dict[str, list[MessageDecision]] | None,
+) -> InviteOut:
     zone, source = window_zone(
         rules.time_zone, rules.use_contact_time_zone, invite.time_zone, invite.time_zone_source
     )
@@ -55,36 +93,32 @@ def _invite_out(invite: Invite, messages: list[Message], rules: BusinessRules) -
         responded_at=invite.responded_at,
         contact_erased=invite.contact is None,
         messages=[
-            MessageOut(
-                id=m.id,
-                lineup_message_id=m.lineup_message_id,
-                position=m.position,
-                channel=m.channel,
-                state=m.state,
-                rule=m.rule,
-                reason=m.reason,
-                due_at=m.due_at,
-                scheduled_for=m.not_before,
-                sent_at=m.sent_at,
-                decided_at=m.decided_at,
-                attempts=m.attempts,
-                resend_of=m.resend_of,
-            )
-            for m in messages
+            _message_out(m, None if traces is None else traces.get(m.id, [])) for m in messages
         ],
     )
 
 
-async def _with_messages(session: SessionDep, invites: list[Invite]) -> list[InviteOut]:
+async def _with_messages(
+    session: SessionDep, invites: list[Invite], *, trace: bool
+) -> list[InviteOut]:
+    """The invites with their messages (and, with `trace`, each message's decisions): a
+    fixed number of queries whatever the number of invites."""
     by_invite: dict[str, list[Message]] = defaultdict(list)
     rules: dict[str, BusinessRules] = {}
+    traces: dict[str, list[MessageDecision]] | None = {} if trace else None
     if invites:
-        for message in await messages_of_invites(session, [i.id for i in invites]):
+        ids = [i.id for i in invites]
+        for message in await messages_of_invites(session, ids):
             by_invite[message.invite_id].append(message)
+        if traces is not None:
+            for decision in await decisions_of_invites(session, ids):
+                traces.setdefault(decision.message_id, []).append(decision)
         stored = await business_rules_of_dispatches(session, list({i.dispatch_id for i in invites}))
         rules = {dispatch: BusinessRules.model_validate(r) for dispatch, r in stored.items()}
     default = BusinessRules()
-    return [_invite_out(i, by_invite[i.id], rules.get(i.dispatch_id, default)) for i in invites]
+    return [
+        _invite_out(i, by_invite[i.id], rules.get(i.dispatch_id, default), traces) for i in invites
+    ]
 
 
 @router.get(
@@ -101,7 +135,11 @@ async def _with_messages(session: SessionDep, invites: list[Invite]) -> list[Inv
         docs/rule-pipeline.md). `time_zone` is the zone its business windows are read in
         and `time_zone_source` where it comes from (`contact`, `phone_country` or
         `policy`). `contact_erased` tells whether the contact's details were erased (once
-        the invite can send nothing more). Any key that can see the account.
+        the invite can send nothing more). Each message carries its `decisions`, the
+        decision trace in order: sent, deferred (and until when), held, suppressed, re-timed
+        by a policy edit, released by a resume, failed in the queue, each with its rule,
+        reason, time, policy version and worker (kept `DISPATCH_DECISION_RETENTION_DAYS`;
+        see docs/decisions.md). Any key that can see the account.
         """
     ),
     responses=problems(401, 404, 422),
@@ -113,7 +151,7 @@ async def get_invite(
         invite = await find_invite(session, invite_id)
         if invite is None or invite.account_id != account_id:
             raise NotFound(f"invite '{invite_id}'")
-        return (await _with_messages(session, [invite]))[0]
+        return (await _with_messages(session, [invite], trace=True))[0]
 
 
 InviteState = Literal["active", "completed", "ended", "expired"]
@@ -132,7 +170,8 @@ InviteState = Literal["active", "completed", "ended", "expired"]
         Filters combine: `token`, `external_id` (the id EM gave the contact), `dispatch`,
         `batch` (one contact file), `state`, `reason` (the invite's end reason or any of
         its messages' reasons) and `since`/`until` (when EM gave the contact). Each invite
-        comes with its messages, as in the single invite.
+        comes with its messages, as in the single invite, without their decision trace
+        unless `trace=true` (it is left out to keep pages light).
 
         With `Accept: text/csv` (or `format=csv`) and a `dispatch`: every matching invite
         of the dispatch as streamed CSV, one line per message with its state, rule and
@@ -144,6 +183,7 @@ InviteState = Literal["active", "completed", "ended", "expired"]
         200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
         **problems(401, 404, 422),
     },
+    response_model_exclude_unset=True,
 )
 async def find_invites(
     account_id: str,
@@ -167,6 +207,11 @@ async def find_invites(
     format: Literal["json", "csv"] | None = Query(
         default=None, description="Overrides the Accept header (text/csv → CSV)."
     ),
+    trace: bool = Query(
+        default=False,
+        description="Include each message's `decisions` (the decision trace), as the "
+        "single invite always does.",
+    ),
 ) -> Any:
     """The account's invites, in id order (upload by upload), a page at a time; filters
     combine. With `Accept: text/csv` (or `format=csv`) and a `dispatch`, the whole matching
@@ -184,7 +229,7 @@ async def find_invites(
         if not csv:
             invites, next_cursor = await invites_page(session, where, pager.page)
             pager.next_page(next_cursor)
-            return await _with_messages(session, invites)
+            return await _with_messages(session, invites, trace=trace)
     return StreamingResponse(
         stream_invites_csv(actor.context.sessions, where),
         media_type="text/csv; charset=utf-8",
