@@ -25,6 +25,7 @@ from dispatch_engine.rules.pipeline import (
 )
 from dispatch_engine.schemas.policies import BusinessRules
 from dispatch_engine.services.preview import preview_lineup
+from tests.unit.test_pipeline_rules import facts as pipeline_facts
 
 MONDAY_10 = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
 FRIDAY_16 = datetime(2026, 3, 6, 16, 0, tzinfo=UTC)
@@ -36,26 +37,9 @@ TOO_LATE = Suppress("too_late", "too_late", next_step=False)
 
 
 def facts(**overrides: Any) -> MessageFacts:
-    """A message every rule lets through, its token valid a week, the rule on (PT1H)."""
-    values: dict[str, Any] = {
-        "now": MONDAY_10,
-        "channel": "email",
-        "paused_by": None,
-        "responded": False,
-        "valid_until": MONDAY_10 + timedelta(days=7),
-        "step_deleted": False,
-        "has_address": True,
-        "unsubscribed": False,
-        "first_send": True,
-        "pending_token_elsewhere": False,
-        "max_invites_reached": False,
-        "business_hours": OFFICE,
-        "contact_zone": None,
-        "dnd": DndFacts(configured=False),
-        "min_validity_left": HOUR,
-    }
-    values.update(overrides)
-    return MessageFacts(**values)
+    """A message every rule lets through (the pipeline tests' builder), its token valid a
+    week, in office hours, with the rule on (PT1H)."""
+    return pipeline_facts(**{"business_hours": OFFICE, "min_validity_left": HOUR, **overrides})
 
 
 def test_the_rule_sits_after_fatigue_and_before_the_window() -> None:
